@@ -1,0 +1,157 @@
+//! BlockReadExec: the leaf through which a plan fragment reads the blocks of a lineage dataset;
+//! where the blocks come from (local cache, a peer, the driver's fetch) is the reader's business.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::{stream, StreamExt, TryStreamExt};
+
+use crate::error::{EngineError, Result};
+use crate::ids::{BlockId, DatasetId};
+use crate::partition::Partition;
+
+/// Where a running plan gets the blocks its [`BlockReadExec`] leaves ask for.
+///
+/// The executor's reader looks in its own block manager first and fetches from the peer
+/// named in the task's input locations otherwise; the driver's reader always fetches.
+///
+/// # Errors
+///
+/// A block that cannot be had is reported as [`EngineError::FetchFailed`] naming the block
+/// and the executor that was expected to hold it, so the scheduler can recompute it.
+#[async_trait]
+pub trait BlockReader: Send + Sync + fmt::Debug {
+    /// Returns the block's contents.
+    async fn read(&self, block: BlockId) -> Result<Arc<Partition>>;
+}
+
+/// The [`BlockReader`] of a task, carried in its `SessionConfig` extensions.
+#[derive(Debug, Clone)]
+pub struct BlockReaderExtension(pub Arc<dyn BlockReader>);
+
+/// Reads partition *i* of a lineage dataset as output partition *i*.
+#[derive(Debug)]
+pub struct BlockReadExec {
+    /// The dataset whose blocks are read.
+    dataset: DatasetId,
+    /// Properties of the plan that produced the blocks (ordering, partitioning).
+    properties: Arc<PlanProperties>,
+}
+
+impl BlockReadExec {
+    /// A reader of `dataset` whose blocks were produced by a plan with `properties`: the
+    /// partitioning and ordering those blocks have carry over.
+    pub fn new(dataset: DatasetId, properties: PlanProperties) -> Self {
+        Self {
+            dataset,
+            properties: Arc::new(properties),
+        }
+    }
+
+    /// A reader of `partitions` blocks of `dataset` with no known ordering.
+    pub fn with_schema(dataset: DatasetId, schema: SchemaRef, partitions: usize) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self::new(dataset, properties)
+    }
+
+    /// The dataset read.
+    pub fn dataset(&self) -> DatasetId {
+        self.dataset
+    }
+
+    /// The number of blocks (= output partitions).
+    pub fn partitions(&self) -> usize {
+        self.properties.partitioning.partition_count()
+    }
+}
+
+impl DisplayAs for BlockReadExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "BlockReadExec: dataset={}, partitions={}",
+            self.dataset.0,
+            self.partitions()
+        )
+    }
+}
+
+impl ExecutionPlan for BlockReadExec {
+    fn name(&self) -> &str {
+        "BlockReadExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "BlockReadExec is a leaf and takes no children".into(),
+            ))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let reader = context
+            .session_config()
+            .get_extension::<BlockReaderExtension>()
+            .ok_or_else(|| {
+                EngineError::Internal("task context carries no block reader".into())
+                    .into_datafusion()
+            })?;
+        let index = u32::try_from(partition).map_err(|_| {
+            EngineError::Internal(format!("partition index {partition} out of range"))
+                .into_datafusion()
+        })?;
+        let block = BlockId::new(self.dataset, index);
+        // Nothing is fetched until the first batch is pulled.
+        let batches = stream::once(async move {
+            let part = reader.0.read(block).await.map_err(|e| e.into_datafusion())?;
+            let batches: Vec<DfResult<_>> = part.batches().iter().cloned().map(Ok).collect();
+            Ok::<_, DataFusionError>(stream::iter(batches))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            batches.boxed(),
+        )))
+    }
+}

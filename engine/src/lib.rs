@@ -1,0 +1,42 @@
+//! Ember's core library: everything the driver and the executors share, and no process
+//! management.
+//!
+//! # Layout
+//!
+//! - [`ids`]: newtype ids (dataset, block, job, stage, executor).
+//! - [`partition`]: a block's contents, a schema plus record batches.
+//! - [`codec`]: partitions to bounded Arrow IPC chunks and back.
+//! - [`block_read`]: the plan leaf that reads a dataset's blocks, and the reader trait behind it.
+//! - [`plan_codec`]: plan fragments to bytes (datafusion-proto plus Ember's extension codec).
+//! - [`lineage`]: datasets and the cutting of physical plans into them.
+//! - [`rpc`]: channels with deadlines, the channel pool and the block fetch.
+//! - [`proto`]: the generated driver <-> executor protocol.
+//! - [`error`]: [`EngineError`].
+#![warn(missing_docs)]
+
+/// Driver <-> executor messages and services, generated from `proto/ember.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("ember");
+}
+
+/// Reading dataset blocks from inside a plan.
+pub mod block_read;
+/// Arrow IPC encoding of partitions for the wire.
+pub mod codec;
+/// The core's error type.
+pub mod error;
+/// Newtype identifiers.
+pub mod ids;
+/// Datasets and plan cutting.
+pub mod lineage;
+/// The contents of a block.
+pub mod partition;
+/// Plan fragments as bytes.
+pub mod plan_codec;
+/// gRPC channels and block fetching.
+pub mod rpc;
+
+pub use error::{EngineError, Result};
+pub use ids::{BlockId, DatasetId, ExecutorId, JobId, StageId};
+pub use partition::Partition;

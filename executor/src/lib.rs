@@ -1,0 +1,294 @@
+//! Ember's executor: runs tasks, keeps blocks, serves them to the driver and to peers.
+//!
+//! # Layout
+//!
+//! - [`block_manager`]: blocks, byte accounting, LRU eviction.
+//! - `block_reader`: a task's view of blocks (local first, else fetched from a peer).
+//! - `task_runner`: decode, execute, store or write a task's output.
+//! - `service`: the gRPC ExecutorService.
+//! - `compute`: the runtime tasks run on, apart from RPCs.
+//! - [`error`]: [`ExecutorError`] and how the scheduler should react to it.
+//!
+//! [`start`] brings an executor up (in this process or in the `ember-executor` binary):
+//! it binds, registers with the driver, heartbeats, and serves until shut down.
+#![warn(missing_docs)]
+
+/// Blocks held by an executor.
+pub mod block_manager;
+mod block_reader;
+mod compute;
+/// The executor's error type.
+pub mod error;
+mod service;
+mod task_runner;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::prelude::{SessionConfig, SessionContext};
+use ember_engine::proto::driver_service_client::DriverServiceClient;
+use ember_engine::proto::executor_service_server::ExecutorServiceServer;
+use ember_engine::proto::{HeartbeatRequest, RegisterExecutorRequest};
+use ember_engine::rpc::{self, ChannelPool, CONTROL_TIMEOUT, MAX_MESSAGE_BYTES};
+use ember_engine::{EngineError, ExecutorId};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+
+pub use block_manager::{BlockKind, BlockManager};
+pub use error::{ExecutorError, Result};
+
+use crate::compute::ComputeRuntime;
+use crate::service::ExecutorServiceImpl;
+use crate::task_runner::TaskEnv;
+
+/// How long an executor keeps trying to register before giving up on the driver, by
+/// default: long enough for a driver that is still starting.
+pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An executor whose driver has not answered a heartbeat for this long assumes the driver
+/// is gone and exits, so executors never outlive the application that started them.
+const DRIVER_LOST_AFTER: Duration = Duration::from_secs(30);
+
+/// How an executor is started.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The driver's `host:port`.
+    pub driver: String,
+    /// Where to listen; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Block manager memory limit in bytes.
+    pub memory_bytes: usize,
+    /// Task slots, and worker threads of the compute runtime.
+    pub cores: usize,
+    /// The executor's id; made from the bound address when absent.
+    pub id: Option<String>,
+    /// How long to keep trying to register with the driver.
+    pub register_timeout: Duration,
+}
+
+/// A running executor. Dropping the handle stops it.
+#[derive(Debug)]
+pub struct ExecutorHandle {
+    id: ExecutorId,
+    address: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: Option<JoinHandle<()>>,
+    heartbeat: JoinHandle<()>,
+    blocks: Arc<BlockManager>,
+    _compute: Arc<ComputeRuntime>,
+}
+
+impl ExecutorHandle {
+    /// The executor's id.
+    pub fn id(&self) -> &ExecutorId {
+        &self.id
+    }
+
+    /// The address its ExecutorService listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Its block manager (for in-process inspection).
+    pub fn blocks(&self) -> &Arc<BlockManager> {
+        &self.blocks
+    }
+
+    /// Asks the executor to stop: no new tasks, running tasks cancelled, server closed.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// A sender that stops the executor when `true` is sent (for watchers that outlive a
+    /// borrow of the handle, such as a stdin watcher).
+    pub fn shutdown_signal(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the executor has stopped (after [`ExecutorHandle::shutdown`], a
+    /// `Shutdown` RPC, or the driver being lost).
+    pub async fn stopped(mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for ExecutorHandle {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+        self.heartbeat.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+/// Starts an executor in this process: binds, registers with the driver, then serves and
+/// heartbeats in the background until stopped.
+///
+/// # Errors
+///
+/// The bind address is unusable, or the driver cannot be reached within 15 seconds.
+pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| EngineError::io(config.bind.to_string(), e))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| EngineError::io(config.bind.to_string(), e))?;
+    let id = ExecutorId(config.id.clone().unwrap_or_else(|| format!("exec-{address}")));
+    let cores = config.cores.max(1);
+    let compute = Arc::new(ComputeRuntime::try_new(cores).map_err(|e| EngineError::io("compute runtime", e))?);
+    let blocks = Arc::new(BlockManager::new(config.memory_bytes));
+    let mut session_config = SessionConfig::new().with_target_partitions(cores);
+    // A task executes one partition of a scan, and that partition must read exactly its own
+    // file group: DataFusion's sibling work stealing would let a lone partition read every
+    // file of the scan, duplicating rows across tasks.
+    session_config
+        .options_mut()
+        .execution
+        .enable_file_stream_work_stealing = false;
+    let session = SessionContext::new_with_config(session_config);
+    let (shutdown, _) = watch::channel(false);
+
+    let driver_channel = rpc::channel(&config.driver)?;
+    let registration = RegisterExecutorRequest {
+        executor_id: id.0.clone(),
+        address: address.to_string(),
+        cores: cores as u32,
+        memory_bytes: config.memory_bytes as u64,
+        pid: std::process::id(),
+    };
+    let interval = register(&driver_channel, &config.driver, &registration, config.register_timeout).await?;
+
+    let service = ExecutorServiceImpl {
+        env: TaskEnv {
+            executor_id: id.clone(),
+            blocks: Arc::clone(&blocks),
+            session,
+            pool: ChannelPool::new(),
+        },
+        compute: Arc::clone(&compute),
+        running: Arc::new(AtomicU32::new(0)),
+        cores: cores as u32,
+        shutdown: shutdown.clone(),
+    };
+    let mut stop = shutdown.subscribe();
+    let server = tokio::spawn(async move {
+        let svc = ExecutorServiceServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let result = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "executor server failed");
+        }
+    });
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        driver_channel,
+        config.driver.clone(),
+        registration,
+        interval,
+        Arc::clone(&blocks),
+        shutdown.clone(),
+    ));
+    tracing::info!(executor = %id, %address, driver = %config.driver, "executor started");
+    Ok(ExecutorHandle {
+        id,
+        address,
+        shutdown,
+        server: Some(server),
+        heartbeat,
+        blocks,
+        _compute: compute,
+    })
+}
+
+fn driver_client(channel: &Channel) -> DriverServiceClient<Channel> {
+    DriverServiceClient::new(channel.clone())
+}
+
+/// Registers with the driver, retrying with backoff until `timeout`; returns the heartbeat
+/// interval the driver asked for.
+async fn register(
+    channel: &Channel,
+    driver: &str,
+    request: &RegisterExecutorRequest,
+    timeout: Duration,
+) -> Result<Duration> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let mut client = driver_client(channel);
+        let outcome =
+            tokio::time::timeout(CONTROL_TIMEOUT, client.register_executor(request.clone())).await;
+        let err = match outcome {
+            Ok(Ok(resp)) => {
+                let ms = resp.into_inner().heartbeat_interval_ms.max(50);
+                return Ok(Duration::from_millis(ms));
+            }
+            Ok(Err(status)) => rpc::transport_error(driver, status),
+            Err(_) => rpc::transport_error(driver, tonic::Status::deadline_exceeded("register")),
+        };
+        if Instant::now() + backoff > deadline {
+            return Err(err.into());
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn heartbeat_loop(
+    channel: Channel,
+    driver: String,
+    registration: RegisterExecutorRequest,
+    interval: Duration,
+    blocks: Arc<BlockManager>,
+    shutdown: watch::Sender<bool>,
+) {
+    let mut last_ok = Instant::now();
+    let mut ticker = tokio::time::interval(interval);
+    let mut stop = shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let evicted = blocks.take_evicted();
+        let request = HeartbeatRequest {
+            executor_id: registration.executor_id.clone(),
+            used_bytes: blocks.used_bytes() as u64,
+            running_tasks: 0,
+            evicted: evicted.iter().map(|b| (*b).into()).collect(),
+        };
+        let mut client = driver_client(&channel);
+        match tokio::time::timeout(CONTROL_TIMEOUT, client.heartbeat(request)).await {
+            Ok(Ok(resp)) => {
+                last_ok = Instant::now();
+                if resp.into_inner().reregister {
+                    tracing::warn!(%driver, "driver asked this executor to register again");
+                    if let Err(e) = register(&channel, &driver, &registration, DEFAULT_REGISTER_TIMEOUT).await {
+                        tracing::warn!(error = %e, "re-registration failed");
+                    }
+                }
+            }
+            _ => {
+                if last_ok.elapsed() > DRIVER_LOST_AFTER {
+                    tracing::error!(%driver, "driver unreachable; executor stopping");
+                    shutdown.send_replace(true);
+                    return;
+                }
+            }
+        }
+    }
+}

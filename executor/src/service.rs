@@ -1,0 +1,143 @@
+//! ExecutorService: the gRPC surface of an executor. Handlers only translate; task work goes
+//! to the compute runtime and block encoding to blocking threads, so heartbeats and fetches
+//! never queue behind compute.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use ember_engine::codec::encode_chunks;
+use ember_engine::proto::executor_service_server::ExecutorService;
+use ember_engine::proto::{
+    BlockChunk, ExecutorStatus, FetchBlockRequest, LaunchTaskRequest, RemoveBlocksRequest,
+    RemoveBlocksResponse, ShutdownRequest, ShutdownResponse, StatusRequest, TaskStatus,
+};
+use ember_engine::{BlockId, DatasetId};
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::compute::ComputeRuntime;
+use crate::error::ExecutorError;
+use crate::task_runner::{run_task, TaskEnv};
+
+/// Chunks encoded ahead of the network while a block is being sent. Two in flight keep the
+/// encoder busy while one is on the wire, and cap a fetch's memory at 2 chunks.
+const FETCH_CHUNKS_IN_FLIGHT: usize = 2;
+
+/// The executor's gRPC service.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecutorServiceImpl {
+    pub(crate) env: TaskEnv,
+    pub(crate) compute: Arc<ComputeRuntime>,
+    pub(crate) running: Arc<AtomicU32>,
+    pub(crate) cores: u32,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+/// Decrements the running-task count when a task ends, however it ends.
+struct RunningGuard(Arc<AtomicU32>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[tonic::async_trait]
+impl ExecutorService for ExecutorServiceImpl {
+    async fn launch_task(
+        &self,
+        request: Request<LaunchTaskRequest>,
+    ) -> Result<Response<TaskStatus>, Status> {
+        let request = request.into_inner();
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let _guard = RunningGuard(Arc::clone(&self.running));
+        let env = self.env.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        // Dropping the handle (the driver gave up on the call) aborts the task.
+        let task = self.compute.spawn(run_task(env, request));
+        let status = tokio::select! {
+            joined = task => joined.unwrap_or_else(|e| failed(&ExecutorError::Engine(
+                ember_engine::EngineError::Internal(format!("task panicked: {e}"))))),
+            _ = shutdown.wait_for(|stop| *stop) => failed(&ExecutorError::Cancelled),
+        };
+        Ok(Response::new(status))
+    }
+
+    type FetchBlockStream = Pin<Box<dyn Stream<Item = Result<BlockChunk, Status>> + Send>>;
+
+    async fn fetch_block(
+        &self,
+        request: Request<FetchBlockRequest>,
+    ) -> Result<Response<Self::FetchBlockStream>, Status> {
+        let block = request
+            .into_inner()
+            .block
+            .map(BlockId::from)
+            .ok_or_else(|| Status::invalid_argument("fetch without a block id"))?;
+        let partition = self.env.blocks.get(block).ok_or_else(|| {
+            Status::not_found(format!("{block} is not held by {}", self.env.executor_id))
+        })?;
+        let (tx, rx) = mpsc::channel(FETCH_CHUNKS_IN_FLIGHT);
+        tokio::task::spawn_blocking(move || {
+            for chunk in encode_chunks(&partition) {
+                let msg = chunk
+                    .map(|data| BlockChunk { data })
+                    .map_err(|e| Status::internal(e.to_string()));
+                // The receiver is gone when the fetcher hung up: stop encoding.
+                if tx.blocking_send(msg).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn remove_blocks(
+        &self,
+        request: Request<RemoveBlocksRequest>,
+    ) -> Result<Response<RemoveBlocksResponse>, Status> {
+        let request = request.into_inner();
+        let mut removed = 0;
+        for block in &request.blocks {
+            removed += u32::from(self.env.blocks.remove(BlockId::from(block)));
+        }
+        for dataset in request.datasets {
+            removed += self.env.blocks.remove_dataset(DatasetId(dataset)) as u32;
+        }
+        Ok(Response::new(RemoveBlocksResponse { removed }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<ExecutorStatus>, Status> {
+        Ok(Response::new(ExecutorStatus {
+            executor_id: self.env.executor_id.0.clone(),
+            used_bytes: self.env.blocks.used_bytes() as u64,
+            memory_bytes: self.env.blocks.limit() as u64,
+            blocks: self.env.blocks.len() as u32,
+            running_tasks: self.running.load(Ordering::Relaxed),
+            cores: self.cores,
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        tracing::info!(executor = %self.env.executor_id, "shutdown requested");
+        self.shutdown.send_replace(true);
+        Ok(Response::new(ShutdownResponse {}))
+    }
+}
+
+fn failed(e: &ExecutorError) -> TaskStatus {
+    TaskStatus {
+        result: Some(ember_engine::proto::task_status::Result::Failure(
+            e.to_task_failure(),
+        )),
+    }
+}

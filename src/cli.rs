@@ -1,0 +1,147 @@
+//! The `ember` command line: `ember sql` runs a query on a local cluster and prints it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use arrow::record_batch::RecordBatch;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::session::Session;
+
+/// Ember: a Spark-like in-memory dataflow engine.
+#[derive(Debug, Parser)]
+#[command(name = "ember", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `ember` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run SQL on a local cluster and print the result.
+    Sql(SqlArgs),
+    /// Run an executor (same as the `ember-executor` binary).
+    Executor(crate::executor_main::ExecutorArgs),
+}
+
+/// Output formats of `ember sql`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+/// Arguments of `ember sql`.
+#[derive(Debug, clap::Args)]
+pub struct SqlArgs {
+    /// Executor processes to start.
+    #[arg(long, default_value_t = 2)]
+    pub executors: usize,
+    /// A table to register, NAME=PATH; PATH is a Parquet, CSV or JSON file, or a directory
+    /// of them (the format follows the extension).
+    #[arg(long = "table", value_name = "NAME=PATH")]
+    pub tables: Vec<String>,
+    /// Read the SQL from this file (statements separated by `;`).
+    #[arg(short = 'f', long = "file", conflicts_with = "query")]
+    pub file: Option<PathBuf>,
+    /// The SQL to run.
+    pub query: Option<String>,
+    /// How to print results.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Runs the command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Sql(args) => run_sql(args).await,
+        Command::Executor(args) => crate::executor_main::run_executor(args).await,
+    }
+}
+
+async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
+    let sql = match (&args.file, &args.query) {
+        (Some(file), _) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading {}", file.display()))?,
+        (None, Some(q)) => q.clone(),
+        (None, None) => bail!("give a query or -f FILE"),
+    };
+    let session = Session::local_cluster(args.executors).await?;
+    for table in &args.tables {
+        let (name, path) = table
+            .split_once('=')
+            .with_context(|| format!("--table `{table}`: expected NAME=PATH"))?;
+        register(&session, name, Path::new(path))
+            .await
+            .with_context(|| format!("--table {name}"))?;
+    }
+    let statements: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if statements.is_empty() {
+        bail!("no SQL statement given");
+    }
+    for statement in statements {
+        let df = session.sql(statement).await?;
+        let batches = df.collect().await?;
+        print(&batches, args.format)?;
+    }
+    Ok(())
+}
+
+/// Registers `path` as table `name`, choosing the reader by file extension.
+async fn register(session: &Session, name: &str, path: &Path) -> anyhow::Result<()> {
+    let format = if path.is_dir() {
+        let mut found = None;
+        for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+            let entry = entry?;
+            if let Some(ext) = entry.path().extension().and_then(|e| e.to_str()) {
+                if matches!(ext, "parquet" | "csv" | "json") {
+                    found = Some(ext.to_string());
+                    break;
+                }
+            }
+        }
+        found.with_context(|| format!("{}: no .parquet, .csv or .json files", path.display()))?
+    } else {
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_string)
+            .with_context(|| format!("{}: no file extension to tell the format", path.display()))?
+    };
+    match format.as_str() {
+        "parquet" => session.register_parquet(name, path).await?,
+        "csv" => session.register_csv(name, path).await?,
+        "json" | "ndjson" => session.register_json(name, path).await?,
+        other => bail!("{}: unsupported format `{other}`", path.display()),
+    }
+    Ok(())
+}
+
+fn print(batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match format {
+        Format::Table => {
+            use std::io::Write;
+            writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+        }
+        Format::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(out);
+            for b in batches {
+                writer.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(out);
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            writer.write_batches(&refs)?;
+            writer.finish()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! DataFrame: a lazy, immutable query over a session's data. Transformations build a
+//! DataFusion logical plan; actions (`collect`, `count`, `show`, `write_parquet`) run it as
+//! a job on the cluster.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::logical_expr::{Expr, SortExpr};
+use datafusion::prelude::lit;
+use ember_engine::{DatasetId, EngineError};
+
+use crate::cached_table::CachedTable;
+use crate::error::{Error, Result};
+use crate::session::Session;
+
+/// Rows printed by [`DataFrame::show`].
+const SHOW_ROWS: usize = 20;
+
+/// A lazy query. Methods take `self` and return a new DataFrame; nothing runs until an
+/// action is called.
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> ember::Result<()> {
+/// use ember::prelude::*;
+/// let session = Session::local(2).await?;
+/// let df = session
+///     .sql("SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, 'c')) AS t(id, name)")
+///     .await?
+///     .filter(col("id").gt(lit(1)))?
+///     .select(vec![col("name")])?;
+/// assert_eq!(df.count().await?, 2);
+/// # Ok(()) }
+/// ```
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct DataFrame {
+    session: Session,
+    inner: datafusion::dataframe::DataFrame,
+    /// Set on a cached DataFrame: the dataset holding its blocks, and the plan it was
+    /// cached from (restored by `unpersist`).
+    cached: Option<(DatasetId, Box<datafusion::dataframe::DataFrame>)>,
+}
+
+impl DataFrame {
+    pub(crate) fn new(session: Session, inner: datafusion::dataframe::DataFrame) -> Self {
+        Self {
+            session,
+            inner,
+            cached: None,
+        }
+    }
+
+    fn derive(&self, inner: datafusion::dataframe::DataFrame) -> Self {
+        Self::new(self.session.clone(), inner)
+    }
+
+    /// The DataFusion DataFrame underneath (its logical plan).
+    pub fn inner(&self) -> &datafusion::dataframe::DataFrame {
+        &self.inner
+    }
+
+    /// The session this DataFrame belongs to.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The output schema.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(self.inner.schema().as_arrow().clone())
+    }
+
+    /// Keeps rows where `predicate` is true.
+    pub fn filter(self, predicate: Expr) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().filter(predicate)?))
+    }
+
+    /// Computes `exprs` for every row.
+    pub fn select(self, exprs: Vec<Expr>) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().select(exprs)?))
+    }
+
+    /// Keeps the named columns.
+    pub fn select_columns(self, columns: &[&str]) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().select_columns(columns)?))
+    }
+
+    /// Adds (or replaces) column `name` computed by `expr`.
+    pub fn with_column(self, name: &str, expr: Expr) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().with_column(name, expr)?))
+    }
+
+    /// Skips `skip` rows and keeps at most `fetch`.
+    pub fn limit(self, skip: usize, fetch: Option<usize>) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().limit(skip, fetch)?))
+    }
+
+    /// Groups by `group` and computes `aggregates` per group (partial aggregation runs on
+    /// the executors, the final one on the driver).
+    pub fn aggregate(self, group: Vec<Expr>, aggregates: Vec<Expr>) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().aggregate(group, aggregates)?))
+    }
+
+    /// Sorts by `exprs`.
+    pub fn sort(self, exprs: Vec<SortExpr>) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().sort(exprs)?))
+    }
+
+    /// The plans DataFusion made: logical, optimized and physical.
+    pub async fn explain(&self) -> Result<String> {
+        let batches = self.inner.clone().explain(false, false)?.collect().await?;
+        Ok(arrow::util::pretty::pretty_format_batches(&batches)
+            .map_err(EngineError::from)?
+            .to_string())
+    }
+
+    /// Runs the query on the cluster and returns every row.
+    pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
+        let plan = self.inner.clone().create_physical_plan().await?;
+        self.session.run_collect(plan).await
+    }
+
+    /// Number of rows, counted on the executors.
+    pub async fn count(&self) -> Result<usize> {
+        let counted = self
+            .inner
+            .clone()
+            .aggregate(vec![], vec![count(lit(1)).alias("count")])?;
+        let batches = self.derive(counted).collect().await?;
+        let total = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .filter_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)))
+            .sum::<i64>();
+        Ok(total as usize)
+    }
+
+    /// Prints the first 20 rows as a table.
+    pub async fn show(&self) -> Result<()> {
+        println!("{}", self.to_table_string(SHOW_ROWS).await?);
+        Ok(())
+    }
+
+    /// The first `rows` rows formatted as a table.
+    pub async fn to_table_string(&self, rows: usize) -> Result<String> {
+        let batches = self.clone().limit(0, Some(rows))?.collect().await?;
+        Ok(arrow::util::pretty::pretty_format_batches(&batches)
+            .map_err(EngineError::from)?
+            .to_string())
+    }
+
+    /// Writes the result as Parquet files under `dir`, one per partition, written by the
+    /// executors in parallel. Files appear only when every partition succeeded; a failed
+    /// job leaves no output behind. `dir` must be empty or absent.
+    pub async fn write_parquet(&self, dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+        let dir = dir.as_ref();
+        if dir.exists() {
+            let mut entries = std::fs::read_dir(dir).map_err(|e| EngineError::io(dir, e))?;
+            if entries.next().is_some() {
+                return Err(Error::Path {
+                    path: dir.to_path_buf(),
+                    message: "output directory is not empty".into(),
+                });
+            }
+        }
+        let staging = dir.join(format!("_ember_staging_{}", std::process::id()));
+        std::fs::create_dir_all(&staging).map_err(|e| EngineError::io(&staging, e))?;
+        let plan = self.inner.clone().create_physical_plan().await?;
+        let written = self.session.run_write_parquet(plan, &staging).await;
+        let result = written.and_then(|files| {
+            let mut done = Vec::with_capacity(files.len());
+            for f in files {
+                let target = dir.join(f.file_name().unwrap_or_default());
+                std::fs::rename(&f, &target).map_err(|e| EngineError::io(&target, e))?;
+                done.push(target);
+            }
+            Ok(done)
+        });
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    /// Marks this DataFrame's result to be kept in the executors' memory once computed
+    /// (lazily, by the next action). Later actions read the cached blocks instead of the
+    /// sources; a lost or evicted block is recomputed from lineage.
+    pub async fn cache(self) -> Result<Self> {
+        if self.cached.is_some() {
+            return Ok(self);
+        }
+        let plan = self.inner.clone().create_physical_plan().await?;
+        let (dataset, properties) = self.session.persist(plan)?;
+        let table = CachedTable {
+            dataset,
+            properties,
+        };
+        let df = self.session.context().read_table(Arc::new(table))?;
+        Ok(Self {
+            session: self.session.clone(),
+            inner: df,
+            cached: Some((dataset, Box::new(self.inner))),
+        })
+    }
+
+    /// Same as [`DataFrame::cache`] (Ember keeps cached blocks in memory only).
+    pub async fn persist(self) -> Result<Self> {
+        self.cache().await
+    }
+
+    /// Drops the cached blocks from every executor and returns the uncached DataFrame.
+    pub async fn unpersist(self) -> Result<Self> {
+        match self.cached {
+            Some((dataset, original)) => {
+                self.session.driver().remove_dataset(dataset).await;
+                Ok(Self::new(self.session, *original))
+            }
+            None => Ok(self),
+        }
+    }
+
+    /// The cached dataset behind this DataFrame, if it is cached.
+    pub fn cached_dataset(&self) -> Option<DatasetId> {
+        self.cached.as_ref().map(|(d, _)| *d)
+    }
+}

@@ -1,0 +1,150 @@
+//! Executor entry point: the command line of `ember-executor`, and the hook that lets any
+//! Ember application serve as its own executor binary (so executors run the application's
+//! registered functions).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Parser;
+use ember_executor::ExecutorConfig;
+use tokio::io::AsyncReadExt;
+
+/// Set in the environment of a process started to be an executor.
+pub(crate) const RUN_AS_EXECUTOR_ENV: &str = "EMBER_RUN_AS_EXECUTOR";
+
+/// Whether this process called [`run_executor_if_requested`], so it can be respawned as an
+/// executor by `Session::local_cluster`.
+static SELF_EXEC_READY: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn self_exec_ready() -> bool {
+    SELF_EXEC_READY.load(Ordering::Relaxed)
+}
+
+/// `ember-executor`: runs tasks and keeps blocks for an Ember driver.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ember-executor", version, about)]
+pub struct ExecutorArgs {
+    /// The driver's address, host:port.
+    #[arg(long)]
+    pub driver: String,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: SocketAddr,
+    /// Memory for cached blocks, e.g. 2GiB, 512MiB, 1000000.
+    #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
+    pub memory: usize,
+    /// Task slots (and compute threads); defaults to the machine's cores.
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Executor id; defaults to one made from the bound address.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Exit when standard input closes (set by a parent that wants no orphans).
+    #[arg(long)]
+    pub exit_on_stdin_close: bool,
+}
+
+/// Parses a byte size such as `2GiB`, `512MiB`, `64KiB`, `1g` or `1000`.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (try 2GiB or 512MiB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0_f64.powi(4),
+        other => return Err(format!("unknown size unit `{other}` in `{text}`")),
+    };
+    Ok((value * scale) as usize)
+}
+
+/// Runs an executor with `args` until it is shut down or loses its driver.
+pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
+    let cores = args.cores.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    });
+    let handle = ember_executor::start(ExecutorConfig {
+        driver: args.driver.clone(),
+        bind: args.bind,
+        memory_bytes: args.memory,
+        cores,
+        id: args.id.clone(),
+        register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
+    })
+    .await?;
+    if args.exit_on_stdin_close {
+        let stop = handle.shutdown_signal();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            // Returns 0 (EOF) or an error once the parent is gone.
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            stop.send_replace(true);
+        });
+    }
+    handle.stopped().await;
+    Ok(())
+}
+
+/// Lets this program double as an Ember executor.
+///
+/// Call it first thing in `main`. In a normal run it returns at once and marks the program
+/// as able to serve as its own executor, so `Session::local_cluster` starts executor
+/// processes from this same binary (which therefore know every function the program
+/// registers). In a process started as an executor it runs the executor and exits.
+pub fn run_executor_if_requested() {
+    if std::env::var_os(RUN_AS_EXECUTOR_ENV).is_none() {
+        SELF_EXEC_READY.store(true, Ordering::Relaxed);
+        return;
+    }
+    crate::init_tracing("warn");
+    let args = ExecutorArgs::parse();
+    let code = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ember-rpc")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => match rt.block_on(run_executor(args)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ember-executor: {e:#}");
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("ember-executor: cannot start runtime: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("1.5k"), Ok(1536));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! Ember: a Spark-like in-memory dataflow engine. This facade crate is what applications
+//! use: a [`Session`] on a cluster of executors, lazy [`DataFrame`]s and SQL, and the
+//! executor entry point.
+//!
+//! # Layout
+//!
+//! - [`session`]: starting a cluster (in-process, local processes or standalone) and
+//!   planning SQL and DataFrames onto it.
+//! - [`dataframe`]: the lazy DataFrame API and its actions.
+//! - [`executor_main`]: the `ember-executor` command line and the self-exec hook.
+//! - `local_cluster`: executor child processes and their cleanup.
+//! - `cached_table`: how cached DataFrames appear to the planner.
+//! - [`cli`]: the `ember` command line (`ember sql`).
+//! - [`prelude`]: everything an application imports.
+//!
+//! ```no_run
+//! use ember::prelude::*;
+//!
+//! #[tokio::main]
+//! async fn main() -> ember::Result<()> {
+//!     ember::run_executor_if_requested();
+//!     let session = Session::local_cluster(2).await?;
+//!     let df = session.read_parquet("data/events").await?.cache().await?;
+//!     println!("{} rows", df.count().await?);
+//!     Ok(())
+//! }
+//! ```
+#![warn(missing_docs)]
+
+mod cached_table;
+/// The `ember` command line.
+pub mod cli;
+/// The lazy DataFrame API.
+pub mod dataframe;
+/// The facade's error type.
+pub mod error;
+/// Executor entry points.
+pub mod executor_main;
+mod local_cluster;
+/// What applications import.
+pub mod prelude;
+/// Sessions and clusters.
+pub mod session;
+
+pub use dataframe::DataFrame;
+pub use error::{Error, Result};
+pub use executor_main::run_executor_if_requested;
+pub use session::{Session, SessionBuilder};
+
+pub use ember_driver as driver;
+pub use ember_engine as engine;
+pub use ember_executor as executor;
+
+/// Sets up logging to stderr, filtered by `RUST_LOG` (default `default_level`). Safe to
+/// call more than once.
+pub fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,131 @@
+//! Local cluster: executor processes on loopback, started and stopped by a session; owns
+//! the child processes and guarantees none outlives it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::executor_main::{self_exec_ready, RUN_AS_EXECUTOR_ENV};
+
+/// An executor process, killed and reaped when dropped (also when a test panics).
+#[derive(Debug)]
+pub(crate) struct ChildGuard {
+    pub(crate) child: Child,
+    pub(crate) id: String,
+}
+
+impl ChildGuard {
+    /// Kills the process at once (SIGKILL) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process has exited, and how.
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How to start executor processes.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    pub(crate) binary: PathBuf,
+    /// Whether the binary is the application itself, run in executor mode.
+    pub(crate) self_exec: bool,
+}
+
+/// Finds the program to start executors from: an explicit binary, else this program
+/// itself when it called `run_executor_if_requested`, else an `ember-executor` binary
+/// beside this program (or one directory up, where Cargo puts binaries for tests).
+pub(crate) fn find_launch(explicit: Option<&Path>) -> Result<Launch> {
+    if let Some(binary) = explicit {
+        return Ok(Launch {
+            binary: binary.to_path_buf(),
+            self_exec: false,
+        });
+    }
+    if let Some(binary) = std::env::var_os("EMBER_EXECUTOR_BIN") {
+        return Ok(Launch {
+            binary: binary.into(),
+            self_exec: false,
+        });
+    }
+    let me = std::env::current_exe()
+        .map_err(|e| Error::Cluster(format!("cannot locate the running program: {e}")))?;
+    if self_exec_ready() {
+        return Ok(Launch {
+            binary: me,
+            self_exec: true,
+        });
+    }
+    let name = format!("ember-executor{}", std::env::consts::EXE_SUFFIX);
+    let mut dir = me.parent();
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join(&name);
+        if candidate.is_file() {
+            return Ok(Launch {
+                binary: candidate,
+                self_exec: false,
+            });
+        }
+        dir = d.parent();
+    }
+    Err(Error::Cluster(format!(
+        "cannot find the `{name}` binary beside {}: build it (cargo build --bin ember-executor), \
+         set EMBER_EXECUTOR_BIN, or call ember::run_executor_if_requested() at the start of main",
+        me.display()
+    )))
+}
+
+/// Starts one executor process that registers with `driver`.
+pub(crate) fn spawn_executor(
+    launch: &Launch,
+    driver: &str,
+    id: &str,
+    cores: usize,
+    memory: usize,
+) -> Result<ChildGuard> {
+    let mut cmd = Command::new(&launch.binary);
+    cmd.args([
+        "--driver",
+        driver,
+        "--bind",
+        "127.0.0.1:0",
+        "--cores",
+        &cores.to_string(),
+        "--memory",
+        &memory.to_string(),
+        "--id",
+        id,
+        "--exit-on-stdin-close",
+    ])
+    // The executor watches its stdin: when this process dies, even by SIGKILL, the pipe
+    // closes and the executor exits.
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    if launch.self_exec {
+        cmd.env(RUN_AS_EXECUTOR_ENV, "1");
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "warn");
+    }
+    let child = cmd.spawn().map_err(|e| {
+        Error::Cluster(format!(
+            "cannot start executor {}: {e}",
+            launch.binary.display()
+        ))
+    })?;
+    Ok(ChildGuard {
+        child,
+        id: id.to_string(),
+    })
+}

@@ -1,0 +1,493 @@
+//! Session: the entry point of an Ember application. Owns the driver, the executors it
+//! started (in-process or as processes) and the SQL catalog; plans with DataFusion and
+//! hands jobs to the driver.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::{
+    CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
+};
+use ember_driver::{DriverConfig, DriverHandle, ExecutorInfo, JobMetrics};
+use ember_engine::lineage::{cut_stages, reads_only_blocks, stage_of, Dataset, Persistence};
+use ember_executor::{ExecutorConfig, ExecutorHandle};
+
+use crate::dataframe::DataFrame;
+use crate::error::{Error, Result};
+use crate::local_cluster::{find_launch, spawn_executor, ChildGuard};
+
+/// How long a new session waits for its executors to register.
+const EXECUTOR_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default block-manager memory of each executor a session starts.
+const DEFAULT_EXECUTOR_MEMORY: usize = 2 << 30;
+
+/// Where a session's executors run.
+#[derive(Debug)]
+enum Executors {
+    /// In this process, over the same gRPC task and block protocol.
+    InProcess(Vec<Option<ExecutorHandle>>),
+    /// Child processes on loopback.
+    Processes(Vec<ChildGuard>),
+    /// Started by someone else (`ember-executor --driver ADDR`).
+    External,
+}
+
+struct Inner {
+    ctx: SessionContext,
+    driver: DriverHandle,
+    executors: Mutex<Executors>,
+    last_metrics: Mutex<Option<JobMetrics>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("driver", &self.driver.address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Executor processes are killed by their guards; in-process ones by their handles.
+        tracing::debug!("session closed");
+    }
+}
+
+/// A connection to an Ember cluster: reads data, runs SQL, and runs DataFrame jobs on the
+/// cluster's executors. Cheap to clone; the cluster it started stops when the last clone
+/// is dropped.
+///
+/// ```no_run
+/// # async fn demo() -> ember::Result<()> {
+/// use ember::prelude::*;
+/// let session = Session::local_cluster(2).await?;
+/// let df = session.sql("SELECT 1 + 1 AS two").await?;
+/// let batches = df.collect().await?;
+/// assert_eq!(batches[0].num_rows(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+/// Options for starting a session.
+#[derive(Debug, Clone)]
+pub struct SessionBuilder {
+    executors: usize,
+    cores: Option<usize>,
+    memory: usize,
+    executor_binary: Option<std::path::PathBuf>,
+    driver: DriverConfig,
+}
+
+impl Default for SessionBuilder {
+    fn default() -> Self {
+        Self {
+            executors: 2,
+            cores: None,
+            memory: DEFAULT_EXECUTOR_MEMORY,
+            executor_binary: None,
+            driver: DriverConfig::default(),
+        }
+    }
+}
+
+impl SessionBuilder {
+    /// Number of executors (at least 1).
+    pub fn executors(mut self, n: usize) -> Self {
+        self.executors = n.max(1);
+        self
+    }
+
+    /// Task slots per executor; defaults to the machine's cores divided among executors.
+    pub fn cores_per_executor(mut self, cores: usize) -> Self {
+        self.cores = Some(cores.max(1));
+        self
+    }
+
+    /// Block-manager memory limit per executor, in bytes (default 2 GiB).
+    pub fn memory_per_executor(mut self, bytes: usize) -> Self {
+        self.memory = bytes;
+        self
+    }
+
+    /// The program to start executor processes from (default: see
+    /// [`Session::local_cluster`]).
+    pub fn executor_binary(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.executor_binary = Some(path.into());
+        self
+    }
+
+    /// Driver tunables (heartbeats, retry limits, timeouts).
+    pub fn driver_config(mut self, config: DriverConfig) -> Self {
+        self.driver = config;
+        self
+    }
+
+    fn cores(&self) -> usize {
+        self.cores.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1);
+            (cpus / self.executors).max(1)
+        })
+    }
+
+    async fn start_driver(&self) -> Result<DriverHandle> {
+        let bind = "127.0.0.1:0".parse().map_err(|e| Error::Cluster(format!("{e}")))?;
+        Ok(DriverHandle::start(bind, self.driver.clone()).await?)
+    }
+
+    /// Starts executors inside this process; tasks and blocks still go through gRPC on
+    /// loopback exactly as with processes.
+    pub async fn local(self) -> Result<Session> {
+        let driver = self.start_driver().await?;
+        let cores = self.cores();
+        let mut handles = Vec::with_capacity(self.executors);
+        for i in 0..self.executors {
+            let handle = ember_executor::start(ExecutorConfig {
+                driver: driver.address().to_string(),
+                bind: "127.0.0.1:0".parse().map_err(|e| Error::Cluster(format!("{e}")))?,
+                memory_bytes: self.memory,
+                cores,
+                id: Some(format!("exec-{i}")),
+                register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
+            })
+            .await?;
+            handles.push(Some(handle));
+        }
+        Session::assemble(driver, Executors::InProcess(handles), self.executors, cores).await
+    }
+
+    /// Starts executor processes on loopback ports and waits until they have registered.
+    pub async fn local_cluster(self) -> Result<Session> {
+        let launch = find_launch(self.executor_binary.as_deref())?;
+        let driver = self.start_driver().await?;
+        let cores = self.cores();
+        let address = driver.address().to_string();
+        let mut children = Vec::with_capacity(self.executors);
+        for i in 0..self.executors {
+            children.push(spawn_executor(&launch, &address, &format!("exec-{i}"), cores, self.memory)?);
+        }
+        let up = driver.registry().wait_for(self.executors, EXECUTOR_START_TIMEOUT).await;
+        if up < self.executors {
+            let dead: Vec<String> = children
+                .iter_mut()
+                .filter_map(|c| c.exited().map(|status| format!("{} exited ({status})", c.id)))
+                .collect();
+            return Err(Error::Cluster(format!(
+                "only {up} of {} executors registered within {EXECUTOR_START_TIMEOUT:?} \
+                 (binary {}){}",
+                self.executors,
+                launch.binary.display(),
+                if dead.is_empty() { String::new() } else { format!(": {}", dead.join(", ")) }
+            )));
+        }
+        Session::assemble(driver, Executors::Processes(children), self.executors, cores).await
+    }
+
+    /// Starts a driver on `bind` for executors started elsewhere with
+    /// `ember-executor --driver ADDR`, and waits until `self.executors` have registered.
+    pub async fn standalone(self, bind: std::net::SocketAddr) -> Result<Session> {
+        let driver = DriverHandle::start(bind, self.driver.clone()).await?;
+        let up = driver.registry().wait_for(self.executors, EXECUTOR_START_TIMEOUT).await;
+        if up < self.executors {
+            return Err(Error::Cluster(format!(
+                "only {up} of {} executors registered at {} within {EXECUTOR_START_TIMEOUT:?}",
+                self.executors,
+                driver.address()
+            )));
+        }
+        let cores = driver.registry().alive().iter().map(|e| e.cores as usize).sum::<usize>()
+            / up.max(1);
+        Session::assemble(driver, Executors::External, up, cores).await
+    }
+}
+
+impl Session {
+    /// Options for a new session.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    /// A session with `n` executors inside this process (same task and block protocol as a
+    /// cluster, no processes to manage).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> ember::Result<()> {
+    /// use ember::prelude::*;
+    /// let session = Session::local(2).await?;
+    /// assert_eq!(session.executors().len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn local(n: usize) -> Result<Session> {
+        Session::builder().executors(n).local().await
+    }
+
+    /// A session with `n` executor processes on loopback ports, stopped when the session
+    /// is dropped.
+    ///
+    /// Executors are started from, in order: the binary named by `EMBER_EXECUTOR_BIN`;
+    /// this program itself if it called [`crate::run_executor_if_requested`] first; an
+    /// `ember-executor` binary beside this program.
+    pub async fn local_cluster(n: usize) -> Result<Session> {
+        Session::builder().executors(n).local_cluster().await
+    }
+
+    async fn assemble(driver: DriverHandle, executors: Executors, n: usize, cores: usize) -> Result<Session> {
+        let config = SessionConfig::new()
+            .with_target_partitions((n * cores).max(1))
+            .with_round_robin_repartition(false)
+            .with_repartition_joins(false)
+            .with_repartition_aggregations(false)
+            .with_repartition_windows(false)
+            .with_information_schema(true);
+        let mut config = config;
+        // Partition i of a scan must read only file group i (see the executor's session).
+        config.options_mut().execution.enable_file_stream_work_stealing = false;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        Ok(Session {
+            inner: Arc::new(Inner {
+                ctx: SessionContext::new_with_state(state),
+                driver,
+                executors: Mutex::new(executors),
+                last_metrics: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// DataFusion's context: the catalog and planner this session uses.
+    pub fn context(&self) -> &SessionContext {
+        &self.inner.ctx
+    }
+
+    /// The driver (registry, block locations, lineage).
+    pub fn driver(&self) -> &DriverHandle {
+        &self.inner.driver
+    }
+
+    /// The executors alive now.
+    pub fn executors(&self) -> Vec<ExecutorInfo> {
+        self.inner.driver.registry().alive()
+    }
+
+    /// Metrics of the last job this session ran.
+    pub fn last_job_metrics(&self) -> Option<JobMetrics> {
+        self.inner
+            .last_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn record_metrics(&self, metrics: JobMetrics) {
+        *self
+            .inner
+            .last_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(metrics);
+    }
+
+    /// Kills executor `index` (0-based, in start order) the hard way: SIGKILL for a
+    /// process, an abrupt stop for an in-process executor. Its blocks are gone; the driver
+    /// finds out through a failed call or missed heartbeats. Returns its id.
+    pub fn kill_executor(&self, index: usize) -> Result<String> {
+        let mut executors = self.inner.executors.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *executors {
+            Executors::Processes(children) => {
+                let child = children
+                    .get_mut(index)
+                    .ok_or_else(|| Error::Cluster(format!("no executor {index}")))?;
+                child.kill();
+                Ok(child.id.clone())
+            }
+            Executors::InProcess(handles) => {
+                let handle = handles
+                    .get_mut(index)
+                    .and_then(Option::take)
+                    .ok_or_else(|| Error::Cluster(format!("no running executor {index}")))?;
+                let id = handle.id().0.clone();
+                drop(handle);
+                Ok(id)
+            }
+            Executors::External => Err(Error::Cluster(
+                "executors of a standalone cluster are not this session's to kill".into(),
+            )),
+        }
+    }
+
+    /// Process ids of the executor processes this session started.
+    pub fn executor_pids(&self) -> Vec<u32> {
+        let executors = self.inner.executors.lock().unwrap_or_else(|p| p.into_inner());
+        match &*executors {
+            Executors::Processes(children) => children.iter().map(|c| c.child.id()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Plans `query` (any SQL DataFusion accepts). DDL such as `CREATE EXTERNAL TABLE`
+    /// takes effect at once; queries run when an action is called on the result.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> ember::Result<()> {
+    /// use ember::prelude::*;
+    /// let session = Session::local(1).await?;
+    /// let df = session.sql("SELECT 40 + 2 AS answer").await?;
+    /// assert_eq!(df.count().await?, 1);
+    /// assert!(session.sql("SELEC nonsense").await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn sql(&self, query: &str) -> Result<DataFrame> {
+        let df = self.inner.ctx.sql(query).await?;
+        Ok(DataFrame::new(self.clone(), df))
+    }
+
+    /// A DataFrame over a Parquet file or directory.
+    pub async fn read_parquet(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
+        let path = existing(path.as_ref())?;
+        let df = self.inner.ctx.read_parquet(path, ParquetReadOptions::default()).await?;
+        Ok(DataFrame::new(self.clone(), df))
+    }
+
+    /// A DataFrame over a CSV file or directory (with a header row).
+    pub async fn read_csv(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
+        let path = existing(path.as_ref())?;
+        let df = self.inner.ctx.read_csv(path, CsvReadOptions::new()).await?;
+        Ok(DataFrame::new(self.clone(), df))
+    }
+
+    /// A DataFrame over a newline-delimited JSON file or directory.
+    pub async fn read_json(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
+        let path = existing(path.as_ref())?;
+        let ext = extension_of(path.as_ref(), ".json");
+        let df = self
+            .inner
+            .ctx
+            .read_json(path, JsonReadOptions::default().file_extension(&ext))
+            .await?;
+        Ok(DataFrame::new(self.clone(), df))
+    }
+
+    /// Registers a Parquet file or directory as table `name` for SQL.
+    pub async fn register_parquet(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        let path = existing(path.as_ref())?;
+        self.inner.ctx.register_parquet(name, path, ParquetReadOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Registers a CSV file or directory (with a header row) as table `name` for SQL.
+    pub async fn register_csv(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        let path = existing(path.as_ref())?;
+        let ext = extension_of(path.as_ref(), ".csv");
+        self.inner
+            .ctx
+            .register_csv(name, path, CsvReadOptions::new().file_extension(&ext))
+            .await?;
+        Ok(())
+    }
+
+    /// Registers a newline-delimited JSON file or directory as table `name` for SQL.
+    pub async fn register_json(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        let path = existing(path.as_ref())?;
+        let ext = extension_of(path.as_ref(), ".json");
+        self.inner
+            .ctx
+            .register_json(name, path, JsonReadOptions::default().file_extension(&ext))
+            .await?;
+        Ok(())
+    }
+
+    /// Registers a DataFrame as a view named `name` for SQL.
+    pub fn register_dataframe(&self, name: &str, df: &DataFrame) -> Result<()> {
+        self.inner.ctx.register_table(name, df.inner().clone().into_view())?;
+        Ok(())
+    }
+
+    /// Runs a DataFusion physical plan on the cluster: it is cut into stages at its
+    /// exchanges, the stages run on the executors and the final fragment on the driver.
+    pub async fn collect_plan(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+        self.run_collect(plan).await
+    }
+
+    /// Cuts `plan` into stages and runs it; the final fragment runs on the driver.
+    pub(crate) async fn run_collect(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+        let driver = &self.inner.driver;
+        let mut next = || driver.next_dataset_id();
+        let mut stages = Vec::new();
+        let mut root = cut_stages(plan, &mut next, &mut stages)?;
+        if !reads_only_blocks(&root) {
+            root = stage_of(root, &mut next, &mut stages, Persistence::Job)?;
+        }
+        if root.output_partitioning().partition_count() > 1 {
+            root = Arc::new(CoalescePartitionsExec::new(root));
+        }
+        let (batches, metrics) = driver.collect(root, stages).await?;
+        self.record_metrics(metrics);
+        Ok(batches)
+    }
+
+    /// Makes `plan` a cached dataset (with its inner exchanges cut into job-scoped ones)
+    /// and returns it with the plan's properties.
+    pub(crate) fn persist(&self, plan: Arc<dyn ExecutionPlan>) -> Result<(ember_engine::DatasetId, datafusion::physical_plan::PlanProperties)> {
+        let driver = &self.inner.driver;
+        let mut next = || driver.next_dataset_id();
+        let mut stages = Vec::new();
+        let plan = cut_stages(plan, &mut next, &mut stages)?;
+        let properties = plan.properties().as_ref().clone();
+        let dataset = Dataset::try_new(next(), plan, Persistence::Cached)?;
+        let id = dataset.id();
+        for s in stages {
+            driver.register_dataset(s);
+        }
+        driver.register_dataset(dataset);
+        Ok((id, properties))
+    }
+
+    /// Runs `plan` with every partition written as a Parquet file under `dir`.
+    pub(crate) async fn run_write_parquet(&self, plan: Arc<dyn ExecutionPlan>, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+        let driver = &self.inner.driver;
+        let mut next = || driver.next_dataset_id();
+        let mut stages = Vec::new();
+        let plan = cut_stages(plan, &mut next, &mut stages)?;
+        let dataset = Dataset::try_new(next(), plan, Persistence::Job)?;
+        let (files, metrics) = driver.write_parquet(dataset, stages, dir).await?;
+        self.record_metrics(metrics);
+        Ok(files)
+    }
+}
+
+/// Checks that a user-given path exists, so a typo is reported with the path.
+fn existing(path: &Path) -> Result<String> {
+    if !path.exists() {
+        return Err(Error::Path {
+            path: path.to_path_buf(),
+            message: "no such file or directory".into(),
+        });
+    }
+    Ok(path.to_string_lossy().into_owned())
+}
+
+/// The extension DataFusion should look for: the file's own for a file, `default` for a
+/// directory.
+fn extension_of(path: &Path, default: &str) -> String {
+    if path.is_file() {
+        path.extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default()
+    } else {
+        default.to_string()
+    }
+}

@@ -1,0 +1,236 @@
+//! A real cluster end to end: queries in both modes against single-process DataFusion,
+//! caching, eviction, unpersist, writing, and recovery from a killed executor process.
+
+mod common;
+
+use common::{datafusion_answer, row_count, session, sorted_rows, write_orders, Mode};
+use ember::prelude::*;
+
+const QUERIES: &[&str] = &[
+    "SELECT count(*) FROM orders",
+    "SELECT id, amount FROM orders WHERE amount > 20 AND region = 'r3'",
+    "SELECT region, sum(amount), count(*), min(id), max(id) FROM orders GROUP BY region",
+    "SELECT id * 2 AS twice, upper(region) AS r FROM orders WHERE id % 1000 = 7",
+    "SELECT * FROM orders ORDER BY amount DESC, id LIMIT 5",
+    "SELECT avg(amount) FROM orders WHERE id BETWEEN 100 AND 5000",
+    "SELECT 1 + 1 AS two",
+];
+
+async fn sql_matches_datafusion(mode: Mode, files: usize) {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), files, 3_000);
+    let session = session(mode, 2).await;
+    session.register_parquet("orders", dir.path()).await.expect("register");
+    for q in QUERIES {
+        let ours = session.sql(q).await.expect("plan").collect().await.expect("run");
+        let theirs = datafusion_answer(dir.path(), q).await;
+        assert_eq!(sorted_rows(&ours), sorted_rows(&theirs), "{mode:?}, {files} files: {q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_matches_datafusion_in_process() {
+    sql_matches_datafusion(Mode::InProcess, 4).await;
+    sql_matches_datafusion(Mode::InProcess, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_matches_datafusion_on_processes() {
+    sql_matches_datafusion(Mode::Processes, 5).await;
+}
+
+async fn dataframe_api(mode: Mode) {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 3, 1_000);
+    let session = session(mode, 2).await;
+    let df = session
+        .read_parquet(dir.path())
+        .await
+        .expect("read")
+        .filter(col("region").eq(lit("r1")))
+        .expect("filter")
+        .with_column("double", col("amount") * lit(2.0))
+        .expect("with_column")
+        .select(vec![col("id"), col("double")])
+        .expect("select");
+    // ids with id % 5 == 1 among 0..3000.
+    assert_eq!(df.count().await.expect("count"), 600);
+    let limited = df.clone().limit(0, Some(7)).expect("limit").collect().await.expect("collect");
+    assert_eq!(row_count(&limited), 7);
+    let total = df
+        .aggregate(vec![], vec![sum(col("double")).alias("s")])
+        .expect("agg")
+        .collect()
+        .await
+        .expect("run");
+    let theirs = datafusion_answer(
+        dir.path(),
+        "SELECT sum(amount * 2) AS s FROM orders WHERE region = 'r1'",
+    )
+    .await;
+    assert_eq!(sorted_rows(&total), sorted_rows(&theirs));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataframe_api_in_process() {
+    dataframe_api(Mode::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataframe_api_on_processes() {
+    dataframe_api(Mode::Processes).await;
+}
+
+async fn cache_hit_reads_no_source(mode: Mode) {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 4, 2_000);
+    let session = session(mode, 2).await;
+    let cached = session
+        .read_parquet(dir.path())
+        .await
+        .expect("read")
+        .filter(col("amount").gt(lit(10.0)))
+        .expect("filter")
+        .cache()
+        .await
+        .expect("cache");
+    let first = cached.count().await.expect("count");
+    let m1 = session.last_job_metrics().expect("metrics");
+    assert!(m1.source_partitions_read > 0, "first action computes from files: {m1:?}");
+    let partitions = m1.source_partitions_read;
+
+    let second = cached.count().await.expect("count again");
+    let m2 = session.last_job_metrics().expect("metrics");
+    assert_eq!(first, second);
+    assert_eq!(m2.source_partitions_read, 0, "second action reads no source file: {m2:?}");
+    assert_eq!(m2.cached_blocks_used, partitions, "{m2:?}");
+    assert_eq!(m2.partitions_recomputed, 0);
+
+    // ids whose amount = (id % 100) / 4 > 10, i.e. id % 100 > 40: 59 of every 100.
+    assert_eq!(first, 8_000 / 100 * 59);
+
+    let dataset = cached.cached_dataset().expect("cached");
+    let uncached = cached.unpersist().await.expect("unpersist");
+    assert!(session.driver().locations().missing(dataset, partitions).len() == partitions);
+    assert_eq!(uncached.count().await.expect("count uncached"), first);
+    let m3 = session.last_job_metrics().expect("metrics");
+    assert!(m3.source_partitions_read > 0, "after unpersist the source is read again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hit_reads_no_source_in_process() {
+    cache_hit_reads_no_source(Mode::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hit_reads_no_source_on_processes() {
+    cache_hit_reads_no_source(Mode::Processes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_executor_process_loses_only_its_partitions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 6, 2_000);
+    let session = session(Mode::Processes, 2).await;
+    let cached = session.read_parquet(dir.path()).await.expect("read").cache().await.expect("cache");
+    let dataset = cached.cached_dataset().expect("cached");
+    let expected = sorted_rows(&datafusion_answer(dir.path(), "SELECT region, sum(amount) FROM orders GROUP BY region").await);
+    let by_region = |df: DataFrame| async move {
+        df.aggregate(vec![col("region")], vec![sum(col("amount"))])
+            .expect("agg")
+            .collect()
+            .await
+            .expect("run")
+    };
+    assert_eq!(sorted_rows(&by_region(cached.clone()).await), expected);
+    let partitions = session.last_job_metrics().expect("metrics").source_partitions_read;
+    assert_eq!(partitions, 6, "one partition per file");
+
+    // Which blocks live on executor 0?
+    let victim = session.executors()[0].id.clone();
+    let on_victim = (0..partitions as u32)
+        .filter(|p| session.driver().locations().get(ember::engine::BlockId::new(dataset, *p)).as_ref() == Some(&victim))
+        .count();
+    assert!(on_victim > 0 && on_victim < partitions, "blocks spread over both executors");
+
+    let pid = session.executor_pids()[0];
+    assert_eq!(session.kill_executor(0).expect("kill"), victim.0);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process is gone");
+
+    assert_eq!(sorted_rows(&by_region(cached.clone()).await), expected, "same answer after the kill");
+    let m = session.last_job_metrics().expect("metrics");
+    assert_eq!(m.partitions_recomputed, on_victim, "only the lost partitions are recomputed: {m:?}");
+    assert_eq!(m.source_partitions_read, on_victim, "{m:?}");
+    assert_eq!(m.cached_blocks_used, partitions - on_victim, "{m:?}");
+    assert_eq!(session.executors().len(), 1);
+
+    // And the cache is whole again: the next action reads only cached blocks.
+    assert_eq!(sorted_rows(&by_region(cached).await), expected);
+    let m = session.last_job_metrics().expect("metrics");
+    assert_eq!((m.source_partitions_read, m.cached_blocks_used), (0, partitions));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_under_a_small_memory_limit_recomputes_and_stays_right() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // 8 partitions of 20k rows (~0.5 MB each in memory); each executor may keep ~2.
+    write_orders(dir.path(), 8, 20_000);
+    let session = common::start(Mode::Processes, common::builder(2).memory_per_executor(1_200_000)).await;
+    let cached = session.read_parquet(dir.path()).await.expect("read").cache().await.expect("cache");
+    let expected = 8 * 20_000;
+    assert_eq!(cached.count().await.expect("count"), expected);
+    assert_eq!(cached.count().await.expect("count"), expected);
+    let m = session.last_job_metrics().expect("metrics");
+    assert!(m.partitions_recomputed > 0, "evicted partitions were recomputed: {m:?}");
+    assert!(m.cached_blocks_used < 8, "not everything fit: {m:?}");
+    for e in session.executors() {
+        assert!(e.used_bytes <= 1_200_000, "{} holds {} bytes", e.id, e.used_bytes);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_parquet_writes_one_file_per_partition() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 3, 1_000);
+    let out = tempfile::tempdir().expect("tmp");
+    let target = out.path().join("big");
+    let session = session(Mode::Processes, 2).await;
+    let df = session
+        .read_parquet(dir.path())
+        .await
+        .expect("read")
+        .filter(col("amount").gt(lit(20.0)))
+        .expect("filter");
+    let files = df.write_parquet(&target).await.expect("write");
+    assert_eq!(files.len(), 3);
+    for f in &files {
+        assert!(f.is_file(), "{} written", f.display());
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&target)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("part-"))
+        .collect();
+    assert!(leftovers.is_empty(), "no staging files left: {leftovers:?}");
+    let back = session.read_parquet(&target).await.expect("read back").count().await.expect("count");
+    assert_eq!(back, df.count().await.expect("count"));
+
+    // Writing into a non-empty directory is refused and leaves it intact.
+    let err = df.write_parquet(&target).await.expect_err("not empty");
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert_eq!(std::fs::read_dir(&target).expect("ls").count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_session_stops_every_executor_process() {
+    let session = session(Mode::Processes, 2).await;
+    let pids = session.executor_pids();
+    assert_eq!(pids.len(), 2);
+    for pid in &pids {
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+    drop(session);
+    for pid in &pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "executor {pid} left behind");
+    }
+}

@@ -1,0 +1,124 @@
+//! Fixtures shared by the integration tests: sessions in every mode, generated data sets,
+//! and an independent single-process DataFusion to compare answers with.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use ember::driver::DriverConfig;
+use ember::prelude::*;
+use parquet::arrow::ArrowWriter;
+
+/// Where a test's executors run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `Session::local`: in this process.
+    InProcess,
+    /// `Session::local_cluster`: executor processes.
+    Processes,
+}
+
+/// Driver settings that notice lost executors within a test's patience.
+pub fn fast_driver() -> DriverConfig {
+    DriverConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        executor_timeout: Duration::from_secs(3),
+        executor_wait: Duration::from_secs(10),
+        ..DriverConfig::default()
+    }
+}
+
+/// A builder for `n` executors with one core each and the test executor binary.
+pub fn builder(n: usize) -> SessionBuilder {
+    Session::builder()
+        .executors(n)
+        .cores_per_executor(1)
+        .executor_binary(env!("CARGO_BIN_EXE_ember-executor"))
+        .driver_config(fast_driver())
+}
+
+/// A session of `n` executors in `mode`.
+pub async fn session(mode: Mode, n: usize) -> Session {
+    start(mode, builder(n)).await
+}
+
+/// Starts `builder` in `mode`.
+pub async fn start(mode: Mode, builder: SessionBuilder) -> Session {
+    match mode {
+        Mode::InProcess => builder.local().await,
+        Mode::Processes => builder.local_cluster().await,
+    }
+    .expect("session starts")
+}
+
+/// Schema of the generated `orders` data set.
+pub fn orders_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("amount", DataType::Float64, false),
+    ]))
+}
+
+/// Writes `files` Parquet files of `rows` rows each: ids count up from 0 across files,
+/// region is `r{id % 5}`, amount is `(id % 100) as f64 / 4`.
+pub fn write_orders(dir: &Path, files: usize, rows: usize) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let schema = orders_schema();
+    for f in 0..files {
+        let start = (f * rows) as i64;
+        let ids: Vec<i64> = (start..start + rows as i64).collect();
+        let regions: Vec<String> = ids.iter().map(|i| format!("r{}", i % 5)).collect();
+        let amounts: Vec<f64> = ids.iter().map(|i| (i % 100) as f64 / 4.0).collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(regions)),
+                Arc::new(Float64Array::from(amounts)),
+            ],
+        )
+        .expect("batch");
+        let file = std::fs::File::create(dir.join(format!("orders-{f:03}.parquet"))).expect("create");
+        let mut w = ArrowWriter::try_new(file, schema.clone(), None).expect("writer");
+        w.write(&batch).expect("write");
+        w.close().expect("close");
+    }
+}
+
+/// Runs `sql` on single-process DataFusion with `orders` registered from `dir`: the
+/// independent engine Ember's answers are compared with.
+pub async fn datafusion_answer(dir: &Path, sql: &str) -> Vec<RecordBatch> {
+    let ctx = SessionContext::new();
+    ctx.register_parquet("orders", dir.to_str().expect("utf8 path"), ParquetReadOptions::default())
+        .await
+        .expect("register");
+    ctx.sql(sql).await.expect("plan").collect().await.expect("run")
+}
+
+/// Rows of `batches` as sorted strings, so results compare regardless of row order.
+pub fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut rows = Vec::new();
+    for b in batches {
+        let formatters: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default()).expect("fmt"))
+            .collect();
+        for r in 0..b.num_rows() {
+            rows.push(formatters.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Total rows in `batches`.
+pub fn row_count(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
