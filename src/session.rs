@@ -428,7 +428,10 @@ impl Session {
         let mut next = || driver.next_dataset_id();
         let mut stages = Vec::new();
         let mut root = cut_stages(plan, &mut next, &mut stages)?;
-        if !reads_only_blocks(&root) {
+        // The driver runs the final fragment itself only when it merges blocks into one
+        // stream (a final aggregation, a global limit or sort); any per-partition work left
+        // at the top runs as one more stage on the executors.
+        if root.output_partitioning().partition_count() > 1 || !reads_only_blocks(&root) {
             root = stage_of(root, &mut next, &mut stages, Persistence::Job)?;
         }
         if root.output_partitioning().partition_count() > 1 {

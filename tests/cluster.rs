@@ -131,7 +131,8 @@ async fn cache_hit_reads_no_source_on_processes() {
 async fn killed_executor_process_loses_only_its_partitions() {
     let dir = tempfile::tempdir().expect("tmp");
     write_orders(dir.path(), 6, 2_000);
-    let session = session(Mode::Processes, 2).await;
+    // 2 executors x 3 cores: DataFusion plans 6 partitions, one per file.
+    let session = common::start(Mode::Processes, common::builder(2).cores_per_executor(3)).await;
     let cached = session.read_parquet(dir.path()).await.expect("read").cache().await.expect("cache");
     let dataset = cached.cached_dataset().expect("cached");
     let expected = sorted_rows(&datafusion_answer(dir.path(), "SELECT region, sum(amount) FROM orders GROUP BY region").await);
@@ -173,9 +174,14 @@ async fn killed_executor_process_loses_only_its_partitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_under_a_small_memory_limit_recomputes_and_stays_right() {
     let dir = tempfile::tempdir().expect("tmp");
-    // 8 partitions of 20k rows (~0.5 MB each in memory); each executor may keep ~2.
+    // 8 partitions (4 cores x 2 executors, one file each) of 20k rows, ~0.5 MB each in
+    // memory; each executor may keep about 2 of its 4.
     write_orders(dir.path(), 8, 20_000);
-    let session = common::start(Mode::Processes, common::builder(2).memory_per_executor(1_200_000)).await;
+    let session = common::start(
+        Mode::Processes,
+        common::builder(2).cores_per_executor(4).memory_per_executor(1_200_000),
+    )
+    .await;
     let cached = session.read_parquet(dir.path()).await.expect("read").cache().await.expect("cache");
     let expected = 8 * 20_000;
     assert_eq!(cached.count().await.expect("count"), expected);
@@ -202,7 +208,8 @@ async fn write_parquet_writes_one_file_per_partition() {
         .filter(col("amount").gt(lit(20.0)))
         .expect("filter");
     let files = df.write_parquet(&target).await.expect("write");
-    assert_eq!(files.len(), 3);
+    // One file per partition: 2 executors x 1 core plan 2 partitions.
+    assert_eq!(files.len(), 2);
     for f in &files {
         assert!(f.is_file(), "{} written", f.display());
     }
@@ -218,7 +225,7 @@ async fn write_parquet_writes_one_file_per_partition() {
     // Writing into a non-empty directory is refused and leaves it intact.
     let err = df.write_parquet(&target).await.expect_err("not empty");
     assert!(err.to_string().contains("not empty"), "{err}");
-    assert_eq!(std::fs::read_dir(&target).expect("ls").count(), 3);
+    assert_eq!(std::fs::read_dir(&target).expect("ls").count(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
