@@ -46,8 +46,12 @@ fn write_data(dir: &std::path::Path, rows: usize, files: usize) -> anyhow::Resul
         while start < end {
             let n = (end - start).min(1 << 20);
             let ids = Int64Array::from_iter_values(start as i64..(start + n) as i64);
-            let vs = Float64Array::from_iter_values((start..start + n).map(|i| (i % 1000) as f64 * 0.5));
-            w.write(&RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(vs)])?)?;
+            let vs =
+                Float64Array::from_iter_values((start..start + n).map(|i| (i % 1000) as f64 * 0.5));
+            w.write(&RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(ids), Arc::new(vs)],
+            )?)?;
             start += n;
         }
         w.close()?;
@@ -76,7 +80,10 @@ async fn main() -> anyhow::Result<()> {
     ember::init_tracing("warn");
     let rows = arg("--rows", 10_000_000);
     let session = Session::local_cluster(2).await?;
-    println!("local_cluster(2), {} cores per executor", session.executors()[0].cores);
+    println!(
+        "local_cluster(2), {} cores per executor",
+        session.executors()[0].cores
+    );
 
     // 1. Empty-task throughput.
     let tasks = arg("--tasks", 2000);
@@ -88,7 +95,11 @@ async fn main() -> anyhow::Result<()> {
         async move { Ok(s.collect_plan(plan).await?) }
     })
     .await?;
-    println!("empty tasks: {tasks} tasks in {:.3}s = {:.0} tasks/s (median of 3)", t.as_secs_f64(), tasks as f64 / t.as_secs_f64());
+    println!(
+        "empty tasks: {tasks} tasks in {:.3}s = {:.0} tasks/s (median of 3)",
+        t.as_secs_f64(),
+        tasks as f64 / t.as_secs_f64()
+    );
 
     // 2. Block fetch over loopback gRPC vs an in-process copy of the same bytes.
     let dir = tempfile::tempdir()?;
@@ -99,7 +110,12 @@ async fn main() -> anyhow::Result<()> {
     let dataset = big.cached_dataset().expect("cached");
     let block = BlockId::new(dataset, 0);
     let holder = session.driver().locations().get(block).expect("block held");
-    let address = session.driver().registry().get(&holder).expect("executor").address;
+    let address = session
+        .driver()
+        .registry()
+        .get(&holder)
+        .expect("executor")
+        .address;
     let pool = ChannelPool::new();
     let (t_fetch, (partition, bytes)) = time(3, || {
         let pool = pool.clone();
@@ -158,10 +174,17 @@ async fn main() -> anyhow::Result<()> {
     let (t_sum, _) = time(5, sum_query).await?;
 
     let ctx = SessionContext::new();
-    let batches = ctx.read_parquet(dir.path().to_str().unwrap_or_default(), Default::default()).await?.collect().await?;
+    let batches = ctx
+        .read_parquet(dir.path().to_str().unwrap_or_default(), Default::default())
+        .await?
+        .collect()
+        .await?;
     let schema = batches[0].schema();
     let half = batches.len() / 2;
-    let table = MemTable::try_new(schema, vec![batches[..half].to_vec(), batches[half..].to_vec()])?;
+    let table = MemTable::try_new(
+        schema,
+        vec![batches[..half].to_vec(), batches[half..].to_vec()],
+    )?;
     ctx.register_table("t", Arc::new(table))?;
     let (t_df_count, _) = time(5, || {
         let ctx = ctx.clone();
@@ -170,7 +193,13 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let (t_df_sum, _) = time(5, || {
         let ctx = ctx.clone();
-        async move { Ok(ctx.sql("SELECT sum(v) FROM t WHERE v > 250").await?.collect().await?) }
+        async move {
+            Ok(ctx
+                .sql("SELECT sum(v) FROM t WHERE v > 250")
+                .await?
+                .collect()
+                .await?)
+        }
     })
     .await?;
     println!("cached {n} rows:");

@@ -30,11 +30,18 @@ async fn main() -> anyhow::Result<()> {
 
     let data = tempfile::tempdir()?;
     generate_sales(data.path())?;
-    println!("generated {} rows in {FILES} Parquet files under {}", FILES * ROWS_PER_FILE, data.path().display());
+    println!(
+        "generated {} rows in {FILES} Parquet files under {}",
+        FILES * ROWS_PER_FILE,
+        data.path().display()
+    );
 
     let session = Session::local_cluster(2).await?;
     for e in session.executors() {
-        println!("executor {} at {} (pid {}, {} cores)", e.id, e.address, e.pid, e.cores);
+        println!(
+            "executor {} at {} (pid {}, {} cores)",
+            e.id, e.address, e.pid, e.cores
+        );
     }
 
     // Cache the big orders in executor memory.
@@ -46,19 +53,31 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let n = big_orders.count().await?;
     let m = session.last_job_metrics().unwrap_or_default();
-    println!("\ncached {n} big orders: {} tasks, {} source partitions read", m.tasks_run, m.source_partitions_read);
+    println!(
+        "\ncached {n} big orders: {} tasks, {} source partitions read",
+        m.tasks_run, m.source_partitions_read
+    );
 
     let by_region = || async {
         big_orders
             .clone()
-            .aggregate(vec![col("region")], vec![sum(col("amount")).alias("revenue"), count(lit(1)).alias("orders")])?
+            .aggregate(
+                vec![col("region")],
+                vec![
+                    sum(col("amount")).alias("revenue"),
+                    count(lit(1)).alias("orders"),
+                ],
+            )?
             .sort(vec![col("region").sort(true, false)])?
             .collect()
             .await
     };
     let before = by_region().await?;
     let m = session.last_job_metrics().unwrap_or_default();
-    println!("\nrevenue by region (from cache: {} cached blocks used, {} source partitions read):", m.cached_blocks_used, m.source_partitions_read);
+    println!(
+        "\nrevenue by region (from cache: {} cached blocks used, {} source partitions read):",
+        m.cached_blocks_used, m.source_partitions_read
+    );
     println!("{}", arrow::util::pretty::pretty_format_batches(&before)?);
 
     let killed = session.kill_executor(0)?;
@@ -90,9 +109,16 @@ fn generate_sales(dir: &std::path::Path) -> anyhow::Result<()> {
     for f in 0..FILES {
         let start = (f * ROWS_PER_FILE) as i64;
         let ids = Int64Array::from_iter_values(start..start + ROWS_PER_FILE as i64);
-        let regions = StringArray::from_iter_values((0..ROWS_PER_FILE).map(|_| REGIONS[rng.random_range(0..REGIONS.len())]));
-        let amounts = Float64Array::from_iter_values((0..ROWS_PER_FILE).map(|_| (rng.random::<f64>() * 10_000.0).round() / 100.0));
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(regions), Arc::new(amounts)])?;
+        let regions = StringArray::from_iter_values(
+            (0..ROWS_PER_FILE).map(|_| REGIONS[rng.random_range(0..REGIONS.len())]),
+        );
+        let amounts = Float64Array::from_iter_values(
+            (0..ROWS_PER_FILE).map(|_| (rng.random::<f64>() * 10_000.0).round() / 100.0),
+        );
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(ids), Arc::new(regions), Arc::new(amounts)],
+        )?;
         let file = std::fs::File::create(dir.join(format!("sales-{f:02}.parquet")))?;
         let mut writer = ArrowWriter::try_new(file, schema.clone(), None)?;
         writer.write(&batch)?;

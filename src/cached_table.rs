@@ -52,7 +52,10 @@ impl TableProvider for CachedTable {
             .iter()
             .map(|&i| {
                 let name = schema.field(i).name().clone();
-                (Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>, name)
+                (
+                    Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                    name,
+                )
             })
             .collect();
         Ok(Arc::new(ProjectionExec::try_new(exprs, read)?))

@@ -67,8 +67,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
     let sql = match (&args.file, &args.query) {
-        (Some(file), _) => std::fs::read_to_string(file)
-            .with_context(|| format!("reading {}", file.display()))?,
+        (Some(file), _) => {
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+        }
         (None, Some(q)) => q.clone(),
         (None, None) => bail!("give a query or -f FILE"),
     };
@@ -81,7 +82,11 @@ async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("--table {name}"))?;
     }
-    let statements: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let statements: Vec<&str> = sql
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if statements.is_empty() {
         bail!("no SQL statement given");
     }
@@ -97,7 +102,9 @@ async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
 async fn register(session: &Session, name: &str, path: &Path) -> anyhow::Result<()> {
     let format = if path.is_dir() {
         let mut found = None;
-        for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
             let entry = entry?;
             if let Some(ext) = entry.path().extension().and_then(|e| e.to_str()) {
                 if matches!(ext, "parquet" | "csv" | "json") {
@@ -128,10 +135,16 @@ fn print(batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
     match format {
         Format::Table => {
             use std::io::Write;
-            writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+            writeln!(
+                out,
+                "{}",
+                arrow::util::pretty::pretty_format_batches(batches)?
+            )?;
         }
         Format::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(out);
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
             for b in batches {
                 writer.write(b)?;
             }

@@ -134,7 +134,12 @@ impl DataFrame {
         let total = batches
             .iter()
             .filter(|b| b.num_rows() > 0)
-            .filter_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)))
+            .filter_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .map(|a| a.value(0))
+            })
             .sum::<i64>();
         Ok(total as usize)
     }

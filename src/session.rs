@@ -142,7 +142,9 @@ impl SessionBuilder {
     }
 
     async fn start_driver(&self) -> Result<DriverHandle> {
-        let bind = "127.0.0.1:0".parse().map_err(|e| Error::Cluster(format!("{e}")))?;
+        let bind = "127.0.0.1:0"
+            .parse()
+            .map_err(|e| Error::Cluster(format!("{e}")))?;
         Ok(DriverHandle::start(bind, self.driver.clone()).await?)
     }
 
@@ -155,7 +157,9 @@ impl SessionBuilder {
         for i in 0..self.executors {
             let handle = ember_executor::start(ExecutorConfig {
                 driver: driver.address().to_string(),
-                bind: "127.0.0.1:0".parse().map_err(|e| Error::Cluster(format!("{e}")))?,
+                bind: "127.0.0.1:0"
+                    .parse()
+                    .map_err(|e| Error::Cluster(format!("{e}")))?,
                 memory_bytes: self.memory,
                 cores,
                 id: Some(format!("exec-{i}")),
@@ -175,30 +179,55 @@ impl SessionBuilder {
         let address = driver.address().to_string();
         let mut children = Vec::with_capacity(self.executors);
         for i in 0..self.executors {
-            children.push(spawn_executor(&launch, &address, &format!("exec-{i}"), cores, self.memory)?);
+            children.push(spawn_executor(
+                &launch,
+                &address,
+                &format!("exec-{i}"),
+                cores,
+                self.memory,
+            )?);
         }
-        let up = driver.registry().wait_for(self.executors, EXECUTOR_START_TIMEOUT).await;
+        let up = driver
+            .registry()
+            .wait_for(self.executors, EXECUTOR_START_TIMEOUT)
+            .await;
         if up < self.executors {
             let dead: Vec<String> = children
                 .iter_mut()
-                .filter_map(|c| c.exited().map(|status| format!("{} exited ({status})", c.id)))
+                .filter_map(|c| {
+                    c.exited()
+                        .map(|status| format!("{} exited ({status})", c.id))
+                })
                 .collect();
             return Err(Error::Cluster(format!(
                 "only {up} of {} executors registered within {EXECUTOR_START_TIMEOUT:?} \
                  (binary {}){}",
                 self.executors,
                 launch.binary.display(),
-                if dead.is_empty() { String::new() } else { format!(": {}", dead.join(", ")) }
+                if dead.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", dead.join(", "))
+                }
             )));
         }
-        Session::assemble(driver, Executors::Processes(children), self.executors, cores).await
+        Session::assemble(
+            driver,
+            Executors::Processes(children),
+            self.executors,
+            cores,
+        )
+        .await
     }
 
     /// Starts a driver on `bind` for executors started elsewhere with
     /// `ember-executor --driver ADDR`, and waits until `self.executors` have registered.
     pub async fn standalone(self, bind: std::net::SocketAddr) -> Result<Session> {
         let driver = DriverHandle::start(bind, self.driver.clone()).await?;
-        let up = driver.registry().wait_for(self.executors, EXECUTOR_START_TIMEOUT).await;
+        let up = driver
+            .registry()
+            .wait_for(self.executors, EXECUTOR_START_TIMEOUT)
+            .await;
         if up < self.executors {
             return Err(Error::Cluster(format!(
                 "only {up} of {} executors registered at {} within {EXECUTOR_START_TIMEOUT:?}",
@@ -206,7 +235,12 @@ impl SessionBuilder {
                 driver.address()
             )));
         }
-        let cores = driver.registry().alive().iter().map(|e| e.cores as usize).sum::<usize>()
+        let cores = driver
+            .registry()
+            .alive()
+            .iter()
+            .map(|e| e.cores as usize)
+            .sum::<usize>()
             / up.max(1);
         Session::assemble(driver, Executors::External, up, cores).await
     }
@@ -243,7 +277,12 @@ impl Session {
         Session::builder().executors(n).local_cluster().await
     }
 
-    async fn assemble(driver: DriverHandle, executors: Executors, n: usize, cores: usize) -> Result<Session> {
+    async fn assemble(
+        driver: DriverHandle,
+        executors: Executors,
+        n: usize,
+        cores: usize,
+    ) -> Result<Session> {
         let config = SessionConfig::new()
             .with_target_partitions((n * cores).max(1))
             .with_round_robin_repartition(false)
@@ -253,7 +292,10 @@ impl Session {
             .with_information_schema(true);
         let mut config = config;
         // Partition i of a scan must read only file group i (see the executor's session).
-        config.options_mut().execution.enable_file_stream_work_stealing = false;
+        config
+            .options_mut()
+            .execution
+            .enable_file_stream_work_stealing = false;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -304,7 +346,11 @@ impl Session {
     /// process, an abrupt stop for an in-process executor. Its blocks are gone; the driver
     /// finds out through a failed call or missed heartbeats. Returns its id.
     pub fn kill_executor(&self, index: usize) -> Result<String> {
-        let mut executors = self.inner.executors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut executors = self
+            .inner
+            .executors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match &mut *executors {
             Executors::Processes(children) => {
                 let child = children
@@ -330,7 +376,11 @@ impl Session {
 
     /// Process ids of the executor processes this session started.
     pub fn executor_pids(&self) -> Vec<u32> {
-        let executors = self.inner.executors.lock().unwrap_or_else(|p| p.into_inner());
+        let executors = self
+            .inner
+            .executors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match &*executors {
             Executors::Processes(children) => children.iter().map(|c| c.child.id()).collect(),
             _ => Vec::new(),
@@ -358,7 +408,11 @@ impl Session {
     /// A DataFrame over a Parquet file or directory.
     pub async fn read_parquet(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
         let path = existing(path.as_ref())?;
-        let df = self.inner.ctx.read_parquet(path, ParquetReadOptions::default()).await?;
+        let df = self
+            .inner
+            .ctx
+            .read_parquet(path, ParquetReadOptions::default())
+            .await?;
         Ok(DataFrame::new(self.clone(), df))
     }
 
@@ -384,7 +438,10 @@ impl Session {
     /// Registers a Parquet file or directory as table `name` for SQL.
     pub async fn register_parquet(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
         let path = existing(path.as_ref())?;
-        self.inner.ctx.register_parquet(name, path, ParquetReadOptions::default()).await?;
+        self.inner
+            .ctx
+            .register_parquet(name, path, ParquetReadOptions::default())
+            .await?;
         Ok(())
     }
 
@@ -412,7 +469,9 @@ impl Session {
 
     /// Registers a DataFrame as a view named `name` for SQL.
     pub fn register_dataframe(&self, name: &str, df: &DataFrame) -> Result<()> {
-        self.inner.ctx.register_table(name, df.inner().clone().into_view())?;
+        self.inner
+            .ctx
+            .register_table(name, df.inner().clone().into_view())?;
         Ok(())
     }
 
@@ -423,7 +482,10 @@ impl Session {
     }
 
     /// Cuts `plan` into stages and runs it; the final fragment runs on the driver.
-    pub(crate) async fn run_collect(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+    pub(crate) async fn run_collect(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<Vec<RecordBatch>> {
         let driver = &self.inner.driver;
         let mut next = || driver.next_dataset_id();
         let mut stages = Vec::new();
@@ -444,7 +506,13 @@ impl Session {
 
     /// Makes `plan` a cached dataset (with its inner exchanges cut into job-scoped ones)
     /// and returns it with the plan's properties.
-    pub(crate) fn persist(&self, plan: Arc<dyn ExecutionPlan>) -> Result<(ember_engine::DatasetId, datafusion::physical_plan::PlanProperties)> {
+    pub(crate) fn persist(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<(
+        ember_engine::DatasetId,
+        datafusion::physical_plan::PlanProperties,
+    )> {
         let driver = &self.inner.driver;
         let mut next = || driver.next_dataset_id();
         let mut stages = Vec::new();
@@ -460,7 +528,11 @@ impl Session {
     }
 
     /// Runs `plan` with every partition written as a Parquet file under `dir`.
-    pub(crate) async fn run_write_parquet(&self, plan: Arc<dyn ExecutionPlan>, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    pub(crate) async fn run_write_parquet(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        dir: &Path,
+    ) -> Result<Vec<std::path::PathBuf>> {
         let driver = &self.inner.driver;
         let mut next = || driver.next_dataset_id();
         let mut stages = Vec::new();

@@ -12,10 +12,16 @@ use ember::prelude::*;
 async fn missing_path_names_the_path() {
     let session = session(Mode::InProcess, 1).await;
     let missing = "/definitely/not/here/orders.parquet";
-    let err = session.read_parquet(missing).await.expect_err("missing file");
+    let err = session
+        .read_parquet(missing)
+        .await
+        .expect_err("missing file");
     assert!(err.to_string().contains(missing), "{err}");
     assert!(err.is_user_error());
-    let err = session.register_csv("t", "/no/such/dir").await.expect_err("missing dir");
+    let err = session
+        .register_csv("t", "/no/such/dir")
+        .await
+        .expect_err("missing dir");
     assert!(err.to_string().contains("/no/such/dir"), "{err}");
 }
 
@@ -47,15 +53,24 @@ async fn malformed_csv_row_names_file_and_line() {
     ]);
     let df = session
         .context()
-        .read_csv(path.to_str().expect("utf8"), datafusion::prelude::CsvReadOptions::new().schema(&schema))
+        .read_csv(
+            path.to_str().expect("utf8"),
+            datafusion::prelude::CsvReadOptions::new().schema(&schema),
+        )
         .await
         .expect("no inference needed");
     let plan = df.create_physical_plan().await.expect("plan");
-    let err = session.collect_plan(plan).await.expect_err("bad row on an executor");
+    let err = session
+        .collect_plan(plan)
+        .await
+        .expect_err("bad row on an executor");
     let text = err.to_string();
     assert!(text.contains("people.csv"), "names the file: {text}");
     assert!(text.contains("line"), "names the line: {text}");
-    assert!(text.contains("partition") && text.contains("exec-"), "names partition and executor: {text}");
+    assert!(
+        text.contains("partition") && text.contains("exec-"),
+        "names partition and executor: {text}"
+    );
     assert!(err.is_user_error(), "{err:?}");
 }
 
@@ -88,7 +103,10 @@ async fn schema_mismatch_between_files_is_an_error() {
     }
     .await;
     let err = outcome.expect_err("mismatched files cannot be summed");
-    assert!(err.to_string().to_lowercase().contains("amount"), "names the column: {err}");
+    assert!(
+        err.to_string().to_lowercase().contains("amount"),
+        "names the column: {err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,20 +114,40 @@ async fn unknown_column_and_bad_sql_are_plan_errors_and_cache_survives() {
     let dir = tempfile::tempdir().expect("tmp");
     write_orders(dir.path(), 2, 500);
     let session = session(Mode::Processes, 2).await;
-    let cached = session.read_parquet(dir.path()).await.expect("read").cache().await.expect("cache");
+    let cached = session
+        .read_parquet(dir.path())
+        .await
+        .expect("read")
+        .cache()
+        .await
+        .expect("cache");
     assert_eq!(cached.count().await.expect("count"), 1000);
 
-    let err = cached.clone().select(vec![col("no_such_column")]).expect_err("unknown column");
+    let err = cached
+        .clone()
+        .select(vec![col("no_such_column")])
+        .expect_err("unknown column");
     assert!(err.to_string().contains("no_such_column"), "{err}");
     assert!(err.is_user_error());
 
-    session.register_dataframe("orders", &cached).expect("register");
-    let err = session.sql("SELEKT * FROM orders").await.expect_err("bad sql");
+    session
+        .register_dataframe("orders", &cached)
+        .expect("register");
+    let err = session
+        .sql("SELEKT * FROM orders")
+        .await
+        .expect_err("bad sql");
     assert!(err.to_string().contains("SELEKT"), "{err}");
     assert!(err.is_user_error());
-    let err = session.sql("SELECT nope FROM orders").await.expect_err("unknown column");
+    let err = session
+        .sql("SELECT nope FROM orders")
+        .await
+        .expect_err("unknown column");
     assert!(err.to_string().contains("nope"), "{err}");
-    let err = session.sql("SELECT * FROM no_table").await.expect_err("unknown table");
+    let err = session
+        .sql("SELECT * FROM no_table")
+        .await
+        .expect_err("unknown table");
     assert!(err.to_string().contains("no_table"), "{err}");
 
     // A runtime failure on the executors (an impossible cast) fails the job with the stage,
@@ -122,12 +160,19 @@ async fn unknown_column_and_bad_sql_are_plan_errors_and_cache_survives() {
         .await
         .expect_err("cast fails");
     let text = err.to_string();
-    assert!(text.contains("partition") && text.contains("exec-"), "{text}");
+    assert!(
+        text.contains("partition") && text.contains("exec-"),
+        "{text}"
+    );
 
     // Nothing cached was lost.
     assert_eq!(cached.count().await.expect("count"), 1000);
     let m = session.last_job_metrics().expect("metrics");
-    assert_eq!((m.source_partitions_read, m.cached_blocks_used), (0, 2), "{m:?}");
+    assert_eq!(
+        (m.source_partitions_read, m.cached_blocks_used),
+        (0, 2),
+        "{m:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

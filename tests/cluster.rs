@@ -20,11 +20,24 @@ async fn sql_matches_datafusion(mode: Mode, files: usize) {
     let dir = tempfile::tempdir().expect("tmp");
     write_orders(dir.path(), files, 3_000);
     let session = session(mode, 2).await;
-    session.register_parquet("orders", dir.path()).await.expect("register");
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
     for q in QUERIES {
-        let ours = session.sql(q).await.expect("plan").collect().await.expect("run");
+        let ours = session
+            .sql(q)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
         let theirs = datafusion_answer(dir.path(), q).await;
-        assert_eq!(sorted_rows(&ours), sorted_rows(&theirs), "{mode:?}, {files} files: {q}");
+        assert_eq!(
+            sorted_rows(&ours),
+            sorted_rows(&theirs),
+            "{mode:?}, {files} files: {q}"
+        );
     }
 }
 
@@ -55,7 +68,13 @@ async fn dataframe_api(mode: Mode) {
         .expect("select");
     // ids with id % 5 == 1 among 0..3000.
     assert_eq!(df.count().await.expect("count"), 600);
-    let limited = df.clone().limit(0, Some(7)).expect("limit").collect().await.expect("collect");
+    let limited = df
+        .clone()
+        .limit(0, Some(7))
+        .expect("limit")
+        .collect()
+        .await
+        .expect("collect");
     assert_eq!(row_count(&limited), 7);
     let total = df
         .aggregate(vec![], vec![sum(col("double")).alias("s")])
@@ -96,13 +115,19 @@ async fn cache_hit_reads_no_source(mode: Mode) {
         .expect("cache");
     let first = cached.count().await.expect("count");
     let m1 = session.last_job_metrics().expect("metrics");
-    assert!(m1.source_partitions_read > 0, "first action computes from files: {m1:?}");
+    assert!(
+        m1.source_partitions_read > 0,
+        "first action computes from files: {m1:?}"
+    );
     let partitions = m1.source_partitions_read;
 
     let second = cached.count().await.expect("count again");
     let m2 = session.last_job_metrics().expect("metrics");
     assert_eq!(first, second);
-    assert_eq!(m2.source_partitions_read, 0, "second action reads no source file: {m2:?}");
+    assert_eq!(
+        m2.source_partitions_read, 0,
+        "second action reads no source file: {m2:?}"
+    );
     assert_eq!(m2.cached_blocks_used, partitions, "{m2:?}");
     assert_eq!(m2.partitions_recomputed, 0);
 
@@ -111,10 +136,20 @@ async fn cache_hit_reads_no_source(mode: Mode) {
 
     let dataset = cached.cached_dataset().expect("cached");
     let uncached = cached.unpersist().await.expect("unpersist");
-    assert!(session.driver().locations().missing(dataset, partitions).len() == partitions);
+    assert!(
+        session
+            .driver()
+            .locations()
+            .missing(dataset, partitions)
+            .len()
+            == partitions
+    );
     assert_eq!(uncached.count().await.expect("count uncached"), first);
     let m3 = session.last_job_metrics().expect("metrics");
-    assert!(m3.source_partitions_read > 0, "after unpersist the source is read again");
+    assert!(
+        m3.source_partitions_read > 0,
+        "after unpersist the source is read again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,9 +168,21 @@ async fn killed_executor_process_loses_only_its_partitions() {
     write_orders(dir.path(), 6, 2_000);
     // 2 executors x 3 cores: DataFusion plans 6 partitions, one per file.
     let session = common::start(Mode::Processes, common::builder(2).cores_per_executor(3)).await;
-    let cached = session.read_parquet(dir.path()).await.expect("read").cache().await.expect("cache");
+    let cached = session
+        .read_parquet(dir.path())
+        .await
+        .expect("read")
+        .cache()
+        .await
+        .expect("cache");
     let dataset = cached.cached_dataset().expect("cached");
-    let expected = sorted_rows(&datafusion_answer(dir.path(), "SELECT region, sum(amount) FROM orders GROUP BY region").await);
+    let expected = sorted_rows(
+        &datafusion_answer(
+            dir.path(),
+            "SELECT region, sum(amount) FROM orders GROUP BY region",
+        )
+        .await,
+    );
     let by_region = |df: DataFrame| async move {
         df.aggregate(vec![col("region")], vec![sum(col("amount"))])
             .expect("agg")
@@ -144,23 +191,46 @@ async fn killed_executor_process_loses_only_its_partitions() {
             .expect("run")
     };
     assert_eq!(sorted_rows(&by_region(cached.clone()).await), expected);
-    let partitions = session.last_job_metrics().expect("metrics").source_partitions_read;
+    let partitions = session
+        .last_job_metrics()
+        .expect("metrics")
+        .source_partitions_read;
     assert_eq!(partitions, 6, "one partition per file");
 
     // Which blocks live on executor 0?
     let victim = session.executors()[0].id.clone();
     let on_victim = (0..partitions as u32)
-        .filter(|p| session.driver().locations().get(ember::engine::BlockId::new(dataset, *p)).as_ref() == Some(&victim))
+        .filter(|p| {
+            session
+                .driver()
+                .locations()
+                .get(ember::engine::BlockId::new(dataset, *p))
+                .as_ref()
+                == Some(&victim)
+        })
         .count();
-    assert!(on_victim > 0 && on_victim < partitions, "blocks spread over both executors");
+    assert!(
+        on_victim > 0 && on_victim < partitions,
+        "blocks spread over both executors"
+    );
 
     let pid = session.executor_pids()[0];
     assert_eq!(session.kill_executor(0).expect("kill"), victim.0);
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process is gone");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "process is gone"
+    );
 
-    assert_eq!(sorted_rows(&by_region(cached.clone()).await), expected, "same answer after the kill");
+    assert_eq!(
+        sorted_rows(&by_region(cached.clone()).await),
+        expected,
+        "same answer after the kill"
+    );
     let m = session.last_job_metrics().expect("metrics");
-    assert_eq!(m.partitions_recomputed, on_victim, "only the lost partitions are recomputed: {m:?}");
+    assert_eq!(
+        m.partitions_recomputed, on_victim,
+        "only the lost partitions are recomputed: {m:?}"
+    );
     assert_eq!(m.source_partitions_read, on_victim, "{m:?}");
     assert_eq!(m.cached_blocks_used, partitions - on_victim, "{m:?}");
     assert_eq!(session.executors().len(), 1);
@@ -168,7 +238,10 @@ async fn killed_executor_process_loses_only_its_partitions() {
     // And the cache is whole again: the next action reads only cached blocks.
     assert_eq!(sorted_rows(&by_region(cached).await), expected);
     let m = session.last_job_metrics().expect("metrics");
-    assert_eq!((m.source_partitions_read, m.cached_blocks_used), (0, partitions));
+    assert_eq!(
+        (m.source_partitions_read, m.cached_blocks_used),
+        (0, partitions)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,18 +252,34 @@ async fn eviction_under_a_small_memory_limit_recomputes_and_stays_right() {
     write_orders(dir.path(), 8, 20_000);
     let session = common::start(
         Mode::Processes,
-        common::builder(2).cores_per_executor(4).memory_per_executor(1_200_000),
+        common::builder(2)
+            .cores_per_executor(4)
+            .memory_per_executor(1_200_000),
     )
     .await;
-    let cached = session.read_parquet(dir.path()).await.expect("read").cache().await.expect("cache");
+    let cached = session
+        .read_parquet(dir.path())
+        .await
+        .expect("read")
+        .cache()
+        .await
+        .expect("cache");
     let expected = 8 * 20_000;
     assert_eq!(cached.count().await.expect("count"), expected);
     assert_eq!(cached.count().await.expect("count"), expected);
     let m = session.last_job_metrics().expect("metrics");
-    assert!(m.partitions_recomputed > 0, "evicted partitions were recomputed: {m:?}");
+    assert!(
+        m.partitions_recomputed > 0,
+        "evicted partitions were recomputed: {m:?}"
+    );
     assert!(m.cached_blocks_used < 8, "not everything fit: {m:?}");
     for e in session.executors() {
-        assert!(e.used_bytes <= 1_200_000, "{} holds {} bytes", e.id, e.used_bytes);
+        assert!(
+            e.used_bytes <= 1_200_000,
+            "{} holds {} bytes",
+            e.id,
+            e.used_bytes
+        );
     }
 }
 
@@ -219,7 +308,13 @@ async fn write_parquet_writes_one_file_per_partition() {
         .filter(|e| !e.file_name().to_string_lossy().starts_with("part-"))
         .collect();
     assert!(leftovers.is_empty(), "no staging files left: {leftovers:?}");
-    let back = session.read_parquet(&target).await.expect("read back").count().await.expect("count");
+    let back = session
+        .read_parquet(&target)
+        .await
+        .expect("read back")
+        .count()
+        .await
+        .expect("count");
     assert_eq!(back, df.count().await.expect("count"));
 
     // Writing into a non-empty directory is refused and leaves it intact.
@@ -238,6 +333,9 @@ async fn dropping_the_session_stops_every_executor_process() {
     }
     drop(session);
     for pid in &pids {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "executor {pid} left behind");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "executor {pid} left behind"
+        );
     }
 }

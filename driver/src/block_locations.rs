@@ -29,7 +29,9 @@ impl BlockLocations {
     /// Forgets `block` if `executor` is the one recorded as holding it (a stale report from
     /// an executor that no longer holds the current copy changes nothing).
     pub fn remove_if_at(&self, block: BlockId, executor: &ExecutorId) -> bool {
-        self.blocks.remove_if(&block, |_, at| at == executor).is_some()
+        self.blocks
+            .remove_if(&block, |_, at| at == executor)
+            .is_some()
     }
 
     /// Forgets every block `executor` held; returns them.

@@ -23,9 +23,12 @@ use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::replace_children_if_necessary;
 use datafusion::physical_plan::{collect, ExecutionPlan};
+use ember_engine::block_read::BlockReadExec;
 use ember_engine::block_read::BlockReaderExtension;
-use ember_engine::lineage::{block_dependencies, Dataset, Persistence};
+use ember_engine::lineage::{all_block_reads, block_dependencies, Dataset, Persistence};
+use ember_engine::plan_codec::encode_plan;
 use ember_engine::proto::{
     task_output, task_status, BlockLocation, FailureKind, LaunchTaskRequest, StoreBlock,
     TaskFailure, TaskOutput, WriteParquet,
@@ -234,15 +237,25 @@ impl Driver {
         all.push(dataset);
         let mut job = self.new_job(all);
         let result = self
-            .run_until_done(&mut job, id, (0..partitions as u32).collect(), StageOutput::Parquet(dir.to_path_buf()))
+            .run_until_done(
+                &mut job,
+                id,
+                (0..partitions as u32).collect(),
+                StageOutput::Parquet(dir.to_path_buf()),
+            )
             .await;
         self.end_job(&mut job).await;
         result?;
-        let files = (0..partitions as u32).map(|p| dir.join(part_file_name(p))).collect();
+        let files = (0..partitions as u32)
+            .map(|p| dir.join(part_file_name(p)))
+            .collect();
         Ok((files, job.metrics))
     }
 
-    fn task_context(&self, reader: Arc<dyn ember_engine::block_read::BlockReader>) -> Arc<TaskContext> {
+    fn task_context(
+        &self,
+        reader: Arc<dyn ember_engine::block_read::BlockReader>,
+    ) -> Arc<TaskContext> {
         let base = self.session.task_ctx();
         let config = base
             .session_config()
@@ -288,10 +301,15 @@ impl Driver {
         let dataset = self.dataset(id)?;
         let mut retries = Retries::new(self.config.max_stage_attempts, dataset.partitions());
         loop {
-            for dep in dataset.dependencies() {
+            let mut deps = Vec::new();
+            let plan = self.expand(dataset.plan(), &mut deps)?;
+            for dep in &deps {
                 Box::pin(self.materialize(job, *dep)).await?;
             }
-            match self.run_stage(job, &dataset, &partitions, &output).await {
+            match self
+                .run_stage(job, &dataset, plan, &partitions, &output)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(StageFailure::Fatal(e)) => return Err(e),
                 Err(StageFailure::FetchFailed {
@@ -310,10 +328,48 @@ impl Driver {
         }
     }
 
+    /// Gives every cached dataset `plan` reads its lineage as a fallback, so a task that
+    /// misses a cached block computes it in place; collects into `deps` the job-scoped
+    /// datasets that must be materialized first.
+    fn expand(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        deps: &mut Vec<DatasetId>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(read) = plan.downcast_ref::<BlockReadExec>() {
+            let source = self.dataset(read.dataset())?;
+            if source.persistence() == Persistence::Cached {
+                let fallback = self.expand(source.plan(), deps)?;
+                let properties = read.properties().as_ref().clone();
+                return Ok(Arc::new(
+                    BlockReadExec::new(read.dataset(), properties).with_fallback(fallback),
+                ));
+            }
+            if !deps.contains(&read.dataset()) {
+                deps.push(read.dataset());
+            }
+            return Ok(Arc::clone(plan));
+        }
+        let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
+        if children.is_empty() {
+            return Ok(Arc::clone(plan));
+        }
+        let mut expanded = Vec::with_capacity(children.len());
+        for child in &children {
+            expanded.push(self.expand(child, deps)?);
+        }
+        Ok(replace_children_if_necessary(Arc::clone(plan), expanded).map_err(EngineError::from)?)
+    }
+
     /// A block could not be fetched from `executor`: if the executor is unreachable it is
     /// lost with all its blocks, otherwise only the block is forgotten (it was evicted).
     /// Returns whether an executor was lost.
-    async fn handle_fetch_failure(&self, job: &mut Job, block: BlockId, executor: &ExecutorId) -> bool {
+    async fn handle_fetch_failure(
+        &self,
+        job: &mut Job,
+        block: BlockId,
+        executor: &ExecutorId,
+    ) -> bool {
         let reachable = match self.registry.get(executor) {
             Some(info) => match self.pool.executor(&info.address) {
                 Ok(mut client) => matches!(
@@ -344,17 +400,22 @@ impl Driver {
         self: &Arc<Self>,
         job: &mut Job,
         dataset: &Arc<Dataset>,
+        plan: Arc<dyn ExecutionPlan>,
         partitions: &[u32],
         output: &StageOutput,
     ) -> Result<(), StageFailure> {
         let stage = self.next_stage_id();
         job.metrics.stages_run += 1;
         let job_id = job.metrics.job.map(|j| j.0).unwrap_or_default();
-        let inputs = self.input_locations(dataset)?;
+        let inputs = self.input_locations(&plan)?;
+        let encoded = encode_plan(plan).map_err(DriverError::from)?;
         let narrow: Vec<DatasetId> = dataset
             .dependencies()
             .iter()
-            .filter(|d| self.dataset(**d).is_ok_and(|dep| dataset.is_narrow_on(&dep)))
+            .filter(|d| {
+                self.dataset(**d)
+                    .is_ok_and(|dep| dataset.is_narrow_on(&dep))
+            })
             .copied()
             .collect();
         tracing::debug!(%stage, dataset = %dataset.id(), tasks = partitions.len(), "stage submitted");
@@ -367,7 +428,8 @@ impl Driver {
             // Launch while there are free slots.
             while let Some(&(partition, attempts)) = pending.front() {
                 let alive = self.registry.alive();
-                let Some(executor) = choose_executor(&alive, &busy, partition, &narrow, self) else {
+                let Some(executor) = choose_executor(&alive, &busy, partition, &narrow, self)
+                else {
                     break;
                 };
                 pending.pop_front();
@@ -382,7 +444,7 @@ impl Driver {
                     partition,
                     attempt: attempts,
                     dataset: dataset.id().0,
-                    plan: dataset.encoded_plan().clone(),
+                    plan: encoded.clone(),
                     inputs: inputs.clone(),
                     output: Some(task_output_for(dataset, output, partition)),
                 };
@@ -425,12 +487,22 @@ impl Driver {
                         self.locations.insert(block, executor.clone());
                     }
                     for evicted in &success.evicted {
-                        self.locations.remove_if_at(BlockId::from(evicted), &executor);
+                        self.locations
+                            .remove_if_at(BlockId::from(evicted), &executor);
+                    }
+                    for filled in &success.filled {
+                        let block = BlockId::from(filled);
+                        if self.computed.insert(block, ()).is_some() {
+                            job.metrics.partitions_recomputed += 1;
+                        }
+                        self.locations.insert(block, executor.clone());
                     }
                     if let Some(m) = success.metrics {
                         job.metrics.blocks_read_local += m.blocks_read_local as usize;
                         job.metrics.blocks_read_remote += m.blocks_read_remote as usize;
                         job.metrics.bytes_fetched += m.bytes_fetched;
+                        job.metrics.cached_blocks_used += m.cached_blocks_read as usize;
+                        job.metrics.source_partitions_read += m.source_partitions_read as usize;
                     }
                 }
                 Attempt::Unreachable(e) => {
@@ -440,7 +512,16 @@ impl Driver {
                     }
                     let attempts = attempts + 1;
                     if attempts >= self.config.max_task_attempts {
-                        return Err(task_failed(stage, dataset.id(), partition, &executor, attempts, false, e.to_string()).into());
+                        return Err(task_failed(
+                            stage,
+                            dataset.id(),
+                            partition,
+                            &executor,
+                            attempts,
+                            false,
+                            e.to_string(),
+                        )
+                        .into());
                     }
                     pending.push_back((partition, attempts));
                 }
@@ -462,12 +543,30 @@ impl Driver {
                         FailureKind::Cancelled => pending.push_back((partition, attempts)),
                         FailureKind::Plan | FailureKind::Internal => {
                             let user = kind == FailureKind::Plan;
-                            return Err(task_failed(stage, dataset.id(), partition, &executor, attempts + 1, user, failure.message).into());
+                            return Err(task_failed(
+                                stage,
+                                dataset.id(),
+                                partition,
+                                &executor,
+                                attempts + 1,
+                                user,
+                                failure.message,
+                            )
+                            .into());
                         }
                         FailureKind::Execution | FailureKind::ResourcesExhausted => {
                             let attempts = attempts + 1;
                             if attempts >= self.config.max_task_attempts {
-                                return Err(task_failed(stage, dataset.id(), partition, &executor, attempts, false, failure.message).into());
+                                return Err(task_failed(
+                                    stage,
+                                    dataset.id(),
+                                    partition,
+                                    &executor,
+                                    attempts,
+                                    false,
+                                    failure.message,
+                                )
+                                .into());
                             }
                             tracing::warn!(%stage, partition, executor = %executor, error = %failure.message, "task failed; retrying");
                             pending.push_back((partition, attempts));
@@ -478,14 +577,21 @@ impl Driver {
         }
     }
 
-    /// Where every block `dataset` reads lives now.
-    fn input_locations(&self, dataset: &Dataset) -> Result<Vec<BlockLocation>, StageFailure> {
+    /// Where every block `plan` may read lives now. A missing block of a job-scoped dataset
+    /// was lost since it was materialized; a missing cached block is computed by the task.
+    fn input_locations(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+    ) -> Result<Vec<BlockLocation>, StageFailure> {
         let mut inputs = Vec::new();
-        for dep in dataset.dependencies() {
-            let dep = self.dataset(*dep)?;
+        for dep in all_block_reads(plan) {
+            let dep = self.dataset(dep)?;
             for p in 0..dep.partitions() as u32 {
                 let block = BlockId::new(dep.id(), p);
                 let Some(executor) = self.locations.get(block) else {
+                    if dep.persistence() == Persistence::Cached {
+                        continue;
+                    }
                     return Err(StageFailure::FetchFailed {
                         block,
                         executor: ExecutorId("<none>".into()),
@@ -558,7 +664,10 @@ fn task_output_for(dataset: &Dataset, output: &StageOutput, partition: u32) -> T
             cached: dataset.persistence() == Persistence::Cached,
         }),
         StageOutput::Parquet(dir) => task_output::Kind::WriteParquet(WriteParquet {
-            path: dir.join(part_file_name(partition)).to_string_lossy().into_owned(),
+            path: dir
+                .join(part_file_name(partition))
+                .to_string_lossy()
+                .into_owned(),
         }),
     };
     TaskOutput { kind: Some(kind) }

@@ -59,7 +59,9 @@ impl DriverService for DriverServiceImpl {
         let id = ExecutorId(r.executor_id);
         let known = self.driver.registry.heartbeat(&id, r.used_bytes);
         for block in &r.evicted {
-            self.driver.locations.remove_if_at(BlockId::from(block), &id);
+            self.driver
+                .locations
+                .remove_if_at(BlockId::from(block), &id);
         }
         Ok(Response::new(HeartbeatResponse { reregister: !known }))
     }

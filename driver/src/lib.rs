@@ -12,9 +12,9 @@
 //! - [`error`]: [`DriverError`].
 #![warn(missing_docs)]
 
+mod block_fetch;
 /// Which executor holds which block.
 pub mod block_locations;
-mod block_fetch;
 mod dag_scheduler;
 /// The driver's error type.
 pub mod error;
@@ -292,7 +292,8 @@ impl Driver {
     pub async fn shutdown_executors(&self) {
         let calls = self.registry.alive().into_iter().map(|e| async move {
             if let Ok(mut client) = self.pool.executor(&e.address) {
-                let _ = tokio::time::timeout(CONTROL_TIMEOUT, client.shutdown(ShutdownRequest {})).await;
+                let _ = tokio::time::timeout(CONTROL_TIMEOUT, client.shutdown(ShutdownRequest {}))
+                    .await;
             }
             self.registry.mark_lost(&e.id);
         });

@@ -160,7 +160,10 @@ mod tests {
         r.register(info("b"));
         assert_eq!(r.alive().len(), 2);
         assert!(r.mark_lost(&ExecutorId("a".into())));
-        assert!(!r.mark_lost(&ExecutorId("a".into())), "second loss is not news");
+        assert!(
+            !r.mark_lost(&ExecutorId("a".into())),
+            "second loss is not news"
+        );
         assert_eq!(r.alive().len(), 1);
         assert!(!r.heartbeat(&ExecutorId("a".into()), 0));
         assert!(r.heartbeat(&ExecutorId("b".into()), 0));
@@ -177,7 +180,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         assert!(r.heartbeat(&ExecutorId("a".into()), 0));
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(r.expired(Duration::from_secs(5)), vec![ExecutorId("b".into())]);
+        assert_eq!(
+            r.expired(Duration::from_secs(5)),
+            vec![ExecutorId("b".into())]
+        );
     }
 
     #[tokio::test(start_paused = true)]

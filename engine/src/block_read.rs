@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -34,6 +34,14 @@ use crate::partition::Partition;
 pub trait BlockReader: Send + Sync + fmt::Debug {
     /// Returns the block's contents.
     async fn read(&self, block: BlockId) -> Result<Arc<Partition>>;
+
+    /// Offers a cached dataset's block that was missing and was just computed from lineage
+    /// inside the reading task; the reader may keep it (best effort). `read_source` says
+    /// whether computing it read a source.
+    fn offer(&self, _block: BlockId, _partition: Arc<Partition>, _read_source: bool) {}
+
+    /// Records that a cached block was found and read.
+    fn note_cached_read(&self) {}
 }
 
 /// The [`BlockReader`] of a task, carried in its `SessionConfig` extensions.
@@ -41,12 +49,19 @@ pub trait BlockReader: Send + Sync + fmt::Debug {
 pub struct BlockReaderExtension(pub Arc<dyn BlockReader>);
 
 /// Reads partition *i* of a lineage dataset as output partition *i*.
+///
+/// A reader of a cached dataset carries a *fallback*: the dataset's own plan. When the
+/// block is missing (never computed, evicted, or lost with its executor) the task computes
+/// it from lineage right there, offers it to its executor's cache, and goes on, as Spark's
+/// cached RDD partitions do.
 #[derive(Debug)]
 pub struct BlockReadExec {
     /// The dataset whose blocks are read.
     dataset: DatasetId,
     /// Properties of the plan that produced the blocks (ordering, partitioning).
     properties: Arc<PlanProperties>,
+    /// Computes a missing block (cached datasets only).
+    fallback: Option<Arc<dyn ExecutionPlan>>,
 }
 
 impl BlockReadExec {
@@ -56,7 +71,20 @@ impl BlockReadExec {
         Self {
             dataset,
             properties: Arc::new(properties),
+            fallback: None,
         }
+    }
+
+    /// The same reader, computing missing blocks with `plan` (which must produce the
+    /// dataset's partitions).
+    pub fn with_fallback(mut self, plan: Arc<dyn ExecutionPlan>) -> Self {
+        self.fallback = Some(plan);
+        self
+    }
+
+    /// The plan that computes a missing block, if any.
+    pub fn fallback(&self) -> Option<&Arc<dyn ExecutionPlan>> {
+        self.fallback.as_ref()
     }
 
     /// A reader of `partitions` blocks of `dataset` with no known ordering.
@@ -81,13 +109,48 @@ impl BlockReadExec {
     }
 }
 
+/// Computes a missing cached block from its dataset's plan and offers it for caching.
+async fn compute_from_lineage(
+    reader: &Arc<dyn BlockReader>,
+    block: BlockId,
+    plan: Arc<dyn ExecutionPlan>,
+    partition: usize,
+    context: Arc<TaskContext>,
+) -> DfResult<Arc<Partition>> {
+    let schema = plan.schema();
+    let read_source = reads_source(&plan);
+    let stream = plan.execute(partition, context)?;
+    let batches: Vec<_> = stream.try_collect().await?;
+    let part = Arc::new(Partition::new(schema, batches));
+    reader.offer(block, Arc::clone(&part), read_source);
+    Ok(part)
+}
+
+/// Whether `plan` scans a source (files or memory) outside of blocks.
+fn reads_source(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if node.children().is_empty() && !node.is::<BlockReadExec>() {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 impl DisplayAs for BlockReadExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "BlockReadExec: dataset={}, partitions={}",
+            "BlockReadExec: dataset={}, partitions={}{}",
             self.dataset.0,
-            self.partitions()
+            self.partitions(),
+            if self.fallback.is_some() {
+                ", cached"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -142,9 +205,21 @@ impl ExecutionPlan for BlockReadExec {
                 .into_datafusion()
         })?;
         let block = BlockId::new(self.dataset, index);
+        let fallback = self.fallback.clone();
         // Nothing is fetched until the first batch is pulled.
         let batches = stream::once(async move {
-            let part = reader.0.read(block).await.map_err(|e| e.into_datafusion())?;
+            let part = match (reader.0.read(block).await, fallback) {
+                (Ok(part), fallback) => {
+                    if fallback.is_some() {
+                        reader.0.note_cached_read();
+                    }
+                    part
+                }
+                (Err(EngineError::FetchFailed { .. }), Some(plan)) => {
+                    compute_from_lineage(&reader.0, block, plan, partition, context).await?
+                }
+                (Err(e), _) => return Err(e.into_datafusion()),
+            };
             let batches: Vec<DfResult<_>> = part.batches().iter().cloned().map(Ok).collect();
             Ok::<_, DataFusionError>(stream::iter(batches))
         })

@@ -194,7 +194,11 @@ mod tests {
     fn large_batches_are_split_into_bounded_chunks() {
         let p = partition(&[400_000]);
         let chunks: Vec<Bytes> = encode_chunks(&p).map(|c| c.expect("encode")).collect();
-        assert!(chunks.len() > 2, "expected several chunks, got {}", chunks.len());
+        assert!(
+            chunks.len() > 2,
+            "expected several chunks, got {}",
+            chunks.len()
+        );
         assert_eq!(round_trip(&p).num_rows(), 400_000);
     }
 
@@ -202,7 +206,10 @@ mod tests {
     fn truncated_stream_is_an_error() {
         let p = partition(&[10]);
         let mut decoder = PartitionDecoder::new();
-        let first = encode_chunks(&p).next().expect("one chunk").expect("encode");
+        let first = encode_chunks(&p)
+            .next()
+            .expect("one chunk")
+            .expect("encode");
         // Cut the stream in the middle of the first batch's message.
         decoder
             .push(first.slice(..first.len() - 8))

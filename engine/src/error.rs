@@ -184,10 +184,8 @@ mod tests {
             executor: ExecutorId("e1".into()),
             reason: "connection refused".into(),
         };
-        let wrapped = DataFusionError::Context(
-            "reading input".into(),
-            Box::new(original.into_datafusion()),
-        );
+        let wrapped =
+            DataFusionError::Context("reading input".into(), Box::new(original.into_datafusion()));
         match EngineError::from(wrapped) {
             EngineError::FetchFailed {
                 block, executor, ..

@@ -9,7 +9,9 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
-use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_plan::{
+    replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties,
+};
 
 use crate::block_read::BlockReadExec;
 use crate::error::Result;
@@ -170,6 +172,28 @@ pub fn block_dependencies(plan: &Arc<dyn ExecutionPlan>) -> Vec<DatasetId> {
         Ok(TreeNodeRecursion::Continue)
     });
     dependencies
+}
+
+/// Every dataset whose blocks `plan` may read, including through the fallback plans of
+/// cached readers.
+pub fn all_block_reads(plan: &Arc<dyn ExecutionPlan>) -> Vec<DatasetId> {
+    let mut found = Vec::new();
+    let mut pending = vec![Arc::clone(plan)];
+    while let Some(p) = pending.pop() {
+        // The closure never fails, so neither does the walk.
+        let _ = p.apply(|node| {
+            if let Some(read) = node.downcast_ref::<BlockReadExec>() {
+                if !found.contains(&read.dataset()) {
+                    found.push(read.dataset());
+                }
+                if let Some(fallback) = read.fallback() {
+                    pending.push(Arc::clone(fallback));
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+    }
+    found
 }
 
 /// Whether every leaf of `plan` reads blocks, so it can run wherever blocks can be fetched

@@ -25,7 +25,7 @@ impl PhysicalExtensionCodec for EmberCodec {
         &self,
         buf: &[u8],
         inputs: &[Arc<dyn ExecutionPlan>],
-        _ctx: &TaskContext,
+        ctx: &TaskContext,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if !inputs.is_empty() {
@@ -38,11 +38,20 @@ impl PhysicalExtensionCodec for EmberCodec {
         let schema_proto = datafusion_proto::protobuf::Schema::decode(node.schema.as_ref())
             .map_err(|e| DataFusionError::Internal(format!("bad BlockReadNode schema: {e}")))?;
         let schema = Schema::try_from(&schema_proto)?;
-        Ok(Arc::new(BlockReadExec::with_schema(
+        let mut read = BlockReadExec::with_schema(
             DatasetId(node.dataset),
             Arc::new(schema),
             node.partitions as usize,
-        )))
+        );
+        if !node.fallback.is_empty() {
+            let fallback = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
+                &node.fallback,
+                ctx,
+                self,
+            )?;
+            read = read.with_fallback(fallback);
+        }
+        Ok(Arc::new(read))
     }
 
     fn try_encode(
@@ -63,6 +72,13 @@ impl PhysicalExtensionCodec for EmberCodec {
             partitions: u32::try_from(read.partitions())
                 .map_err(|_| DataFusionError::Internal("too many partitions".into()))?,
             schema: schema.encode_to_vec().into(),
+            fallback: match read.fallback() {
+                Some(plan) => datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+                    Arc::clone(plan),
+                    self,
+                )?,
+                None => Default::default(),
+            },
         };
         msg.encode(buf)
             .map_err(|e| DataFusionError::Internal(format!("encoding BlockReadNode: {e}")))
@@ -76,9 +92,11 @@ pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Bytes> {
 
 /// Decodes a plan fragment, resolving functions through `ctx`'s registry.
 pub fn decode_plan(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
-    Ok(datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
-        bytes,
-        ctx,
-        &EmberCodec,
-    )?)
+    Ok(
+        datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
+            bytes,
+            ctx,
+            &EmberCodec,
+        )?,
+    )
 }

@@ -75,7 +75,12 @@ impl BlockManager {
     ///
     /// [`ExecutorError::MemoryLimit`] when the block does not fit even after evicting every
     /// cached block; nothing is evicted then.
-    pub fn put(&self, id: BlockId, partition: Arc<Partition>, kind: BlockKind) -> Result<Vec<BlockId>> {
+    pub fn put(
+        &self,
+        id: BlockId,
+        partition: Arc<Partition>,
+        kind: BlockKind,
+    ) -> Result<Vec<BlockId>> {
         let needed = partition.memory_size();
         // A poisoned lock only means another insert panicked; the map itself is consistent.
         let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -91,7 +96,13 @@ impl BlockManager {
                 .blocks
                 .iter()
                 .filter(|e| e.kind == BlockKind::Cached && *e.key() != id)
-                .map(|e| (e.last_used.load(Ordering::Relaxed), *e.key(), e.partition.memory_size()))
+                .map(|e| {
+                    (
+                        e.last_used.load(Ordering::Relaxed),
+                        *e.key(),
+                        e.partition.memory_size(),
+                    )
+                })
                 .collect();
             candidates.sort_unstable();
             let mut freed = 0;
@@ -120,7 +131,8 @@ impl BlockManager {
             last_used: AtomicU64::new(self.tick()),
         };
         if let Some(old) = self.blocks.insert(id, entry) {
-            self.used.fetch_sub(old.partition.memory_size(), Ordering::AcqRel);
+            self.used
+                .fetch_sub(old.partition.memory_size(), Ordering::AcqRel);
         }
         self.used.fetch_add(needed, Ordering::AcqRel);
         if !victims.is_empty() {
@@ -136,7 +148,8 @@ impl BlockManager {
     pub fn remove(&self, id: BlockId) -> bool {
         match self.blocks.remove(&id) {
             Some((_, entry)) => {
-                self.used.fetch_sub(entry.partition.memory_size(), Ordering::AcqRel);
+                self.used
+                    .fetch_sub(entry.partition.memory_size(), Ordering::AcqRel);
                 true
             }
             None => false,
@@ -209,8 +222,10 @@ mod tests {
         let bm = BlockManager::new(1 << 30);
         let p = partition(1000);
         let size = p.memory_size();
-        bm.put(block(0), p.clone(), BlockKind::Cached).expect("fits");
-        bm.put(block(0), p.clone(), BlockKind::Cached).expect("fits");
+        bm.put(block(0), p.clone(), BlockKind::Cached)
+            .expect("fits");
+        bm.put(block(0), p.clone(), BlockKind::Cached)
+            .expect("fits");
         assert_eq!(bm.used_bytes(), size);
         assert!(bm.remove(block(0)));
         assert_eq!(bm.used_bytes(), 0);
@@ -222,11 +237,14 @@ mod tests {
         let size = partition(1000).memory_size();
         let bm = BlockManager::new(size * 3);
         for p in 0..3 {
-            bm.put(block(p), partition(1000), BlockKind::Cached).expect("fits");
+            bm.put(block(p), partition(1000), BlockKind::Cached)
+                .expect("fits");
         }
         // Touch 0 so 1 is now the least recently used.
         assert!(bm.get(block(0)).is_some());
-        let evicted = bm.put(block(3), partition(1000), BlockKind::Cached).expect("fits");
+        let evicted = bm
+            .put(block(3), partition(1000), BlockKind::Cached)
+            .expect("fits");
         assert_eq!(evicted, vec![block(1)]);
         assert!(bm.get(block(1)).is_none());
         assert!(bm.get(block(0)).is_some());
@@ -239,8 +257,10 @@ mod tests {
     fn pinned_blocks_are_never_evicted() {
         let size = partition(1000).memory_size();
         let bm = BlockManager::new(size * 2);
-        bm.put(block(0), partition(1000), BlockKind::Pinned).expect("fits");
-        bm.put(block(1), partition(1000), BlockKind::Pinned).expect("fits");
+        bm.put(block(0), partition(1000), BlockKind::Pinned)
+            .expect("fits");
+        bm.put(block(1), partition(1000), BlockKind::Pinned)
+            .expect("fits");
         let err = bm
             .put(block(2), partition(1000), BlockKind::Cached)
             .expect_err("over the limit");
@@ -252,10 +272,13 @@ mod tests {
     #[test]
     fn remove_dataset_drops_only_its_blocks() {
         let bm = BlockManager::new(1 << 30);
-        bm.put(block(0), partition(10), BlockKind::Cached).expect("fits");
-        bm.put(block(1), partition(10), BlockKind::Cached).expect("fits");
+        bm.put(block(0), partition(10), BlockKind::Cached)
+            .expect("fits");
+        bm.put(block(1), partition(10), BlockKind::Cached)
+            .expect("fits");
         let other = BlockId::new(DatasetId(2), 0);
-        bm.put(other, partition(10), BlockKind::Pinned).expect("fits");
+        bm.put(other, partition(10), BlockKind::Pinned)
+            .expect("fits");
         assert_eq!(bm.remove_dataset(DatasetId(1)), 2);
         assert_eq!(bm.len(), 1);
         assert!(bm.get(other).is_some());

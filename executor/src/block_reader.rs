@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ember_engine::block_read::BlockReader;
@@ -11,7 +11,7 @@ use ember_engine::proto::{BlockLocation, TaskMetrics};
 use ember_engine::rpc::{fetch_block, ChannelPool};
 use ember_engine::{BlockId, EngineError, ExecutorId, Partition, Result};
 
-use crate::block_manager::BlockManager;
+use crate::block_manager::{BlockKind, BlockManager};
 
 /// Reads the blocks one task needs.
 #[derive(Debug)]
@@ -23,6 +23,13 @@ pub(crate) struct TaskBlockReader {
     read_local: AtomicU32,
     read_remote: AtomicU32,
     bytes_fetched: AtomicU64,
+    cached_read: AtomicU32,
+    computed_inline: AtomicU32,
+    source_reads: AtomicU32,
+    /// Blocks computed inline and kept, and blocks evicted to keep them; nothing is awaited
+    /// while these are locked.
+    filled: Mutex<Vec<BlockId>>,
+    evicted: Mutex<Vec<BlockId>>,
 }
 
 impl TaskBlockReader {
@@ -37,7 +44,10 @@ impl TaskBlockReader {
             .iter()
             .filter_map(|l| {
                 let block = BlockId::from(l.block.as_ref()?);
-                Some((block, (ExecutorId(l.executor_id.clone()), l.address.clone())))
+                Some((
+                    block,
+                    (ExecutorId(l.executor_id.clone()), l.address.clone()),
+                ))
             })
             .collect();
         Self {
@@ -48,7 +58,22 @@ impl TaskBlockReader {
             read_local: AtomicU32::new(0),
             read_remote: AtomicU32::new(0),
             bytes_fetched: AtomicU64::new(0),
+            cached_read: AtomicU32::new(0),
+            computed_inline: AtomicU32::new(0),
+            source_reads: AtomicU32::new(0),
+            filled: Mutex::new(Vec::new()),
+            evicted: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Cached blocks computed inline and kept by this executor.
+    pub(crate) fn take_filled(&self) -> Vec<BlockId> {
+        std::mem::take(&mut *self.filled.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Cached blocks evicted to keep inline-computed ones.
+    pub(crate) fn take_evicted(&self) -> Vec<BlockId> {
+        std::mem::take(&mut *self.evicted.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// What the task read so far.
@@ -58,6 +83,9 @@ impl TaskBlockReader {
             blocks_read_remote: self.read_remote.load(Ordering::Relaxed),
             bytes_fetched: self.bytes_fetched.load(Ordering::Relaxed),
             run_micros: 0,
+            cached_blocks_read: self.cached_read.load(Ordering::Relaxed),
+            blocks_computed_inline: self.computed_inline.load(Ordering::Relaxed),
+            source_partitions_read: self.source_reads.load(Ordering::Relaxed),
         }
     }
 }
@@ -86,7 +114,8 @@ impl BlockReader for TaskBlockReader {
         match fetch_block(&self.pool, address, block).await {
             Ok((partition, bytes)) => {
                 self.read_remote.fetch_add(1, Ordering::Relaxed);
-                self.bytes_fetched.fetch_add(bytes as u64, Ordering::Relaxed);
+                self.bytes_fetched
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
                 Ok(partition)
             }
             Err(e) => Err(EngineError::FetchFailed {
@@ -95,5 +124,31 @@ impl BlockReader for TaskBlockReader {
                 reason: e.to_string(),
             }),
         }
+    }
+
+    fn offer(&self, block: BlockId, partition: Arc<Partition>, read_source: bool) {
+        self.computed_inline.fetch_add(1, Ordering::Relaxed);
+        if read_source {
+            self.source_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.local.put(block, partition, BlockKind::Cached) {
+            Ok(evicted) => {
+                self.filled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(block);
+                self.evicted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(evicted);
+            }
+            // Too big to cache: it is recomputed whenever it is needed, as Spark does with a
+            // partition that does not fit in memory.
+            Err(e) => tracing::debug!(%block, error = %e, "computed block not cached"),
+        }
+    }
+
+    fn note_cached_read(&self) {
+        self.cached_read.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -53,7 +53,10 @@ impl ComputeRuntime {
         F::Output: Send + 'static,
     {
         // The runtime is only taken out in `drop`, so it is always present here.
-        let runtime = self.runtime.as_ref().expect("compute runtime present until drop");
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("compute runtime present until drop");
         AbortOnDrop(runtime.spawn(future))
     }
 }

@@ -43,7 +43,9 @@ impl ExecutorError {
     /// succeed; a cancelled task is retried without counting against its limit.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ExecutorError::Engine(e) => !e.is_user_error() && !matches!(e, EngineError::Internal(_)),
+            ExecutorError::Engine(e) => {
+                !e.is_user_error() && !matches!(e, EngineError::Internal(_))
+            }
             ExecutorError::MemoryLimit { .. } | ExecutorError::Cancelled => true,
             ExecutorError::MalformedTask(_) => false,
         }
@@ -65,8 +67,9 @@ impl ExecutorError {
                 failure.missing_block_executor = executor.0.clone();
                 FailureKind::FetchFailed
             }
-            ExecutorError::Engine(EngineError::Internal(_))
-            | ExecutorError::MalformedTask(_) => FailureKind::Internal,
+            ExecutorError::Engine(EngineError::Internal(_)) | ExecutorError::MalformedTask(_) => {
+                FailureKind::Internal
+            }
             ExecutorError::Engine(e) if e.is_user_error() => FailureKind::Plan,
             ExecutorError::Engine(EngineError::ResourcesExhausted(_))
             | ExecutorError::MemoryLimit { .. } => FailureKind::ResourcesExhausted,
@@ -110,9 +113,15 @@ mod tests {
             pinned: 5,
             limit: 8,
         };
-        assert_eq!(mem.to_task_failure().kind, FailureKind::ResourcesExhausted as i32);
+        assert_eq!(
+            mem.to_task_failure().kind,
+            FailureKind::ResourcesExhausted as i32
+        );
         assert!(mem.is_retryable());
-        assert_eq!(ExecutorError::Cancelled.to_task_failure().kind, FailureKind::Cancelled as i32);
+        assert_eq!(
+            ExecutorError::Cancelled.to_task_failure().kind,
+            FailureKind::Cancelled as i32
+        );
 
         let bug = ExecutorError::Engine(EngineError::Internal("oops".into()));
         assert!(!bug.is_retryable());

@@ -142,9 +142,16 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     let address = listener
         .local_addr()
         .map_err(|e| EngineError::io(config.bind.to_string(), e))?;
-    let id = ExecutorId(config.id.clone().unwrap_or_else(|| format!("exec-{address}")));
+    let id = ExecutorId(
+        config
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("exec-{address}")),
+    );
     let cores = config.cores.max(1);
-    let compute = Arc::new(ComputeRuntime::try_new(cores).map_err(|e| EngineError::io("compute runtime", e))?);
+    let compute = Arc::new(
+        ComputeRuntime::try_new(cores).map_err(|e| EngineError::io("compute runtime", e))?,
+    );
     let blocks = Arc::new(BlockManager::new(config.memory_bytes));
     let mut session_config = SessionConfig::new().with_target_partitions(cores);
     // A task executes one partition of a scan, and that partition must read exactly its own
@@ -165,7 +172,13 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         memory_bytes: config.memory_bytes as u64,
         pid: std::process::id(),
     };
-    let interval = register(&driver_channel, &config.driver, &registration, config.register_timeout).await?;
+    let interval = register(
+        &driver_channel,
+        &config.driver,
+        &registration,
+        config.register_timeout,
+    )
+    .await?;
 
     let service = ExecutorServiceImpl {
         env: TaskEnv {
@@ -277,7 +290,9 @@ async fn heartbeat_loop(
                 last_ok = Instant::now();
                 if resp.into_inner().reregister {
                     tracing::warn!(%driver, "driver asked this executor to register again");
-                    if let Err(e) = register(&channel, &driver, &registration, DEFAULT_REGISTER_TIMEOUT).await {
+                    if let Err(e) =
+                        register(&channel, &driver, &registration, DEFAULT_REGISTER_TIMEOUT).await
+                    {
                         tracing::warn!(error = %e, "re-registration failed");
                     }
                 }

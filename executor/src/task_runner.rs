@@ -54,14 +54,23 @@ pub(crate) async fn run_task(env: TaskEnv, request: LaunchTaskRequest) -> TaskSt
     let outcome = execute(&env, &request, Arc::clone(&reader)).await;
     let outcome = outcome.map_err(|e| with_source_files(e, &request, &env));
     let result = match outcome {
-        Ok((rows, bytes, evicted)) => {
+        Ok((rows, bytes, mut evicted)) => {
             let mut metrics = reader.metrics();
             metrics.run_micros = started.elapsed().as_micros() as u64;
+            let filled = reader.take_filled();
+            evicted.extend(reader.take_evicted());
+            // A block filled early in the task may have been evicted by its own output.
+            let filled = filled
+                .into_iter()
+                .filter(|b| !evicted.contains(b))
+                .map(Into::into)
+                .collect();
             task_status::Result::Success(TaskSuccess {
                 rows,
                 bytes,
                 metrics: Some(metrics),
                 evicted: evicted.into_iter().map(Into::into).collect(),
+                filled,
             })
         }
         Err(e) => {
@@ -82,11 +91,18 @@ pub(crate) async fn run_task(env: TaskEnv, request: LaunchTaskRequest) -> TaskSt
 
 /// Names the source files a failing task was reading, so a bad row or a corrupt file can
 /// be found: the file group of the task's partition in the fragment's file scan.
-fn with_source_files(error: ExecutorError, request: &LaunchTaskRequest, env: &TaskEnv) -> ExecutorError {
+fn with_source_files(
+    error: ExecutorError,
+    request: &LaunchTaskRequest,
+    env: &TaskEnv,
+) -> ExecutorError {
     let ExecutorError::Engine(engine) = error else {
         return error;
     };
-    if matches!(engine, EngineError::FetchFailed { .. } | EngineError::Reading { .. }) {
+    if matches!(
+        engine,
+        EngineError::FetchFailed { .. } | EngineError::Reading { .. }
+    ) {
         return ExecutorError::Engine(engine);
     }
     let ctx = env.session.task_ctx();
@@ -98,7 +114,12 @@ fn with_source_files(error: ExecutorError, request: &LaunchTaskRequest, env: &Ta
         if let Some(scan) = node.downcast_ref::<DataSourceExec>() {
             if let Some(config) = scan.data_source().downcast_ref::<FileScanConfig>() {
                 if let Some(group) = config.file_groups.get(request.partition as usize) {
-                    files.extend(group.files().iter().map(|f| f.object_meta.location.to_string()));
+                    files.extend(
+                        group
+                            .files()
+                            .iter()
+                            .map(|f| f.object_meta.location.to_string()),
+                    );
                 }
             }
         }
@@ -114,7 +135,11 @@ fn with_source_files(error: ExecutorError, request: &LaunchTaskRequest, env: &Ta
     }
 }
 
-fn task_context(env: &TaskEnv, request: &LaunchTaskRequest, reader: Arc<TaskBlockReader>) -> TaskContext {
+fn task_context(
+    env: &TaskEnv,
+    request: &LaunchTaskRequest,
+    reader: Arc<TaskBlockReader>,
+) -> TaskContext {
     let base = env.session.task_ctx();
     let config = base
         .session_config()
@@ -171,13 +196,16 @@ async fn execute(
             Ok((rows, bytes, evicted))
         }
         task_output::Kind::WriteParquet(write) => {
-            let (rows, bytes) = write_parquet(stream, PathBuf::from(&write.path), request.attempt).await?;
+            let (rows, bytes) =
+                write_parquet(stream, PathBuf::from(&write.path), request.attempt).await?;
             Ok((rows, bytes, Vec::new()))
         }
     }
 }
 
-async fn collect(mut stream: SendableRecordBatchStream) -> Result<Vec<arrow::record_batch::RecordBatch>> {
+async fn collect(
+    mut stream: SendableRecordBatchStream,
+) -> Result<Vec<arrow::record_batch::RecordBatch>> {
     let mut batches = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(EngineError::from)?;
@@ -190,7 +218,11 @@ async fn collect(mut stream: SendableRecordBatchStream) -> Result<Vec<arrow::rec
 
 /// Streams the task's output into `path` through a temporary file that is renamed into
 /// place only when complete, so a failed task leaves no partial file under the final name.
-async fn write_parquet(mut stream: SendableRecordBatchStream, path: PathBuf, attempt: u32) -> Result<(u64, u64)> {
+async fn write_parquet(
+    mut stream: SendableRecordBatchStream,
+    path: PathBuf,
+    attempt: u32,
+) -> Result<(u64, u64)> {
     let tmp = path.with_extension(format!("parquet.tmp{attempt}"));
     let file = File::create(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
     let mut writer = ArrowWriter::try_new(file, stream.schema(), None)

@@ -84,7 +84,8 @@ pub fn write_orders(dir: &Path, files: usize, rows: usize) {
             ],
         )
         .expect("batch");
-        let file = std::fs::File::create(dir.join(format!("orders-{f:03}.parquet"))).expect("create");
+        let file =
+            std::fs::File::create(dir.join(format!("orders-{f:03}.parquet"))).expect("create");
         let mut w = ArrowWriter::try_new(file, schema.clone(), None).expect("writer");
         w.write(&batch).expect("write");
         w.close().expect("close");
@@ -95,10 +96,19 @@ pub fn write_orders(dir: &Path, files: usize, rows: usize) {
 /// independent engine Ember's answers are compared with.
 pub async fn datafusion_answer(dir: &Path, sql: &str) -> Vec<RecordBatch> {
     let ctx = SessionContext::new();
-    ctx.register_parquet("orders", dir.to_str().expect("utf8 path"), ParquetReadOptions::default())
+    ctx.register_parquet(
+        "orders",
+        dir.to_str().expect("utf8 path"),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .expect("register");
+    ctx.sql(sql)
         .await
-        .expect("register");
-    ctx.sql(sql).await.expect("plan").collect().await.expect("run")
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run")
 }
 
 /// Rows of `batches` as sorted strings, so results compare regardless of row order.
@@ -108,10 +118,19 @@ pub fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
         let formatters: Vec<_> = b
             .columns()
             .iter()
-            .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default()).expect("fmt"))
+            .map(|c| {
+                arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default())
+                    .expect("fmt")
+            })
             .collect();
         for r in 0..b.num_rows() {
-            rows.push(formatters.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"));
+            rows.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(r).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
         }
     }
     rows.sort();
