@@ -36,11 +36,16 @@ async fn main() -> anyhow::Result<()> {
         data.path().display()
     );
 
-    let session = Session::local_cluster(2).await?;
+    // Two executor processes with two task slots each: the data is read as 4 partitions.
+    let session = Session::builder()
+        .executors(2)
+        .cores_per_executor(2)
+        .local_cluster()
+        .await?;
     for e in session.executors() {
         println!(
-            "executor {} at {} (pid {}, {} cores)",
-            e.id, e.address, e.pid, e.cores
+            "executor {} at {} (pid {}, {} task slots)",
+            e.id.0, e.address, e.pid, e.cores
         );
     }
 

@@ -43,8 +43,8 @@ pub struct SqlArgs {
     /// Executor processes to start.
     #[arg(long, default_value_t = 2)]
     pub executors: usize,
-    /// A table to register, NAME=PATH; PATH is a Parquet, CSV or JSON file, or a directory
-    /// of them (the format follows the extension).
+    /// A table to register, NAME=PATH; PATH is a Parquet, CSV, JSON or Arrow IPC file, or a
+    /// directory of them (the format follows the extension).
     #[arg(long = "table", value_name = "NAME=PATH")]
     pub tables: Vec<String>,
     /// Read the SQL from this file (statements separated by `;`).
@@ -107,13 +107,18 @@ async fn register(session: &Session, name: &str, path: &Path) -> anyhow::Result<
         {
             let entry = entry?;
             if let Some(ext) = entry.path().extension().and_then(|e| e.to_str()) {
-                if matches!(ext, "parquet" | "csv" | "json") {
+                if matches!(ext, "parquet" | "csv" | "json" | "arrow") {
                     found = Some(ext.to_string());
                     break;
                 }
             }
         }
-        found.with_context(|| format!("{}: no .parquet, .csv or .json files", path.display()))?
+        found.with_context(|| {
+            format!(
+                "{}: no .parquet, .csv, .json or .arrow files",
+                path.display()
+            )
+        })?
     } else {
         path.extension()
             .and_then(|e| e.to_str())
@@ -124,6 +129,7 @@ async fn register(session: &Session, name: &str, path: &Path) -> anyhow::Result<
         "parquet" => session.register_parquet(name, path).await?,
         "csv" => session.register_csv(name, path).await?,
         "json" | "ndjson" => session.register_json(name, path).await?,
+        "arrow" | "ipc" => session.register_arrow(name, path).await?,
         other => bail!("{}: unsupported format `{other}`", path.display()),
     }
     Ok(())

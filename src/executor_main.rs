@@ -112,21 +112,30 @@ pub fn run_executor_if_requested() {
     }
     crate::init_tracing("warn");
     let args = ExecutorArgs::parse();
-    let code = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("ember-rpc")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => match rt.block_on(run_executor(args)) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("ember-executor: {e:#}");
-                1
-            }
-        },
+    // `main` may already be inside a tokio runtime (`#[tokio::main]`), where another one
+    // cannot be started on the same thread: the executor gets a thread of its own.
+    let runner = std::thread::Builder::new()
+        .name("ember-executor".into())
+        .spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("ember-rpc")
+                .enable_all()
+                .build()?;
+            rt.block_on(run_executor(args))
+        });
+    let code = match runner.map(|t| t.join()) {
+        Ok(Ok(Ok(()))) => 0,
+        Ok(Ok(Err(e))) => {
+            eprintln!("ember-executor: {e:#}");
+            1
+        }
+        Ok(Err(_)) => {
+            eprintln!("ember-executor: executor thread panicked");
+            1
+        }
         Err(e) => {
-            eprintln!("ember-executor: cannot start runtime: {e}");
+            eprintln!("ember-executor: cannot start executor thread: {e}");
             1
         }
     };

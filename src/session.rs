@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
@@ -187,18 +188,27 @@ impl SessionBuilder {
                 self.memory,
             )?);
         }
-        let up = driver
-            .registry()
-            .wait_for(self.executors, EXECUTOR_START_TIMEOUT)
-            .await;
-        if up < self.executors {
-            let dead: Vec<String> = children
+        // Wait for registrations, noticing at once an executor that died on start.
+        let started = std::time::Instant::now();
+        let mut dead: Vec<String> = Vec::new();
+        let mut up = 0;
+        while started.elapsed() < EXECUTOR_START_TIMEOUT && dead.is_empty() {
+            up = driver
+                .registry()
+                .wait_for(self.executors, Duration::from_millis(100))
+                .await;
+            if up >= self.executors {
+                break;
+            }
+            dead = children
                 .iter_mut()
                 .filter_map(|c| {
                     c.exited()
                         .map(|status| format!("{} exited ({status})", c.id))
                 })
                 .collect();
+        }
+        if up < self.executors {
             return Err(Error::Cluster(format!(
                 "only {up} of {} executors registered within {EXECUTOR_START_TIMEOUT:?} \
                  (binary {}){}",
@@ -463,6 +473,42 @@ impl Session {
         self.inner
             .ctx
             .register_json(name, path, JsonReadOptions::default().file_extension(&ext))
+            .await?;
+        Ok(())
+    }
+
+    /// A DataFrame over an Arrow IPC file or directory.
+    pub async fn read_arrow(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
+        let path = existing(path.as_ref())?;
+        let ext = extension_of(path.as_ref(), ".arrow");
+        let df = self
+            .inner
+            .ctx
+            .read_arrow(
+                path,
+                ArrowReadOptions {
+                    file_extension: &ext,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(DataFrame::new(self.clone(), df))
+    }
+
+    /// Registers an Arrow IPC file or directory as table `name` for SQL.
+    pub async fn register_arrow(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        let path = existing(path.as_ref())?;
+        let ext = extension_of(path.as_ref(), ".arrow");
+        self.inner
+            .ctx
+            .register_arrow(
+                name,
+                &path,
+                ArrowReadOptions {
+                    file_extension: &ext,
+                    ..Default::default()
+                },
+            )
             .await?;
         Ok(())
     }

@@ -339,3 +339,69 @@ async fn dropping_the_session_stops_every_executor_process() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_json_and_arrow_sources_run_on_executors() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let parquet_dir = dir.path().join("parquet");
+    write_orders(&parquet_dir, 2, 700);
+    // The same rows in every other format, written by single-process DataFusion.
+    let ctx = datafusion::prelude::SessionContext::new();
+    let rows = ctx
+        .read_parquet(parquet_dir.to_str().expect("utf8"), Default::default())
+        .await
+        .expect("read")
+        .collect()
+        .await
+        .expect("collect");
+    let csv = dir.path().join("orders.csv");
+    let mut w = arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(std::fs::File::create(&csv).expect("csv"));
+    let json = dir.path().join("orders.json");
+    let mut j = arrow::json::LineDelimitedWriter::new(std::fs::File::create(&json).expect("json"));
+    let ipc = dir.path().join("orders.arrow");
+    let mut a = arrow::ipc::writer::FileWriter::try_new(
+        std::fs::File::create(&ipc).expect("ipc"),
+        &rows[0].schema(),
+    )
+    .expect("ipc writer");
+    for b in &rows {
+        w.write(b).expect("csv row");
+        j.write(b).expect("json row");
+        a.write(b).expect("ipc batch");
+    }
+    j.finish().expect("json end");
+    a.finish().expect("ipc end");
+    drop(w);
+
+    let session = session(Mode::Processes, 2).await;
+    session.register_csv("c", &csv).await.expect("csv");
+    session.register_json("j", &json).await.expect("json");
+    session.register_arrow("a", &ipc).await.expect("arrow");
+    let expected = sorted_rows(
+        &datafusion_answer(
+            &parquet_dir,
+            "SELECT region, count(*), sum(id) FROM orders GROUP BY region",
+        )
+        .await,
+    );
+    for table in ["c", "j", "a"] {
+        let q = format!("SELECT region, count(*), sum(id) FROM {table} GROUP BY region");
+        let ours = session
+            .sql(&q)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        assert_eq!(sorted_rows(&ours), expected, "{table}");
+        assert!(
+            session
+                .last_job_metrics()
+                .expect("metrics")
+                .source_partitions_read
+                > 0
+        );
+    }
+}

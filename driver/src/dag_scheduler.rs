@@ -477,53 +477,29 @@ impl Driver {
             if let Some(n) = busy.get_mut(&executor) {
                 *n = n.saturating_sub(1);
             }
-            match attempt {
+            let give_up = |attempts: u32, user_error: bool, message: String| -> StageFailure {
+                task_failed(
+                    stage,
+                    dataset.id(),
+                    partition,
+                    &executor,
+                    attempts,
+                    user_error,
+                    message,
+                )
+                .into()
+            };
+            let cause = match attempt {
                 Attempt::Succeeded(success) => {
-                    let block = BlockId::new(dataset.id(), partition);
-                    if matches!(output, StageOutput::Store) {
-                        if self.computed.insert(block, ()).is_some() {
-                            job.metrics.partitions_recomputed += 1;
-                        }
-                        self.locations.insert(block, executor.clone());
-                    }
-                    for evicted in &success.evicted {
-                        self.locations
-                            .remove_if_at(BlockId::from(evicted), &executor);
-                    }
-                    for filled in &success.filled {
-                        let block = BlockId::from(filled);
-                        if self.computed.insert(block, ()).is_some() {
-                            job.metrics.partitions_recomputed += 1;
-                        }
-                        self.locations.insert(block, executor.clone());
-                    }
-                    if let Some(m) = success.metrics {
-                        job.metrics.blocks_read_local += m.blocks_read_local as usize;
-                        job.metrics.blocks_read_remote += m.blocks_read_remote as usize;
-                        job.metrics.bytes_fetched += m.bytes_fetched;
-                        job.metrics.cached_blocks_used += m.cached_blocks_read as usize;
-                        job.metrics.source_partitions_read += m.source_partitions_read as usize;
-                    }
+                    self.record_success(job, dataset, partition, &executor, output, success);
+                    continue;
                 }
                 Attempt::Unreachable(e) => {
                     job.metrics.task_failures += 1;
                     if self.lose_executor(&executor, "task launch failed") {
                         job.metrics.executors_lost += 1;
                     }
-                    let attempts = attempts + 1;
-                    if attempts >= self.config.max_task_attempts {
-                        return Err(task_failed(
-                            stage,
-                            dataset.id(),
-                            partition,
-                            &executor,
-                            attempts,
-                            false,
-                            e.to_string(),
-                        )
-                        .into());
-                    }
-                    pending.push_back((partition, attempts));
+                    e.to_string()
                 }
                 Attempt::Failed(failure) => {
                     job.metrics.task_failures += 1;
@@ -540,40 +516,67 @@ impl Driver {
                                 reason: failure.message,
                             });
                         }
-                        FailureKind::Cancelled => pending.push_back((partition, attempts)),
+                        FailureKind::Cancelled => {
+                            pending.push_back((partition, attempts));
+                            continue;
+                        }
                         FailureKind::Plan | FailureKind::Internal => {
-                            let user = kind == FailureKind::Plan;
-                            return Err(task_failed(
-                                stage,
-                                dataset.id(),
-                                partition,
-                                &executor,
+                            return Err(give_up(
                                 attempts + 1,
-                                user,
+                                kind == FailureKind::Plan,
                                 failure.message,
-                            )
-                            .into());
+                            ));
                         }
                         FailureKind::Execution | FailureKind::ResourcesExhausted => {
-                            let attempts = attempts + 1;
-                            if attempts >= self.config.max_task_attempts {
-                                return Err(task_failed(
-                                    stage,
-                                    dataset.id(),
-                                    partition,
-                                    &executor,
-                                    attempts,
-                                    false,
-                                    failure.message,
-                                )
-                                .into());
-                            }
                             tracing::warn!(%stage, partition, executor = %executor, error = %failure.message, "task failed; retrying");
-                            pending.push_back((partition, attempts));
+                            failure.message
                         }
                     }
                 }
+            };
+            let attempts = attempts + 1;
+            if attempts >= self.config.max_task_attempts {
+                return Err(give_up(attempts, false, cause));
             }
+            pending.push_back((partition, attempts));
+        }
+    }
+
+    /// Records a successful task: its block's location, blocks it filled or evicted, and
+    /// what it read.
+    fn record_success(
+        &self,
+        job: &mut Job,
+        dataset: &Dataset,
+        partition: u32,
+        executor: &ExecutorId,
+        output: &StageOutput,
+        success: ember_engine::proto::TaskSuccess,
+    ) {
+        if matches!(output, StageOutput::Store) {
+            let block = BlockId::new(dataset.id(), partition);
+            if self.computed.insert(block, ()).is_some() {
+                job.metrics.partitions_recomputed += 1;
+            }
+            self.locations.insert(block, executor.clone());
+        }
+        for evicted in &success.evicted {
+            self.locations
+                .remove_if_at(BlockId::from(evicted), executor);
+        }
+        for filled in &success.filled {
+            let block = BlockId::from(filled);
+            if self.computed.insert(block, ()).is_some() {
+                job.metrics.partitions_recomputed += 1;
+            }
+            self.locations.insert(block, executor.clone());
+        }
+        if let Some(m) = success.metrics {
+            job.metrics.blocks_read_local += m.blocks_read_local as usize;
+            job.metrics.blocks_read_remote += m.blocks_read_remote as usize;
+            job.metrics.bytes_fetched += m.bytes_fetched;
+            job.metrics.cached_blocks_used += m.cached_blocks_read as usize;
+            job.metrics.source_partitions_read += m.source_partitions_read as usize;
         }
     }
 

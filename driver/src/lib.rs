@@ -9,7 +9,7 @@
 //! - `grpc`: the DriverService executors call.
 //! - `block_fetch`: block reads for the fragment the driver runs itself.
 //! - [`metrics`]: per-job counters.
-//! - [`error`]: [`DriverError`].
+//! - [`error`]: the error type, [`DriverError`].
 #![warn(missing_docs)]
 
 mod block_fetch;
@@ -284,7 +284,7 @@ impl Driver {
         if let Some(info) = self.registry.get(id) {
             self.pool.forget(&info.address);
         }
-        tracing::warn!(executor = %id, blocks = lost.len(), reason, "executor lost");
+        tracing::warn!(executor = %id.0, blocks = lost.len(), reason, "executor lost");
         true
     }
 

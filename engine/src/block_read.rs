@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -19,6 +19,7 @@ use futures::{stream, StreamExt, TryStreamExt};
 
 use crate::error::{EngineError, Result};
 use crate::ids::{BlockId, DatasetId};
+use crate::lineage::reads_only_blocks;
 use crate::partition::Partition;
 
 /// Where a running plan gets the blocks its [`BlockReadExec`] leaves ask for.
@@ -118,25 +119,12 @@ async fn compute_from_lineage(
     context: Arc<TaskContext>,
 ) -> DfResult<Arc<Partition>> {
     let schema = plan.schema();
-    let read_source = reads_source(&plan);
+    let read_source = !reads_only_blocks(&plan);
     let stream = plan.execute(partition, context)?;
     let batches: Vec<_> = stream.try_collect().await?;
     let part = Arc::new(Partition::new(schema, batches));
     reader.offer(block, Arc::clone(&part), read_source);
     Ok(part)
-}
-
-/// Whether `plan` scans a source (files or memory) outside of blocks.
-fn reads_source(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    let mut found = false;
-    let _ = plan.apply(|node| {
-        if node.children().is_empty() && !node.is::<BlockReadExec>() {
-            found = true;
-            return Ok(TreeNodeRecursion::Stop);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    found
 }
 
 impl DisplayAs for BlockReadExec {

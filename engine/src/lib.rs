@@ -11,7 +11,7 @@
 //! - [`lineage`]: datasets and the cutting of physical plans into them.
 //! - [`rpc`]: channels with deadlines, the channel pool and the block fetch.
 //! - [`proto`]: the generated driver <-> executor protocol.
-//! - [`error`]: [`EngineError`].
+//! - [`error`]: the error type, [`EngineError`].
 #![warn(missing_docs)]
 
 /// Driver <-> executor messages and services, generated from `proto/ember.proto`.

@@ -1,0 +1,139 @@
+//! The `ember` command line: `ember sql` on a local cluster, output formats, and errors on
+//! stderr with a non-zero exit.
+
+mod common;
+
+use std::process::Command;
+
+use common::write_orders;
+
+fn ember() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
+    cmd.env("RUST_LOG", "error");
+    cmd
+}
+
+#[test]
+fn sql_prints_results_in_every_format() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 2, 1_500);
+    let table = format!("orders={}", dir.path().display());
+
+    let out = ember()
+        .args([
+            "sql",
+            "--executors",
+            "2",
+            "--table",
+            &table,
+            "--format",
+            "csv",
+        ])
+        .arg("SELECT region, count(*) AS n FROM orders GROUP BY region ORDER BY region")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["region,n", "r0,600", "r1,600", "r2,600", "r3,600", "r4,600"]
+    );
+
+    let out = ember()
+        .args([
+            "sql",
+            "--executors",
+            "1",
+            "--table",
+            &table,
+            "--format",
+            "json",
+        ])
+        .arg("SELECT max(id) AS top FROM orders")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid json");
+    assert_eq!(json, serde_json::json!([{ "top": 2999 }]));
+
+    let query = dir.path().join("q.sql");
+    std::fs::write(
+        &query,
+        "SELECT count(*) AS total FROM orders WHERE amount > 20;",
+    )
+    .expect("write");
+    let out = ember()
+        .args(["sql", "--table", &table, "-f"])
+        .arg(&query)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    assert!(stdout.contains("| total |"), "{stdout}");
+    // amount = (id % 100) / 4 > 20 means id % 100 > 80: 19 of every 100 ids.
+    assert!(stdout.contains("| 570   |"), "{stdout}");
+}
+
+#[test]
+fn errors_go_to_stderr_with_a_failing_exit_code() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 1, 100);
+    let table = format!("orders={}", dir.path().display());
+
+    let out = ember()
+        .args([
+            "sql",
+            "--executors",
+            "1",
+            "--table",
+            &table,
+            "SELEC * FROM orders",
+        ])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SELEC"), "{stderr}");
+
+    let out = ember()
+        .args([
+            "sql",
+            "--executors",
+            "1",
+            "--table",
+            "t=/no/such/place.parquet",
+            "SELECT 1",
+        ])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/place.parquet"));
+
+    let out = ember()
+        .args([
+            "sql",
+            "--executors",
+            "1",
+            "--table",
+            "missing-equals-sign",
+            "SELECT 1",
+        ])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=PATH"));
+}
