@@ -131,8 +131,8 @@ async fn main() -> anyhow::Result<()> {
             for b in p.batches() {
                 for c in b.columns() {
                     for buf in c.to_data().buffers() {
-                        let v: Vec<u8> = buf.as_slice().to_vec();
-                        total += v.len();
+                        let v: Vec<u8> = std::hint::black_box(buf.as_slice()).to_vec();
+                        total += std::hint::black_box(v).len();
                     }
                 }
             }

@@ -35,12 +35,11 @@ use datafusion::prelude::SessionContext;
 use ember_engine::lineage::Dataset;
 use ember_engine::proto::driver_service_server::DriverServiceServer;
 use ember_engine::proto::{RemoveBlocksRequest, ShutdownRequest};
-use ember_engine::rpc::{ChannelPool, CONTROL_TIMEOUT, MAX_MESSAGE_BYTES};
+use ember_engine::rpc::{self, ChannelPool, CONTROL_TIMEOUT, MAX_MESSAGE_BYTES};
 use ember_engine::{BlockId, DatasetId, EngineError, ExecutorId, JobId, StageId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use block_locations::BlockLocations;
 pub use error::{DriverError, Result};
@@ -162,7 +161,7 @@ impl DriverHandle {
         let server = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(rpc::incoming(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;

@@ -34,6 +34,19 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// ([`crate::codec::MAX_CHUNK_BYTES`]); plans of wide queries can be a few MiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The connections accepted on `listener`, with Nagle's algorithm off: RPCs are small
+/// request/response pairs, and delayed ACKs would otherwise hold each response ~40 ms.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    })
+}
+
 /// Makes a lazily-connecting channel to `address` (`host:port`) with Ember's deadlines.
 pub fn channel(address: &str) -> Result<Channel> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))

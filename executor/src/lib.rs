@@ -36,7 +36,6 @@ use ember_engine::{EngineError, ExecutorId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
 pub use block_manager::{BlockKind, BlockManager};
@@ -199,7 +198,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let result = tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(rpc::incoming(listener), async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
