@@ -44,6 +44,15 @@ pub struct ExecutorArgs {
     pub exit_on_stdin_close: bool,
 }
 
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Parses a byte size such as `2GiB`, `512MiB`, `64KiB`, `1g` or `1000`.
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();
@@ -81,9 +90,10 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
     })
     .await?;
-    if args.exit_on_stdin_close {
+    // Aborted on return, so the watcher never outlives the executor.
+    let _stdin_watch = args.exit_on_stdin_close.then(|| {
         let stop = handle.shutdown_signal();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let mut stdin = tokio::io::stdin();
             let mut buf = [0u8; 64];
             // Returns 0 (EOF) or an error once the parent is gone.
@@ -93,8 +103,8 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
                 }
             }
             stop.send_replace(true);
-        });
-    }
+        }))
+    });
     handle.stopped().await;
     Ok(())
 }
