@@ -405,3 +405,68 @@ async fn csv_json_and_arrow_sources_run_on_executors() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_lands_in_exactly_one_partition() {
+    // Partition counts from 1 to 8 against file counts from 1 to 7: each id is counted once.
+    for (files, cores) in [(1, 1), (2, 1), (3, 2), (7, 1), (7, 4), (5, 3)] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rows = 997;
+        write_orders(dir.path(), files, rows);
+        let session = common::start(
+            Mode::InProcess,
+            common::builder(2).cores_per_executor(cores),
+        )
+        .await;
+        session
+            .register_parquet("orders", dir.path())
+            .await
+            .expect("register");
+        let batches = session
+            .sql("SELECT count(*) AS n, sum(id) AS s, count(DISTINCT id) AS d FROM orders")
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        let n = (files * rows) as i64;
+        let expected = format!("{n}|{}|{n}", n * (n - 1) / 2);
+        assert_eq!(
+            sorted_rows(&batches),
+            vec![expected],
+            "{files} files, {cores} cores"
+        );
+    }
+}
+
+async fn recomputed_partitions_equal_the_originals(mode: Mode) {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 4, 1_500);
+    let session = common::start(mode, common::builder(2).cores_per_executor(2)).await;
+    let cached = session
+        .read_parquet(dir.path())
+        .await
+        .expect("read")
+        .filter(col("amount").lt(lit(15.0)))
+        .expect("filter")
+        .cache()
+        .await
+        .expect("cache");
+    let before = sorted_rows(&cached.collect().await.expect("collect"));
+    session.kill_executor(1).expect("kill");
+    let after = sorted_rows(&cached.collect().await.expect("collect after kill"));
+    let m = session.last_job_metrics().expect("metrics");
+    assert!(m.partitions_recomputed > 0, "{mode:?}: {m:?}");
+    assert_eq!(before.len(), after.len());
+    assert_eq!(before, after, "{mode:?}: recomputed rows differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recomputed_partitions_equal_the_originals_in_process() {
+    recomputed_partitions_equal_the_originals(Mode::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recomputed_partitions_equal_the_originals_on_processes() {
+    recomputed_partitions_equal_the_originals(Mode::Processes).await;
+}

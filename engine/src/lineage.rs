@@ -210,3 +210,98 @@ pub fn reads_only_blocks(plan: &Arc<dyn ExecutionPlan>) -> bool {
     });
     only_blocks
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    /// Plans `sql` over `t(k, v)`, a table of three in-memory partitions.
+    async fn physical(sql: &str, partitions: usize) -> Arc<dyn ExecutionPlan> {
+        use arrow::array::{Float64Array, Int32Array};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use arrow::record_batch::RecordBatch;
+        let config = datafusion::prelude::SessionConfig::new()
+            .with_target_partitions(partitions)
+            .with_repartition_aggregations(false);
+        let ctx = SessionContext::new_with_config(config);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int32, false),
+            Field::new("v", DataType::Float64, false),
+        ]));
+        let part = |k: i32| {
+            vec![RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int32Array::from(vec![k, k + 1])),
+                    Arc::new(Float64Array::from(vec![1.0, 2.0])),
+                ],
+            )
+            .expect("batch")]
+        };
+        let table = datafusion::datasource::MemTable::try_new(
+            Arc::clone(&schema),
+            vec![part(1), part(2), part(3)],
+        )
+        .expect("table");
+        ctx.register_table("t", Arc::new(table)).expect("register");
+        let df = ctx.sql(sql).await.expect("plan");
+        df.create_physical_plan().await.expect("physical")
+    }
+
+    #[tokio::test]
+    async fn cuts_below_every_exchange_and_leaves_a_block_reading_root() {
+        let plan = physical("SELECT k, sum(v) FROM t GROUP BY k ORDER BY k", 4).await;
+        let mut next = 0u64;
+        let mut ids = || {
+            next += 1;
+            DatasetId(next)
+        };
+        let mut stages = Vec::new();
+        let root = cut_stages(Arc::clone(&plan), &mut ids, &mut stages).expect("cut");
+        assert!(
+            !stages.is_empty(),
+            "{}",
+            displayable(plan.as_ref()).indent(true)
+        );
+        // Stages come inputs first: each depends only on earlier ones.
+        for (i, stage) in stages.iter().enumerate() {
+            for dep in stage.dependencies() {
+                assert!(
+                    stages[..i].iter().any(|s| s.id() == *dep),
+                    "stage {i} reads a later stage"
+                );
+            }
+            let mut inner_exchange = false;
+            let _ = stage.plan().apply(|n| {
+                inner_exchange |= is_exchange(n.as_ref());
+                Ok(TreeNodeRecursion::Continue)
+            });
+            assert!(!inner_exchange, "an exchange left inside a stage");
+        }
+        assert!(
+            reads_only_blocks(&root),
+            "{}",
+            displayable(root.as_ref()).indent(true)
+        );
+        assert_eq!(
+            block_dependencies(&root),
+            vec![stages.last().expect("a stage").id()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plan_without_exchanges_is_left_whole() {
+        let plan = physical("SELECT k * 2 FROM t WHERE v > 1", 1).await;
+        let mut stages = Vec::new();
+        let root = cut_stages(Arc::clone(&plan), &mut || DatasetId(1), &mut stages).expect("cut");
+        assert!(stages.is_empty());
+        assert!(!reads_only_blocks(&root));
+        let dataset = Dataset::try_new(DatasetId(9), root, Persistence::Job).expect("encodes");
+        assert!(dataset.reads_source());
+        assert!(dataset.dependencies().is_empty());
+        assert_eq!(dataset.partitions(), 3, "one per in-memory partition");
+    }
+}

@@ -167,6 +167,13 @@ impl BlockManager {
         ids.into_iter().filter(|id| self.remove(*id)).count()
     }
 
+    /// Drops every block.
+    pub fn clear(&self) {
+        let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.blocks.clear();
+        self.used.store(0, Ordering::Release);
+    }
+
     /// Evicted blocks not yet reported; reporting them clears the list.
     pub fn take_evicted(&self) -> Vec<BlockId> {
         std::mem::take(&mut *self.evicted.lock().unwrap_or_else(|p| p.into_inner()))

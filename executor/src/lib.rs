@@ -120,7 +120,9 @@ impl ExecutorHandle {
 
 impl Drop for ExecutorHandle {
     fn drop(&mut self) {
+        // Like a process that exits: every block is gone and nothing answers any more.
         self.shutdown.send_replace(true);
+        self.blocks.clear();
         self.heartbeat.abort();
         if let Some(server) = &self.server {
             server.abort();

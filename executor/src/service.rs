@@ -36,6 +36,20 @@ pub(crate) struct ExecutorServiceImpl {
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
+impl ExecutorServiceImpl {
+    /// Refuses work once the executor is stopping: open connections may outlive the
+    /// listener, and an executor that is going away must not look alive through them.
+    fn ensure_running(&self) -> Result<(), Status> {
+        if *self.shutdown.borrow() {
+            return Err(Status::unavailable(format!(
+                "{} is shutting down",
+                self.env.executor_id
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Decrements the running-task count when a task ends, however it ends.
 struct RunningGuard(Arc<AtomicU32>);
 
@@ -51,6 +65,7 @@ impl ExecutorService for ExecutorServiceImpl {
         &self,
         request: Request<LaunchTaskRequest>,
     ) -> Result<Response<TaskStatus>, Status> {
+        self.ensure_running()?;
         let request = request.into_inner();
         self.running.fetch_add(1, Ordering::Relaxed);
         let _guard = RunningGuard(Arc::clone(&self.running));
@@ -72,6 +87,7 @@ impl ExecutorService for ExecutorServiceImpl {
         &self,
         request: Request<FetchBlockRequest>,
     ) -> Result<Response<Self::FetchBlockStream>, Status> {
+        self.ensure_running()?;
         let block = request
             .into_inner()
             .block
@@ -114,6 +130,7 @@ impl ExecutorService for ExecutorServiceImpl {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<ExecutorStatus>, Status> {
+        self.ensure_running()?;
         Ok(Response::new(ExecutorStatus {
             executor_id: self.env.executor_id.0.clone(),
             used_bytes: self.env.blocks.used_bytes() as u64,
