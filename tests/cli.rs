@@ -13,6 +13,14 @@ fn ember() -> Command {
     cmd
 }
 
+/// Runs `ember` with `args`, checks it failed without printing results, returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = ember().args(args).output().expect("runs");
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(out.stdout.is_empty(), "{args:?} printed results");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn sql_prints_results_in_every_format() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -93,47 +101,19 @@ fn errors_go_to_stderr_with_a_failing_exit_code() {
     write_orders(dir.path(), 1, 100);
     let table = format!("orders={}", dir.path().display());
 
-    let out = ember()
-        .args([
-            "sql",
-            "--executors",
-            "1",
-            "--table",
-            &table,
-            "SELEC * FROM orders",
-        ])
-        .output()
-        .expect("runs");
-    assert!(!out.status.success());
-    assert!(out.stdout.is_empty());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = fails(&[
+        "sql",
+        "--executors",
+        "1",
+        "--table",
+        &table,
+        "SELEC * FROM orders",
+    ]);
     assert!(stderr.contains("SELEC"), "{stderr}");
 
-    let out = ember()
-        .args([
-            "sql",
-            "--executors",
-            "1",
-            "--table",
-            "t=/no/such/place.parquet",
-            "SELECT 1",
-        ])
-        .output()
-        .expect("runs");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/place.parquet"));
+    let stderr = fails(&["sql", "--table", "t=/no/such/place.parquet", "SELECT 1"]);
+    assert!(stderr.contains("/no/such/place.parquet"), "{stderr}");
 
-    let out = ember()
-        .args([
-            "sql",
-            "--executors",
-            "1",
-            "--table",
-            "missing-equals-sign",
-            "SELECT 1",
-        ])
-        .output()
-        .expect("runs");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=PATH"));
+    let stderr = fails(&["sql", "--table", "missing-equals-sign", "SELECT 1"]);
+    assert!(stderr.contains("NAME=PATH"), "{stderr}");
 }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -16,7 +15,6 @@ use datafusion::physical_plan::{
 use crate::block_read::BlockReadExec;
 use crate::error::Result;
 use crate::ids::DatasetId;
-use crate::plan_codec::encode_plan;
 
 /// How long a dataset's blocks are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +37,6 @@ pub enum Persistence {
 pub struct Dataset {
     id: DatasetId,
     plan: Arc<dyn ExecutionPlan>,
-    encoded: Bytes,
     partitions: usize,
     dependencies: Vec<DatasetId>,
     reads_source: bool,
@@ -48,13 +45,13 @@ pub struct Dataset {
 
 impl Dataset {
     /// Makes a dataset of `plan`, which must contain no exchange that was not already cut
-    /// (see [`cut_stages`]). Fails if the plan cannot be sent to executors.
+    /// (see [`cut_stages`]). The plan is encoded for executors per stage, when the driver
+    /// has given its cached inputs their lineage fallbacks.
     pub fn try_new(
         id: DatasetId,
         plan: Arc<dyn ExecutionPlan>,
         persistence: Persistence,
     ) -> Result<Self> {
-        let encoded = encode_plan(Arc::clone(&plan))?;
         let dependencies = block_dependencies(&plan);
         let mut reads_source = false;
         plan.apply(|node| {
@@ -65,7 +62,6 @@ impl Dataset {
             id,
             partitions: plan.output_partitioning().partition_count(),
             plan,
-            encoded,
             dependencies,
             reads_source,
             persistence,
@@ -80,11 +76,6 @@ impl Dataset {
     /// The plan fragment.
     pub fn plan(&self) -> &Arc<dyn ExecutionPlan> {
         &self.plan
-    }
-
-    /// The plan fragment, encoded once for every task that computes a partition of it.
-    pub fn encoded_plan(&self) -> &Bytes {
-        &self.encoded
     }
 
     /// Number of partitions (= blocks).
@@ -299,7 +290,7 @@ mod tests {
         let root = cut_stages(Arc::clone(&plan), &mut || DatasetId(1), &mut stages).expect("cut");
         assert!(stages.is_empty());
         assert!(!reads_only_blocks(&root));
-        let dataset = Dataset::try_new(DatasetId(9), root, Persistence::Job).expect("encodes");
+        let dataset = Dataset::try_new(DatasetId(9), root, Persistence::Job).expect("dataset");
         assert!(dataset.reads_source());
         assert!(dataset.dependencies().is_empty());
         assert_eq!(dataset.partitions(), 3, "one per in-memory partition");

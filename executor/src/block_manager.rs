@@ -31,6 +31,35 @@ struct Entry {
 /// Duties: store and hand out blocks as shared `Arc<Partition>`s; keep the sum of their
 /// sizes within `limit` by evicting cached blocks, least recently used first; remember
 /// what it evicted until the driver has been told.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::Int64Array;
+/// use arrow::datatypes::{DataType, Field, Schema};
+/// use arrow::record_batch::RecordBatch;
+/// use ember_engine::{BlockId, DatasetId, Partition};
+/// use ember_executor::{BlockKind, BlockManager};
+///
+/// let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+/// let block = |rows: i64| {
+///     let batch = RecordBatch::try_new(
+///         schema.clone(),
+///         vec![Arc::new(Int64Array::from_iter_values(0..rows))],
+///     )
+///     .unwrap();
+///     Arc::new(Partition::new(schema.clone(), vec![batch]))
+/// };
+/// let size = block(1000).memory_size();
+/// let blocks = BlockManager::new(2 * size);
+/// let id = |p| BlockId::new(DatasetId(1), p);
+/// blocks.put(id(0), block(1000), BlockKind::Cached).unwrap();
+/// blocks.put(id(1), block(1000), BlockKind::Cached).unwrap();
+/// // A third block pushes out the least recently used one.
+/// let evicted = blocks.put(id(2), block(1000), BlockKind::Cached).unwrap();
+/// assert_eq!(evicted, vec![id(0)]);
+/// assert!(blocks.get(id(0)).is_none());
+/// assert_eq!(blocks.used_bytes(), 2 * size);
+/// ```
 #[derive(Debug)]
 pub struct BlockManager {
     blocks: DashMap<BlockId, Entry>,
