@@ -470,3 +470,53 @@ async fn recomputed_partitions_equal_the_originals_in_process() {
 async fn recomputed_partitions_equal_the_originals_on_processes() {
     recomputed_partitions_equal_the_originals(Mode::Processes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_exits_when_its_parent_goes_away() {
+    // A local-cluster executor watches its stdin; the pipe closes when the parent dies,
+    // even by SIGKILL. Closing it here stands in for that death.
+    let driver = ember::driver::DriverHandle::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        common::fast_driver(),
+    )
+    .await
+    .expect("driver");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember-executor"))
+        .args([
+            "--driver",
+            &driver.address().to_string(),
+            "--cores",
+            "1",
+            "--exit-on-stdin-close",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    assert_eq!(
+        driver
+            .registry()
+            .wait_for(1, std::time::Duration::from_secs(20))
+            .await,
+        1
+    );
+    drop(child.stdin.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "executor kept running: {status:?}"
+    );
+}

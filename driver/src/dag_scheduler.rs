@@ -26,7 +26,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::replace_children_if_necessary;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use ember_engine::block_read::BlockReadExec;
-use ember_engine::block_read::BlockReaderExtension;
+use ember_engine::block_read::{task_context_with_reader, BlockReader};
 use ember_engine::lineage::{all_block_reads, block_dependencies, Dataset, Persistence};
 use ember_engine::plan_codec::encode_plan;
 use ember_engine::proto::{
@@ -252,24 +252,11 @@ impl Driver {
         Ok((files, job.metrics))
     }
 
-    fn task_context(
-        &self,
-        reader: Arc<dyn ember_engine::block_read::BlockReader>,
-    ) -> Arc<TaskContext> {
-        let base = self.session.task_ctx();
-        let config = base
-            .session_config()
-            .clone()
-            .with_extension(Arc::new(BlockReaderExtension(reader)));
-        Arc::new(TaskContext::new(
+    fn task_context(&self, reader: Arc<dyn BlockReader>) -> Arc<TaskContext> {
+        Arc::new(task_context_with_reader(
+            &self.session.task_ctx(),
             None,
-            base.session_id(),
-            config,
-            base.scalar_functions().clone(),
-            base.higher_order_functions().clone(),
-            base.aggregate_functions().clone(),
-            base.window_functions().clone(),
-            base.runtime_env(),
+            reader,
         ))
     }
 

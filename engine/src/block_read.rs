@@ -49,6 +49,28 @@ pub trait BlockReader: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct BlockReaderExtension(pub Arc<dyn BlockReader>);
 
+/// A task context like `base` whose [`BlockReadExec`] leaves read through `reader`.
+pub fn task_context_with_reader(
+    base: &TaskContext,
+    task_id: Option<String>,
+    reader: Arc<dyn BlockReader>,
+) -> TaskContext {
+    let config = base
+        .session_config()
+        .clone()
+        .with_extension(Arc::new(BlockReaderExtension(reader)));
+    TaskContext::new(
+        task_id,
+        base.session_id(),
+        config,
+        base.scalar_functions().clone(),
+        base.higher_order_functions().clone(),
+        base.aggregate_functions().clone(),
+        base.window_functions().clone(),
+        base.runtime_env(),
+    )
+}
+
 /// Reads partition *i* of a lineage dataset as output partition *i*.
 ///
 /// A reader of a cached dataset carries a *fallback*: the dataset's own plan. When the

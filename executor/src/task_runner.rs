@@ -12,7 +12,7 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlanProperties, SendableRecordBatchStream};
 use datafusion::prelude::SessionContext;
-use ember_engine::block_read::BlockReaderExtension;
+use ember_engine::block_read::task_context_with_reader;
 use ember_engine::plan_codec::decode_plan;
 use ember_engine::proto::{task_output, task_status, LaunchTaskRequest, TaskStatus, TaskSuccess};
 use ember_engine::rpc::ChannelPool;
@@ -140,24 +140,11 @@ fn task_context(
     request: &LaunchTaskRequest,
     reader: Arc<TaskBlockReader>,
 ) -> TaskContext {
-    let base = env.session.task_ctx();
-    let config = base
-        .session_config()
-        .clone()
-        .with_extension(Arc::new(BlockReaderExtension(reader)));
-    TaskContext::new(
-        Some(format!(
-            "job{}-stage{}-part{}-attempt{}",
-            request.job_id, request.stage_id, request.partition, request.attempt
-        )),
-        base.session_id(),
-        config,
-        base.scalar_functions().clone(),
-        base.higher_order_functions().clone(),
-        base.aggregate_functions().clone(),
-        base.window_functions().clone(),
-        base.runtime_env(),
-    )
+    let task_id = format!(
+        "job{}-stage{}-part{}-attempt{}",
+        request.job_id, request.stage_id, request.partition, request.attempt
+    );
+    task_context_with_reader(&env.session.task_ctx(), Some(task_id), reader)
 }
 
 async fn execute(
