@@ -9,7 +9,7 @@ use arrow::array::{Array, Int64Array};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::functions_aggregate::expr_fn::count;
-use datafusion::logical_expr::{Expr, SortExpr};
+use datafusion::logical_expr::{Expr, JoinType, SortExpr};
 use datafusion::prelude::lit;
 use ember_engine::{DatasetId, EngineError};
 
@@ -110,18 +110,69 @@ impl DataFrame {
         Ok(self.derive(self.inner.clone().sort(exprs)?))
     }
 
-    /// The plans DataFusion made: logical, optimized and physical.
+    /// Joins with `right` on equal values of `left_on` / `right_on` (column names, pairwise),
+    /// keeping rows as `join_type` says. Large inputs are hash-partitioned on the keys by a
+    /// shuffle; a side smaller than the broadcast threshold is sent whole to every task.
+    pub fn join(
+        self,
+        right: DataFrame,
+        join_type: JoinType,
+        left_on: &[&str],
+        right_on: &[&str],
+    ) -> Result<Self> {
+        Ok(self.derive(
+            self.inner
+                .clone()
+                .join(right.inner, join_type, left_on, right_on, None)?,
+        ))
+    }
+
+    /// Joins with `right` where `on` holds (equalities in `on` become hash-join keys).
+    pub fn join_on(self, right: DataFrame, join_type: JoinType, on: Vec<Expr>) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().join_on(right.inner, join_type, on)?))
+    }
+
+    /// Keeps one row of each set of equal rows.
+    pub fn distinct(self) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().distinct()?))
+    }
+
+    /// The rows of this DataFrame followed by those of `other` (same columns), duplicates
+    /// kept (SQL `UNION ALL`).
+    pub fn union(self, other: DataFrame) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().union(other.inner)?))
+    }
+
+    /// Like [`DataFrame::union`], without duplicate rows (SQL `UNION`).
+    pub fn union_distinct(self, other: DataFrame) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().union_distinct(other.inner)?))
+    }
+
+    /// Adds a column per window expression (for example
+    /// `row_number().partition_by(vec![col("k")]).order_by(..).build()?`); rows are
+    /// hash-partitioned by the window's partition keys.
+    pub fn window(self, exprs: Vec<Expr>) -> Result<Self> {
+        Ok(self.derive(self.inner.clone().window(exprs)?))
+    }
+
+    /// How the query runs: DataFusion's logical and physical plans, then Ember's stages
+    /// (each a dataset of the lineage graph with its partition count, shuffle map sides
+    /// marked with their reduce partition count) in the order they run.
     pub async fn explain(&self) -> Result<String> {
         let batches = self.inner.clone().explain(false, false)?.collect().await?;
-        Ok(arrow::util::pretty::pretty_format_batches(&batches)
+        let datafusion = arrow::util::pretty::pretty_format_batches(&batches)
             .map_err(EngineError::from)?
-            .to_string())
+            .to_string();
+        let plan = self.inner.clone().create_physical_plan().await?;
+        let stages = self.session.explain_stages(plan)?;
+        Ok(format!("{datafusion}\n{stages}"))
     }
 
     /// Runs the query on the cluster and returns every row.
     pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
+        let started = std::time::Instant::now();
         let plan = self.inner.clone().create_physical_plan().await?;
-        self.session.run_collect(plan).await
+        self.session.run_collect_planned(plan, started).await
     }
 
     /// Number of rows, counted on the executors.

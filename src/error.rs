@@ -25,6 +25,9 @@ pub enum Error {
     /// The local cluster could not be started.
     #[error("local cluster: {0}")]
     Cluster(String),
+    /// A statement Ember does not run.
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// A path given by the user cannot be used.
     #[error("{}: {message}", path.display())]
     Path {
@@ -48,7 +51,7 @@ impl Error {
         match self {
             Error::Engine(e) => e.is_user_error() || matches!(e, EngineError::Io { .. }),
             Error::Driver(e) => e.is_user_error(),
-            Error::Path { .. } => true,
+            Error::Path { .. } | Error::Unsupported(_) => true,
             Error::Executor(_) | Error::Cluster(_) => false,
         }
     }

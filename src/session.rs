@@ -9,6 +9,7 @@ use std::time::Duration;
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::{
@@ -87,7 +88,12 @@ pub struct SessionBuilder {
     memory: usize,
     executor_binary: Option<std::path::PathBuf>,
     driver: DriverConfig,
+    broadcast_threshold: usize,
 }
+
+/// Default size under which a join's build side is sent whole to every task instead of
+/// both sides being shuffled.
+pub const DEFAULT_BROADCAST_THRESHOLD: usize = 1 << 20;
 
 impl Default for SessionBuilder {
     fn default() -> Self {
@@ -97,6 +103,7 @@ impl Default for SessionBuilder {
             memory: DEFAULT_EXECUTOR_MEMORY,
             executor_binary: None,
             driver: DriverConfig::default(),
+            broadcast_threshold: DEFAULT_BROADCAST_THRESHOLD,
         }
     }
 }
@@ -114,9 +121,19 @@ impl SessionBuilder {
         self
     }
 
-    /// Block-manager memory limit per executor, in bytes (default 2 GiB).
+    /// Memory limit per executor, in bytes (default 2 GiB): half holds blocks (cached
+    /// partitions, shuffle outputs; beyond it shuffle outputs spill to disk), half is the
+    /// operators' pool (hash tables and sorts spill to disk beyond it).
     pub fn memory_per_executor(mut self, bytes: usize) -> Self {
         self.memory = bytes;
+        self
+    }
+
+    /// Joins whose smaller side is estimated under `bytes` (and under 128k rows) send that
+    /// side whole to every task (a broadcast join); larger joins shuffle both sides by key.
+    /// 0 always shuffles. Default [`DEFAULT_BROADCAST_THRESHOLD`].
+    pub fn broadcast_join_threshold(mut self, bytes: usize) -> Self {
+        self.broadcast_threshold = bytes;
         self
     }
 
@@ -169,7 +186,14 @@ impl SessionBuilder {
             .await?;
             handles.push(Some(handle));
         }
-        Session::assemble(driver, Executors::InProcess(handles), self.executors, cores).await
+        Session::assemble(
+            driver,
+            Executors::InProcess(handles),
+            self.executors,
+            cores,
+            self.broadcast_threshold,
+        )
+        .await
     }
 
     /// Starts executor processes on loopback ports and waits until they have registered.
@@ -226,6 +250,7 @@ impl SessionBuilder {
             Executors::Processes(children),
             self.executors,
             cores,
+            self.broadcast_threshold,
         )
         .await
     }
@@ -252,7 +277,14 @@ impl SessionBuilder {
             .map(|e| e.cores as usize)
             .sum::<usize>()
             / up.max(1);
-        Session::assemble(driver, Executors::External, up, cores).await
+        Session::assemble(
+            driver,
+            Executors::External,
+            up,
+            cores,
+            self.broadcast_threshold,
+        )
+        .await
     }
 }
 
@@ -292,15 +324,24 @@ impl Session {
         executors: Executors,
         n: usize,
         cores: usize,
+        broadcast_threshold: usize,
     ) -> Result<Session> {
+        // Hash repartitions become shuffles between executors. Round-robin repartitioning
+        // only spreads a scan's batches over more partitions; Ember gets that parallelism
+        // from splitting files instead, without moving rows between processes.
         let config = SessionConfig::new()
             .with_target_partitions((n * cores).max(1))
             .with_round_robin_repartition(false)
-            .with_repartition_joins(false)
-            .with_repartition_aggregations(false)
-            .with_repartition_windows(false)
+            .with_repartition_joins(true)
+            .with_repartition_aggregations(true)
+            .with_repartition_windows(true)
             .with_information_schema(true);
         let mut config = config;
+        let optimizer = &mut config.options_mut().optimizer;
+        optimizer.hash_join_single_partition_threshold = broadcast_threshold;
+        if broadcast_threshold == 0 {
+            optimizer.hash_join_single_partition_threshold_rows = 0;
+        }
         // Partition i of a scan must read only file group i (see the executor's session).
         config
             .options_mut()
@@ -412,7 +453,28 @@ impl Session {
     /// ```
     pub async fn sql(&self, query: &str) -> Result<DataFrame> {
         let df = self.inner.ctx.sql(query).await?;
-        Ok(DataFrame::new(self.clone(), df))
+        match df.logical_plan() {
+            // EXPLAIN shows Ember's stages as well as DataFusion's plans.
+            LogicalPlan::Explain(explain) => {
+                let inner = datafusion::dataframe::DataFrame::new(
+                    self.inner.ctx.state(),
+                    explain.plan.as_ref().clone(),
+                );
+                let text = DataFrame::new(self.clone(), inner).explain().await?;
+                let batch = RecordBatch::try_from_iter(vec![(
+                    "plan",
+                    Arc::new(arrow::array::StringArray::from(vec![text])) as _,
+                )])
+                .map_err(ember_engine::EngineError::from)?;
+                let df = self.inner.ctx.read_batch(batch)?;
+                Ok(DataFrame::new(self.clone(), df))
+            }
+            LogicalPlan::Analyze(_) => Err(Error::Unsupported(
+                "EXPLAIN ANALYZE: run the query and read Session::last_job_metrics() instead"
+                    .into(),
+            )),
+            _ => Ok(DataFrame::new(self.clone(), df)),
+        }
     }
 
     /// A DataFrame over a Parquet file or directory.
@@ -532,22 +594,35 @@ impl Session {
         &self,
         plan: Arc<dyn ExecutionPlan>,
     ) -> Result<Vec<RecordBatch>> {
+        self.run_collect_planned(plan, std::time::Instant::now())
+            .await
+    }
+
+    /// Like [`Session::run_collect`], for a plan whose planning began at `planning_started`.
+    pub(crate) async fn run_collect_planned(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        planning_started: std::time::Instant,
+    ) -> Result<Vec<RecordBatch>> {
         let driver = &self.inner.driver;
         let mut next = || driver.next_dataset_id();
-        let mut stages = Vec::new();
-        let mut root = cut_stages(plan, &mut next, &mut stages)?;
-        // The driver runs the final fragment itself only when it merges blocks into one
-        // stream (a final aggregation, a global limit or sort); any per-partition work left
-        // at the top runs as one more stage on the executors.
-        if root.output_partitioning().partition_count() > 1 || !reads_only_blocks(&root) {
-            root = stage_of(root, &mut next, &mut stages, Persistence::Job)?;
-        }
-        if root.output_partitioning().partition_count() > 1 {
-            root = Arc::new(CoalescePartitionsExec::new(root));
-        }
-        let (batches, metrics) = driver.collect(root, stages).await?;
+        let (root, stages) = job_stages(plan, &mut next)?;
+        let planning = planning_started.elapsed();
+        let (batches, mut metrics) = driver.collect(root, stages).await?;
+        metrics.planning = planning;
         self.record_metrics(metrics);
         Ok(batches)
+    }
+
+    /// Ember's stages for `plan`, as [`DataFrame::explain`] prints them.
+    pub(crate) fn explain_stages(&self, plan: Arc<dyn ExecutionPlan>) -> Result<String> {
+        let mut id = 0u64;
+        let mut next = || {
+            id += 1;
+            ember_engine::DatasetId(id)
+        };
+        let (root, stages) = job_stages(plan, &mut next)?;
+        Ok(describe_stages(&root, &stages))
     }
 
     /// Makes `plan` a cached dataset (with its inner exchanges cut into job-scoped ones)
@@ -588,6 +663,71 @@ impl Session {
         self.record_metrics(metrics);
         Ok(files)
     }
+}
+
+/// Cuts a query's physical plan into the datasets a job computes and the final fragment the
+/// driver runs. The driver runs the final fragment itself only when it merges blocks into
+/// one stream (a final aggregation, a global limit or sort); any per-partition work left at
+/// the top runs as one more stage on the executors.
+fn job_stages(
+    plan: Arc<dyn ExecutionPlan>,
+    next: &mut dyn FnMut() -> ember_engine::DatasetId,
+) -> Result<(Arc<dyn ExecutionPlan>, Vec<Dataset>)> {
+    let mut stages = Vec::new();
+    let mut root = cut_stages(plan, next, &mut stages)?;
+    if root.output_partitioning().partition_count() > 1 || !reads_only_blocks(&root) {
+        root = stage_of(root, next, &mut stages, Persistence::Job)?;
+    }
+    if root.output_partitioning().partition_count() > 1 {
+        root = Arc::new(CoalescePartitionsExec::new(root));
+    }
+    Ok((root, stages))
+}
+
+/// Ember's stages in the order they run, then the driver's final fragment.
+fn describe_stages(root: &Arc<dyn ExecutionPlan>, stages: &[Dataset]) -> String {
+    use datafusion::physical_plan::displayable;
+    use std::fmt::Write;
+    let mut out = format!("Ember stages ({}):\n", stages.len());
+    for (i, stage) in stages.iter().enumerate() {
+        let deps: Vec<String> = stage
+            .dependencies()
+            .iter()
+            .map(|d| d.0.to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "Stage {} (dataset {}): {} tasks{}{}",
+            i + 1,
+            stage.id().0,
+            stage.partitions(),
+            match stage.reduce_partitions() {
+                Some(r) => format!(", shuffle write into {r} partitions"),
+                None => String::new(),
+            },
+            if deps.is_empty() {
+                String::new()
+            } else {
+                format!(", reads datasets {}", deps.join(", "))
+            },
+        );
+        let _ = write!(
+            out,
+            "{}",
+            indent(&displayable(stage.plan().as_ref()).indent(true).to_string())
+        );
+    }
+    let _ = writeln!(out, "Driver (final fragment):");
+    let _ = write!(
+        out,
+        "{}",
+        indent(&displayable(root.as_ref()).indent(true).to_string())
+    );
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
 /// Checks that a user-given path exists, so a typo is reported with the path.

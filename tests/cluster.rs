@@ -248,13 +248,15 @@ async fn killed_executor_process_loses_only_its_partitions() {
 async fn eviction_under_a_small_memory_limit_recomputes_and_stays_right() {
     let dir = tempfile::tempdir().expect("tmp");
     // 8 partitions (4 cores x 2 executors, one file each) of 20k rows, ~0.5 MB each in
-    // memory; each executor may keep about 2 of its 4.
+    // memory; each executor's block store (half its 2.4 MB limit) may keep about 2 of its 4.
     write_orders(dir.path(), 8, 20_000);
+    let (block_limit, _) = ember::executor::memory_split(2_400_000);
+    assert_eq!(block_limit, 1_200_000);
     let session = common::start(
         Mode::Processes,
         common::builder(2)
             .cores_per_executor(4)
-            .memory_per_executor(1_200_000),
+            .memory_per_executor(2_400_000),
     )
     .await;
     let cached = session
@@ -275,7 +277,7 @@ async fn eviction_under_a_small_memory_limit_recomputes_and_stays_right() {
     assert!(m.cached_blocks_used < 8, "not everything fit: {m:?}");
     for e in session.executors() {
         assert!(
-            e.used_bytes <= 1_200_000,
+            e.used_bytes <= block_limit as u64,
             "{} holds {} bytes",
             e.id,
             e.used_bytes

@@ -34,6 +34,15 @@ impl BlockLocations {
             .is_some()
     }
 
+    /// The blocks (map outputs, for a shuffle) `executor` holds.
+    pub fn held_by(&self, executor: &ExecutorId) -> Vec<BlockId> {
+        self.blocks
+            .iter()
+            .filter(|e| e.value() == executor)
+            .map(|e| *e.key())
+            .collect()
+    }
+
     /// Forgets every block `executor` held; returns them.
     pub fn remove_executor(&self, executor: &ExecutorId) -> Vec<BlockId> {
         let lost: Vec<BlockId> = self

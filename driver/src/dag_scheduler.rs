@@ -30,8 +30,8 @@ use ember_engine::block_read::{task_context_with_reader, BlockReader};
 use ember_engine::lineage::{all_block_reads, block_dependencies, Dataset, Persistence};
 use ember_engine::plan_codec::encode_plan;
 use ember_engine::proto::{
-    task_output, task_status, BlockLocation, FailureKind, LaunchTaskRequest, StoreBlock,
-    TaskFailure, TaskOutput, WriteParquet,
+    task_output, task_status, BlockLocation, FailureKind, LaunchTaskRequest, ShuffleWrite,
+    StoreBlock, TaskFailure, TaskOutput, WriteParquet,
 };
 use ember_engine::rpc::transport_error;
 use ember_engine::{BlockId, DatasetId, EngineError, ExecutorId, StageId};
@@ -205,7 +205,9 @@ impl Driver {
                 bytes: AtomicU64::new(0),
             });
             let ctx = self.task_context(Arc::clone(&reader) as _);
+            let started = Instant::now();
             let result = collect(Arc::clone(&root), ctx).await;
+            job.metrics.driver_time += started.elapsed();
             job.metrics.blocks_read_remote += reader.blocks.load(Ordering::Relaxed);
             job.metrics.bytes_fetched += reader.bytes.load(Ordering::Relaxed);
             match result.map_err(EngineError::from) {
@@ -357,6 +359,8 @@ impl Driver {
         block: BlockId,
         executor: &ExecutorId,
     ) -> bool {
+        // A shuffle block is lost with its whole map output.
+        let block = block.map_output();
         let reachable = match self.registry.get(executor) {
             Some(info) => match self.pool.executor(&info.address) {
                 Ok(mut client) => matches!(
@@ -392,6 +396,8 @@ impl Driver {
         output: &StageOutput,
     ) -> Result<(), StageFailure> {
         let stage = self.next_stage_id();
+        let stage_started = Instant::now();
+        let tasks_before = job.metrics.tasks_run;
         job.metrics.stages_run += 1;
         let job_id = job.metrics.job.map(|j| j.0).unwrap_or_default();
         let inputs = self.input_locations(&plan)?;
@@ -443,6 +449,21 @@ impl Driver {
             }
             if running.is_empty() {
                 if pending.is_empty() {
+                    let tasks = job.metrics.tasks_run - tasks_before;
+                    let shuffle = dataset.reduce_partitions().is_some();
+                    job.metrics.stages.push(crate::metrics::StageTiming {
+                        dataset: dataset.id(),
+                        shuffle,
+                        tasks,
+                        wall: stage_started.elapsed(),
+                    });
+                    let _ = self.events.send(crate::SchedulerEvent::StageCompleted {
+                        job: job.metrics.job.unwrap_or(ember_engine::JobId(0)),
+                        stage,
+                        dataset: dataset.id(),
+                        shuffle,
+                        tasks,
+                    });
                     return Ok(());
                 }
                 // Nothing running and nothing could be placed: no executor is alive.
@@ -564,6 +585,12 @@ impl Driver {
             job.metrics.bytes_fetched += m.bytes_fetched;
             job.metrics.cached_blocks_used += m.cached_blocks_read as usize;
             job.metrics.source_partitions_read += m.source_partitions_read as usize;
+            job.metrics.task_time += std::time::Duration::from_micros(m.run_micros);
+            job.metrics.fetch_time += std::time::Duration::from_micros(m.fetch_micros);
+            job.metrics.shuffle_write_time +=
+                std::time::Duration::from_micros(m.shuffle_write_micros);
+            job.metrics.shuffle_bytes_written += m.shuffle_bytes_written;
+            job.metrics.spilled_bytes += m.spilled_bytes;
         }
     }
 
@@ -650,6 +677,9 @@ fn task_failed(
 
 fn task_output_for(dataset: &Dataset, output: &StageOutput, partition: u32) -> TaskOutput {
     let kind = match output {
+        StageOutput::Store if dataset.reduce_partitions().is_some() => {
+            task_output::Kind::Shuffle(ShuffleWrite {})
+        }
         StageOutput::Store => task_output::Kind::Store(StoreBlock {
             cached: dataset.persistence() == Persistence::Cached,
         }),

@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 
 pub use block_locations::BlockLocations;
 pub use error::{DriverError, Result};
-pub use metrics::JobMetrics;
+pub use metrics::{JobMetrics, StageTiming};
 pub use registry::{ExecutorInfo, ExecutorRegistry, ExecutorState};
 
 /// Tunables of the driver.
@@ -90,6 +90,26 @@ pub struct Driver {
     next_job: AtomicU64,
     next_stage: AtomicU32,
     session: SessionContext,
+    events: tokio::sync::broadcast::Sender<SchedulerEvent>,
+}
+
+/// What the scheduler reports as jobs run (for monitoring, and for tests that act at a
+/// given point of a job).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchedulerEvent {
+    /// Every task of a stage succeeded.
+    StageCompleted {
+        /// The job.
+        job: JobId,
+        /// The stage.
+        stage: StageId,
+        /// The dataset whose partitions the stage computed.
+        dataset: DatasetId,
+        /// Whether the stage was the map side of a shuffle.
+        shuffle: bool,
+        /// Tasks the stage ran.
+        tasks: usize,
+    },
 }
 
 impl std::fmt::Debug for Driver {
@@ -131,6 +151,12 @@ impl DriverHandle {
     ///
     /// # Errors
     ///
+    /// Scheduler events from now on. A receiver that falls more than 256 events behind
+    /// loses the oldest.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SchedulerEvent> {
+        self.events.subscribe()
+    }
+
     /// The address cannot be bound.
     pub async fn start(bind: SocketAddr, config: DriverConfig) -> Result<Self> {
         let listener = TcpListener::bind(bind)
@@ -151,6 +177,7 @@ impl DriverHandle {
             next_job: AtomicU64::new(1),
             next_stage: AtomicU32::new(1),
             session: SessionContext::new(),
+            events: tokio::sync::broadcast::channel(256).0,
         });
         let (shutdown, _) = watch::channel(false);
         let mut stop = shutdown.subscribe();

@@ -31,4 +31,34 @@ pub struct JobMetrics {
     pub executors_lost: usize,
     /// Wall time of the job.
     pub duration: Duration,
+    /// Time the session spent planning the job (parsing, optimizing, cutting stages).
+    pub planning: Duration,
+    /// Task run time summed over tasks (executors run several at once).
+    pub task_time: Duration,
+    /// Of the task time, time spent fetching input blocks from peers (summed over
+    /// concurrent fetches).
+    pub fetch_time: Duration,
+    /// Of the task time, time map tasks spent partitioning and storing shuffle output.
+    pub shuffle_write_time: Duration,
+    /// Bytes written into shuffle blocks.
+    pub shuffle_bytes_written: u64,
+    /// Bytes of blocks spilled to executors' disks.
+    pub spilled_bytes: u64,
+    /// Time the driver spent running the job's final fragment.
+    pub driver_time: Duration,
+    /// Per stage run: (dataset, tasks, wall time), in the order they finished.
+    pub stages: Vec<StageTiming>,
+}
+
+/// Wall time of one stage run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageTiming {
+    /// The dataset computed.
+    pub dataset: ember_engine::DatasetId,
+    /// Whether it was a shuffle's map side.
+    pub shuffle: bool,
+    /// Tasks run (retries included).
+    pub tasks: usize,
+    /// From submission to the last task's end.
+    pub wall: Duration,
 }

@@ -85,7 +85,13 @@ pub struct BlockReadExec {
     properties: Arc<PlanProperties>,
     /// Computes a missing block (cached datasets only).
     fallback: Option<Arc<dyn ExecutionPlan>>,
+    /// For a shuffle: how many map partitions wrote reduce buckets.
+    map_partitions: Option<usize>,
 }
+
+/// How many shuffle blocks one reduce task fetches at once: enough to overlap the peers'
+/// latency, few enough that a reduce task holds a bounded number of blocks in flight.
+pub const SHUFFLE_FETCHES_IN_FLIGHT: usize = 4;
 
 impl BlockReadExec {
     /// A reader of `dataset` whose blocks were produced by a plan with `properties`: the
@@ -95,7 +101,20 @@ impl BlockReadExec {
             dataset,
             properties: Arc::new(properties),
             fallback: None,
+            map_partitions: None,
         }
+    }
+
+    /// The same reader over a shuffle written by `map_partitions` map tasks: output
+    /// partition *r* is the concatenation of reduce bucket *r* of every map partition.
+    pub fn with_shuffle(mut self, map_partitions: usize) -> Self {
+        self.map_partitions = Some(map_partitions);
+        self
+    }
+
+    /// For a shuffle reader: the number of map partitions it reads buckets of.
+    pub fn map_partitions(&self) -> Option<usize> {
+        self.map_partitions
     }
 
     /// The same reader, computing missing blocks with `plan` (which must produce the
@@ -132,6 +151,32 @@ impl BlockReadExec {
     }
 }
 
+/// Streams reduce partition `reduce` of a shuffle: bucket `reduce` of every map partition,
+/// in map order, with up to [`SHUFFLE_FETCHES_IN_FLIGHT`] fetches in flight.
+fn shuffle_read(
+    schema: SchemaRef,
+    reader: Arc<dyn BlockReader>,
+    dataset: DatasetId,
+    maps: usize,
+    reduce: u32,
+) -> SendableRecordBatchStream {
+    let batches = stream::iter(0..maps as u32)
+        .map(move |map| {
+            let reader = Arc::clone(&reader);
+            async move {
+                let part = reader
+                    .read(BlockId::shuffle(dataset, map, reduce))
+                    .await
+                    .map_err(EngineError::into_datafusion)?;
+                let batches: Vec<DfResult<_>> = part.batches().iter().cloned().map(Ok).collect();
+                Ok::<_, DataFusionError>(stream::iter(batches))
+            }
+        })
+        .buffered(SHUFFLE_FETCHES_IN_FLIGHT)
+        .try_flatten();
+    Box::pin(RecordBatchStreamAdapter::new(schema, batches.boxed()))
+}
+
 /// Computes a missing cached block from its dataset's plan and offers it for caching.
 async fn compute_from_lineage(
     reader: &Arc<dyn BlockReader>,
@@ -151,17 +196,25 @@ async fn compute_from_lineage(
 
 impl DisplayAs for BlockReadExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "BlockReadExec: dataset={}, partitions={}{}",
-            self.dataset.0,
-            self.partitions(),
-            if self.fallback.is_some() {
-                ", cached"
-            } else {
-                ""
-            }
-        )
+        match self.map_partitions {
+            Some(maps) => write!(
+                f,
+                "ShuffleReadExec: dataset={}, map_partitions={maps}, reduce_partitions={}",
+                self.dataset.0,
+                self.partitions()
+            ),
+            None => write!(
+                f,
+                "BlockReadExec: dataset={}, partitions={}{}",
+                self.dataset.0,
+                self.partitions(),
+                if self.fallback.is_some() {
+                    ", cached"
+                } else {
+                    ""
+                }
+            ),
+        }
     }
 }
 
@@ -214,6 +267,15 @@ impl ExecutionPlan for BlockReadExec {
             EngineError::Internal(format!("partition index {partition} out of range"))
                 .into_datafusion()
         })?;
+        if let Some(maps) = self.map_partitions {
+            return Ok(shuffle_read(
+                self.schema(),
+                reader.0.clone(),
+                self.dataset,
+                maps,
+                index,
+            ));
+        }
         let block = BlockId::new(self.dataset, index);
         let fallback = self.fallback.clone();
         // Nothing is fetched until the first batch is pulled.

@@ -28,19 +28,43 @@ pub struct StageId(pub u32);
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ExecutorId(pub String);
 
-/// A partition of a dataset: the unit the block manager stores and executors serve.
+/// A partition of a dataset, or one reduce bucket of a shuffle map partition: the unit the
+/// block manager stores and executors serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BlockId {
     /// The dataset the block belongs to.
     pub dataset: DatasetId,
-    /// The partition index within the dataset.
+    /// The partition index within the dataset (the map partition of a shuffle).
     pub partition: u32,
+    /// For a shuffle block: the reduce partition whose rows it holds.
+    pub reduce: Option<u32>,
 }
 
 impl BlockId {
     /// The block holding partition `partition` of `dataset`.
     pub fn new(dataset: DatasetId, partition: u32) -> Self {
-        Self { dataset, partition }
+        Self {
+            dataset,
+            partition,
+            reduce: None,
+        }
+    }
+
+    /// The rows of map partition `map` of shuffle `dataset` that go to reduce partition
+    /// `reduce`.
+    pub fn shuffle(dataset: DatasetId, map: u32, reduce: u32) -> Self {
+        Self {
+            dataset,
+            partition: map,
+            reduce: Some(reduce),
+        }
+    }
+
+    /// The map output this block belongs to: the unit the driver tracks locations of (all
+    /// reduce buckets of a map partition live on the executor that computed it). A plain
+    /// block is its own map output.
+    pub fn map_output(self) -> Self {
+        Self::new(self.dataset, self.partition)
     }
 }
 
@@ -70,7 +94,14 @@ impl fmt::Display for ExecutorId {
 
 impl fmt::Display for BlockId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "block {}/{}", self.dataset.0, self.partition)
+        match self.reduce {
+            None => write!(f, "block {}/{}", self.dataset.0, self.partition),
+            Some(r) => write!(
+                f,
+                "shuffle block {}/map {}/reduce {}",
+                self.dataset.0, self.partition, r
+            ),
+        }
     }
 }
 
@@ -79,13 +110,18 @@ impl From<BlockId> for proto::BlockId {
         proto::BlockId {
             dataset: b.dataset.0,
             partition: b.partition,
+            reduce: b.reduce,
         }
     }
 }
 
 impl From<&proto::BlockId> for BlockId {
     fn from(b: &proto::BlockId) -> Self {
-        BlockId::new(DatasetId(b.dataset), b.partition)
+        BlockId {
+            dataset: DatasetId(b.dataset),
+            partition: b.partition,
+            reduce: b.reduce,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{
-    replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties,
+    replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties, Partitioning,
 };
 
 use crate::block_read::BlockReadExec;
@@ -41,6 +41,9 @@ pub struct Dataset {
     dependencies: Vec<DatasetId>,
     reads_source: bool,
     persistence: Persistence,
+    /// For a shuffle map dataset: the number of reduce partitions each map partition's
+    /// output is split into.
+    reduce_partitions: Option<usize>,
 }
 
 impl Dataset {
@@ -65,7 +68,35 @@ impl Dataset {
             dependencies,
             reads_source,
             persistence,
+            reduce_partitions: None,
         })
+    }
+
+    /// Makes the map side of a shuffle: `plan` is a repartition whose input partition *m*
+    /// is computed by map task *m* and split into one block per reduce partition.
+    pub fn try_new_shuffle(
+        id: DatasetId,
+        plan: Arc<dyn ExecutionPlan>,
+        persistence: Persistence,
+    ) -> Result<Self> {
+        let Some(repartition) = shuffle_exchange(plan.as_ref()) else {
+            return Err(crate::error::EngineError::Internal(format!(
+                "a shuffle map dataset needs a hash or round-robin repartition at its root, \
+                 not {}",
+                plan.name()
+            )));
+        };
+        let maps = repartition.input().output_partitioning().partition_count();
+        let reduces = repartition.partitioning().partition_count();
+        let mut dataset = Self::try_new(id, plan, persistence)?;
+        dataset.partitions = maps;
+        dataset.reduce_partitions = Some(reduces);
+        Ok(dataset)
+    }
+
+    /// For a shuffle map dataset: the number of reduce partitions.
+    pub fn reduce_partitions(&self) -> Option<usize> {
+        self.reduce_partitions
     }
 
     /// The dataset's id.
@@ -101,7 +132,9 @@ impl Dataset {
     /// Whether partition *i* reads only partition *i* of `dependency` (a narrow dependency),
     /// so the executor holding that block is the best place to compute it.
     pub fn is_narrow_on(&self, dependency: &Dataset) -> bool {
-        dependency.partitions == self.partitions && self.dependencies.contains(&dependency.id)
+        dependency.reduce_partitions.is_none()
+            && dependency.partitions == self.partitions
+            && self.dependencies.contains(&dependency.id)
     }
 }
 
@@ -112,14 +145,39 @@ pub fn is_exchange(plan: &dyn ExecutionPlan) -> bool {
         || plan.is::<RepartitionExec>()
 }
 
+/// The repartition `plan` is, if Ember runs it as a shuffle: hash or round-robin, without
+/// order preservation. (An order-preserving repartition reads its input's blocks whole in
+/// every output partition and merges them, which keeps the input's order.)
+pub fn shuffle_exchange(plan: &dyn ExecutionPlan) -> Option<&RepartitionExec> {
+    let repartition = plan.downcast_ref::<RepartitionExec>()?;
+    let shuffles = matches!(
+        repartition.partitioning(),
+        Partitioning::Hash(..) | Partitioning::RoundRobinBatch(_)
+    );
+    (shuffles && !repartition.preserve_order()).then_some(repartition)
+}
+
 /// Cuts `plan` below every exchange: each exchange's input becomes a new job-scoped dataset
 /// (returned in dependency order, inputs first) and is replaced by a [`BlockReadExec`] of it.
+/// A hash or round-robin repartition becomes a shuffle: its map side (the repartition over
+/// its input) is the new dataset, and the repartition itself is replaced by a shuffle reader.
 /// `next_id` hands out dataset ids.
 pub fn cut_stages(
     plan: Arc<dyn ExecutionPlan>,
     next_id: &mut dyn FnMut() -> DatasetId,
     stages: &mut Vec<Dataset>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    if let Some(repartition) = shuffle_exchange(plan.as_ref()) {
+        let input = cut_stages(Arc::clone(repartition.input()), next_id, stages)?;
+        let maps = input.output_partitioning().partition_count();
+        let properties = plan.properties().as_ref().clone();
+        let map_side = replace_children_if_necessary(Arc::clone(&plan), vec![input])?;
+        let id = next_id();
+        stages.push(Dataset::try_new_shuffle(id, map_side, Persistence::Job)?);
+        return Ok(Arc::new(
+            BlockReadExec::new(id, properties).with_shuffle(maps),
+        ));
+    }
     let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
     if children.is_empty() {
         return Ok(plan);
@@ -211,12 +269,21 @@ mod tests {
 
     /// Plans `sql` over `t(k, v)`, a table of three in-memory partitions.
     async fn physical(sql: &str, partitions: usize) -> Arc<dyn ExecutionPlan> {
+        physical_with(sql, partitions, false).await
+    }
+
+    /// Like [`physical`], with DataFusion's hash repartitioning of aggregates on or off.
+    async fn physical_with(
+        sql: &str,
+        partitions: usize,
+        repartition: bool,
+    ) -> Arc<dyn ExecutionPlan> {
         use arrow::array::{Float64Array, Int32Array};
         use arrow::datatypes::{DataType, Field, Schema};
         use arrow::record_batch::RecordBatch;
         let config = datafusion::prelude::SessionConfig::new()
             .with_target_partitions(partitions)
-            .with_repartition_aggregations(false);
+            .with_repartition_aggregations(repartition);
         let ctx = SessionContext::new_with_config(config);
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int32, false),
@@ -265,9 +332,12 @@ mod tests {
                     "stage {i} reads a later stage"
                 );
             }
+            // A shuffle map stage has its repartition at the root and no other exchange.
+            let shuffle_root = stage.reduce_partitions().is_some();
             let mut inner_exchange = false;
             let _ = stage.plan().apply(|n| {
-                inner_exchange |= is_exchange(n.as_ref());
+                let is_root = Arc::ptr_eq(n, stage.plan());
+                inner_exchange |= is_exchange(n.as_ref()) && !(shuffle_root && is_root);
                 Ok(TreeNodeRecursion::Continue)
             });
             assert!(!inner_exchange, "an exchange left inside a stage");
@@ -281,6 +351,45 @@ mod tests {
             block_dependencies(&root),
             vec![stages.last().expect("a stage").id()]
         );
+    }
+
+    #[tokio::test]
+    async fn a_hash_repartition_becomes_a_shuffle_between_two_stages() {
+        let plan = physical_with("SELECT k, sum(v) FROM t GROUP BY k", 4, true).await;
+        let mut next = 0u64;
+        let mut ids = || {
+            next += 1;
+            DatasetId(next)
+        };
+        let mut stages = Vec::new();
+        let root = cut_stages(Arc::clone(&plan), &mut ids, &mut stages).expect("cut");
+        let shuffles: Vec<&Dataset> = stages
+            .iter()
+            .filter(|s| s.reduce_partitions().is_some())
+            .collect();
+        assert_eq!(
+            shuffles.len(),
+            1,
+            "{}",
+            displayable(plan.as_ref()).indent(true)
+        );
+        let map = shuffles[0];
+        assert_eq!(map.partitions(), 3, "one map task per input partition");
+        assert_eq!(map.reduce_partitions(), Some(4));
+        assert!(map.reads_source());
+        // The reduce side reads the shuffle through a shuffle reader of 4 partitions.
+        let mut reader = None;
+        let _ = root.apply(|n| {
+            if let Some(read) = n.downcast_ref::<BlockReadExec>() {
+                reader = Some((read.dataset(), read.map_partitions(), read.partitions()));
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        assert_eq!(reader, Some((map.id(), Some(3), 4)));
+        assert_eq!(root.output_partitioning().partition_count(), 4);
+        // A reduce-side dataset is not narrow on its shuffle input, even with equal counts.
+        let reduce = Dataset::try_new(DatasetId(99), root, Persistence::Job).expect("dataset");
+        assert!(!reduce.is_narrow_on(map));
     }
 
     #[tokio::test]

@@ -43,6 +43,9 @@ impl PhysicalExtensionCodec for EmberCodec {
             Arc::new(schema),
             node.partitions as usize,
         );
+        if node.map_partitions > 0 {
+            read = read.with_shuffle(node.map_partitions as usize);
+        }
         if !node.fallback.is_empty() {
             let fallback = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
                 &node.fallback,
@@ -78,6 +81,11 @@ impl PhysicalExtensionCodec for EmberCodec {
                     self,
                 )?,
                 None => Default::default(),
+            },
+            map_partitions: match read.map_partitions() {
+                Some(maps) => u32::try_from(maps)
+                    .map_err(|_| DataFusionError::Internal("too many map partitions".into()))?,
+                None => 0,
             },
         };
         msg.encode(buf)

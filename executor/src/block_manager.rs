@@ -1,11 +1,17 @@
 //! Block manager: owns this executor's blocks and their byte accounting against the memory
-//! limit; evicts least-recently-used cached blocks to make room; knows nothing of lineage.
+//! limit; evicts least-recently-used cached blocks to make room and spills job blocks
+//! (shuffle outputs, stage results) to local disk; knows nothing of lineage.
 
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
 use dashmap::DashMap;
-use ember_engine::{BlockId, DatasetId, Partition};
+use ember_engine::{BlockId, DatasetId, EngineError, Partition};
 
 use crate::error::{ExecutorError, Result};
 
@@ -18,12 +24,40 @@ pub enum BlockKind {
     Pinned,
 }
 
+/// Where a block's rows are.
+#[derive(Debug)]
+enum Stored {
+    /// In memory, counted against the limit.
+    Memory(Arc<Partition>),
+    /// Spilled to an Arrow IPC file in the spill directory; not counted against the limit.
+    Disk { path: PathBuf, bytes: usize },
+}
+
 #[derive(Debug)]
 struct Entry {
-    partition: Arc<Partition>,
+    stored: Stored,
     kind: BlockKind,
     /// Logical clock of the last read or write, for LRU.
     last_used: AtomicU64,
+}
+
+impl Entry {
+    /// Bytes this entry holds in memory.
+    fn memory_size(&self) -> usize {
+        match &self.stored {
+            Stored::Memory(p) => p.memory_size(),
+            Stored::Disk { .. } => 0,
+        }
+    }
+}
+
+/// What storing a block did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// Cached blocks evicted to make room.
+    pub evicted: Vec<BlockId>,
+    /// Bytes of the block written to disk instead of memory (0 when it stayed in memory).
+    pub spilled: usize,
 }
 
 /// The blocks held by one executor.
@@ -71,6 +105,10 @@ pub struct BlockManager {
     insert_lock: Mutex<()>,
     /// Evicted blocks not yet reported to the driver.
     evicted: Mutex<Vec<BlockId>>,
+    /// Where pinned blocks that do not fit in memory go; `None`: they fail instead.
+    spill_dir: Option<PathBuf>,
+    /// Bytes spilled since start.
+    spilled: AtomicU64,
 }
 
 impl BlockManager {
@@ -83,18 +121,46 @@ impl BlockManager {
             clock: AtomicU64::new(0),
             insert_lock: Mutex::new(()),
             evicted: Mutex::new(Vec::new()),
+            spill_dir: None,
+            spilled: AtomicU64::new(0),
         }
+    }
+
+    /// The same block manager, spilling pinned blocks that do not fit in memory to files
+    /// under `dir` (which must exist; files are deleted with their blocks).
+    pub fn with_spill_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spill_dir = Some(dir.into());
+        self
+    }
+
+    /// Bytes spilled to disk since start.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled.load(Ordering::Relaxed)
     }
 
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The block, if held; marks it recently used.
+    /// The block, if held (read back from disk if it was spilled); marks it recently used.
+    /// A spilled block whose file cannot be read is reported as missing, so its producer is
+    /// recomputed.
     pub fn get(&self, id: BlockId) -> Option<Arc<Partition>> {
-        let entry = self.blocks.get(&id)?;
-        entry.last_used.store(self.tick(), Ordering::Relaxed);
-        Some(Arc::clone(&entry.partition))
+        let path = {
+            let entry = self.blocks.get(&id)?;
+            entry.last_used.store(self.tick(), Ordering::Relaxed);
+            match &entry.stored {
+                Stored::Memory(p) => return Some(Arc::clone(p)),
+                Stored::Disk { path, .. } => path.clone(),
+            }
+        };
+        match read_spill(&path) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "spilled block unreadable; treating it as lost");
+                None
+            }
+        }
     }
 
     /// Stores a block, evicting least-recently-used cached blocks if needed. Returns the
@@ -110,14 +176,26 @@ impl BlockManager {
         partition: Arc<Partition>,
         kind: BlockKind,
     ) -> Result<Vec<BlockId>> {
+        self.put_block(id, partition, kind).map(|o| o.evicted)
+    }
+
+    /// Stores a block like [`BlockManager::put`]; a pinned block that does not fit even
+    /// after evicting every cached block is spilled to disk when a spill directory is set.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecutorError::MemoryLimit`] when the block fits neither in memory nor (without a
+    /// spill directory, or for a cached block) on disk; an I/O error when spilling fails.
+    pub fn put_block(
+        &self,
+        id: BlockId,
+        partition: Arc<Partition>,
+        kind: BlockKind,
+    ) -> Result<PutOutcome> {
         let needed = partition.memory_size();
         // A poisoned lock only means another insert panicked; the map itself is consistent.
         let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let replaced = self
-            .blocks
-            .get(&id)
-            .map(|e| e.partition.memory_size())
-            .unwrap_or(0);
+        let replaced = self.blocks.get(&id).map(|e| e.memory_size()).unwrap_or(0);
         let used = self.used.load(Ordering::Acquire) - replaced;
         let mut victims = Vec::new();
         if used + needed > self.limit {
@@ -129,7 +207,7 @@ impl BlockManager {
                     (
                         e.last_used.load(Ordering::Relaxed),
                         *e.key(),
-                        e.partition.memory_size(),
+                        e.memory_size(),
                     )
                 })
                 .collect();
@@ -143,26 +221,27 @@ impl BlockManager {
                 freed += size;
             }
             if used - freed + needed > self.limit {
-                return Err(ExecutorError::MemoryLimit {
-                    block: id,
-                    needed,
-                    pinned: used - freed,
-                    limit: self.limit,
-                });
+                return match (&self.spill_dir, kind) {
+                    // Evicting cached blocks would not make room: keep them, spill this one.
+                    (Some(dir), BlockKind::Pinned) => self.spill(id, &partition, dir),
+                    _ => Err(ExecutorError::MemoryLimit {
+                        block: id,
+                        needed,
+                        pinned: used - freed,
+                        limit: self.limit,
+                    }),
+                };
             }
         }
         for victim in &victims {
             self.remove(*victim);
         }
         let entry = Entry {
-            partition,
+            stored: Stored::Memory(partition),
             kind,
             last_used: AtomicU64::new(self.tick()),
         };
-        if let Some(old) = self.blocks.insert(id, entry) {
-            self.used
-                .fetch_sub(old.partition.memory_size(), Ordering::AcqRel);
-        }
+        self.replace(id, entry);
         self.used.fetch_add(needed, Ordering::AcqRel);
         if !victims.is_empty() {
             self.evicted
@@ -170,15 +249,74 @@ impl BlockManager {
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(victims.iter().copied());
         }
-        Ok(victims)
+        Ok(PutOutcome {
+            evicted: victims,
+            spilled: 0,
+        })
+    }
+
+    /// Writes `partition` to a file under `dir` and records it as block `id`.
+    fn spill(&self, id: BlockId, partition: &Partition, dir: &Path) -> Result<PutOutcome> {
+        let name = match id.reduce {
+            Some(r) => format!("{}-{}-{}.arrow", id.dataset.0, id.partition, r),
+            None => format!("{}-{}.arrow", id.dataset.0, id.partition),
+        };
+        let path = dir.join(name);
+        write_spill(&path, partition)?;
+        let bytes = std::fs::metadata(&path)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        self.spilled.fetch_add(bytes as u64, Ordering::Relaxed);
+        tracing::debug!(%id, bytes, path = %path.display(), "block spilled to disk");
+        let entry = Entry {
+            stored: Stored::Disk { path, bytes },
+            kind: BlockKind::Pinned,
+            last_used: AtomicU64::new(self.tick()),
+        };
+        self.replace(id, entry);
+        Ok(PutOutcome {
+            evicted: Vec::new(),
+            spilled: bytes,
+        })
+    }
+
+    /// Inserts `entry` as `id`, releasing what an earlier entry of the same id held.
+    fn replace(&self, id: BlockId, entry: Entry) {
+        if let Some(old) = self.blocks.insert(id, entry) {
+            self.release(old);
+        }
+    }
+
+    /// Gives back what a dropped entry held: its memory, or its spill file.
+    fn release(&self, entry: Entry) {
+        match entry.stored {
+            Stored::Memory(p) => {
+                self.used.fetch_sub(p.memory_size(), Ordering::AcqRel);
+            }
+            Stored::Disk { path, .. } => {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "spill file not removed");
+                }
+            }
+        }
+    }
+
+    /// Bytes of blocks spilled to disk and held now.
+    pub fn disk_bytes(&self) -> usize {
+        self.blocks
+            .iter()
+            .map(|e| match &e.stored {
+                Stored::Disk { bytes, .. } => *bytes,
+                Stored::Memory(_) => 0,
+            })
+            .sum()
     }
 
     /// Drops a block; returns whether it was held.
     pub fn remove(&self, id: BlockId) -> bool {
         match self.blocks.remove(&id) {
             Some((_, entry)) => {
-                self.used
-                    .fetch_sub(entry.partition.memory_size(), Ordering::AcqRel);
+                self.release(entry);
                 true
             }
             None => false,
@@ -199,7 +337,10 @@ impl BlockManager {
     /// Drops every block.
     pub fn clear(&self) {
         let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.blocks.clear();
+        let ids: Vec<BlockId> = self.blocks.iter().map(|e| *e.key()).collect();
+        for id in ids {
+            self.remove(id);
+        }
         self.used.store(0, Ordering::Release);
     }
 
@@ -227,6 +368,32 @@ impl BlockManager {
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()
     }
+}
+
+/// Writes a spilled block as an Arrow IPC file.
+fn write_spill(path: &Path, partition: &Partition) -> Result<()> {
+    let io = |e: std::io::Error| ExecutorError::from(EngineError::io(path, e));
+    let file = File::create(path).map_err(io)?;
+    let mut writer = FileWriter::try_new(BufWriter::new(file), partition.schema())
+        .map_err(|e| io(std::io::Error::other(e)))?;
+    for batch in partition.batches() {
+        writer
+            .write(batch)
+            .map_err(|e| io(std::io::Error::other(e)))?;
+    }
+    writer.finish().map_err(|e| io(std::io::Error::other(e)))?;
+    Ok(())
+}
+
+/// Reads a spilled block back.
+fn read_spill(path: &Path) -> std::io::Result<Partition> {
+    let file = File::open(path)?;
+    let reader = FileReader::try_new(BufReader::new(file), None).map_err(std::io::Error::other)?;
+    let schema = reader.schema();
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(std::io::Error::other)?;
+    Ok(Partition::new(schema, batches))
 }
 
 #[cfg(test)]
@@ -303,6 +470,37 @@ mod tests {
         assert!(matches!(err, ExecutorError::MemoryLimit { needed, .. } if needed == size));
         assert_eq!(bm.len(), 2);
         assert!(err.to_string().contains("memory limit"));
+    }
+
+    #[test]
+    fn pinned_blocks_that_do_not_fit_spill_to_disk_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = partition(1000).memory_size();
+        let bm = BlockManager::new(size).with_spill_dir(dir.path());
+        let cached = block(0);
+        bm.put(cached, partition(1000), BlockKind::Cached)
+            .expect("fits");
+        let shuffle = BlockId::shuffle(DatasetId(7), 0, 3);
+        let outcome = bm
+            .put_block(shuffle, partition(1000), BlockKind::Pinned)
+            .expect("spills");
+        assert!(outcome.spilled > 0);
+        assert!(outcome.evicted.is_empty(), "cached blocks stay");
+        assert_eq!(bm.used_bytes(), size);
+        assert_eq!(bm.disk_bytes(), outcome.spilled);
+        let back = bm.get(shuffle).expect("spilled block readable");
+        assert_eq!(back.num_rows(), 1000);
+        assert_eq!(back.batches(), partition(1000).batches());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+        // Removing the dataset deletes its spill file.
+        assert_eq!(bm.remove_dataset(DatasetId(7)), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
+        assert_eq!(bm.disk_bytes(), 0);
+        // A cached block never spills: it is not kept.
+        let err = bm
+            .put(block(1), partition(2000), BlockKind::Cached)
+            .expect_err("too big to cache");
+        assert!(matches!(err, ExecutorError::MemoryLimit { .. }));
     }
 
     #[test]

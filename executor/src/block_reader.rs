@@ -23,6 +23,7 @@ pub(crate) struct TaskBlockReader {
     read_local: AtomicU32,
     read_remote: AtomicU32,
     bytes_fetched: AtomicU64,
+    fetch_micros: AtomicU64,
     cached_read: AtomicU32,
     computed_inline: AtomicU32,
     source_reads: AtomicU32,
@@ -58,6 +59,7 @@ impl TaskBlockReader {
             read_local: AtomicU32::new(0),
             read_remote: AtomicU32::new(0),
             bytes_fetched: AtomicU64::new(0),
+            fetch_micros: AtomicU64::new(0),
             cached_read: AtomicU32::new(0),
             computed_inline: AtomicU32::new(0),
             source_reads: AtomicU32::new(0),
@@ -86,6 +88,8 @@ impl TaskBlockReader {
             cached_blocks_read: self.cached_read.load(Ordering::Relaxed),
             blocks_computed_inline: self.computed_inline.load(Ordering::Relaxed),
             source_partitions_read: self.source_reads.load(Ordering::Relaxed),
+            fetch_micros: self.fetch_micros.load(Ordering::Relaxed),
+            ..TaskMetrics::default()
         }
     }
 }
@@ -97,7 +101,8 @@ impl BlockReader for TaskBlockReader {
             self.read_local.fetch_add(1, Ordering::Relaxed);
             return Ok(p);
         }
-        let Some((executor, address)) = self.inputs.get(&block) else {
+        // Every reduce bucket of a map partition lives where the map task ran.
+        let Some((executor, address)) = self.inputs.get(&block.map_output()) else {
             return Err(EngineError::FetchFailed {
                 block,
                 executor: self.self_id.clone(),
@@ -111,7 +116,11 @@ impl BlockReader for TaskBlockReader {
                 reason: "no longer held here (evicted or removed)".into(),
             });
         }
-        match fetch_block(&self.pool, address, block).await {
+        let started = std::time::Instant::now();
+        let fetched = fetch_block(&self.pool, address, block).await;
+        self.fetch_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match fetched {
             Ok((partition, bytes)) => {
                 self.read_remote.fetch_add(1, Ordering::Relaxed);
                 self.bytes_fetched

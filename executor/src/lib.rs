@@ -27,6 +27,9 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_engine::proto::driver_service_client::DriverServiceClient;
 use ember_engine::proto::executor_service_server::ExecutorServiceServer;
@@ -38,7 +41,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-pub use block_manager::{BlockKind, BlockManager};
+pub use block_manager::{BlockKind, BlockManager, PutOutcome};
 pub use error::{ExecutorError, Result};
 
 use crate::compute::ComputeRuntime;
@@ -53,6 +56,23 @@ pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 /// is gone and exits, so executors never outlive the application that started them.
 const DRIVER_LOST_AFTER: Duration = Duration::from_secs(30);
 
+/// The share of an executor's memory limit that holds blocks (cached partitions, shuffle
+/// outputs); the rest is the operators' pool.
+pub const BLOCK_MEMORY_SHARE: f64 = 0.5;
+
+/// The smallest operator memory pool an executor runs with, however small its limit: below
+/// this, ordinary aggregates could not run at all.
+pub const MIN_OPERATOR_MEMORY: usize = 64 << 20;
+
+/// How an executor's memory limit is divided: (block store, operator pool).
+pub fn memory_split(memory_bytes: usize) -> (usize, usize) {
+    let blocks = (memory_bytes as f64 * BLOCK_MEMORY_SHARE) as usize;
+    (
+        blocks,
+        memory_bytes.saturating_sub(blocks).max(MIN_OPERATOR_MEMORY),
+    )
+}
+
 /// How an executor is started.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -60,7 +80,9 @@ pub struct ExecutorConfig {
     pub driver: String,
     /// Where to listen; port 0 picks a free port.
     pub bind: SocketAddr,
-    /// Block manager memory limit in bytes.
+    /// The executor's memory limit in bytes: [`BLOCK_MEMORY_SHARE`] of it holds blocks,
+    /// the rest (at least [`MIN_OPERATOR_MEMORY`]) is DataFusion's pool for operators
+    /// (hash tables, sorts), which spill to disk when it runs out.
     pub memory_bytes: usize,
     /// Task slots, and worker threads of the compute runtime.
     pub cores: usize,
@@ -80,6 +102,8 @@ pub struct ExecutorHandle {
     heartbeat: JoinHandle<()>,
     blocks: Arc<BlockManager>,
     _compute: Arc<ComputeRuntime>,
+    /// Where spilled blocks go; removed (with anything left in it) when the handle drops.
+    _spill_dir: tempfile::TempDir,
 }
 
 impl ExecutorHandle {
@@ -153,7 +177,19 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     let compute = Arc::new(
         ComputeRuntime::try_new(cores).map_err(|e| EngineError::io("compute runtime", e))?,
     );
-    let blocks = Arc::new(BlockManager::new(config.memory_bytes));
+    let spill_dir = tempfile::Builder::new()
+        .prefix(&format!("ember-spill-{}-", sanitize(&id.0)))
+        .tempdir()
+        .map_err(|e| EngineError::io(std::env::temp_dir(), e))?;
+    let (block_memory, operator_memory) = memory_split(config.memory_bytes);
+    let blocks = Arc::new(BlockManager::new(block_memory).with_spill_dir(spill_dir.path()));
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(operator_memory)))
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(
+            DiskManagerMode::Directories(vec![spill_dir.path().to_path_buf()]),
+        ))
+        .build_arc()
+        .map_err(EngineError::from)?;
     let mut session_config = SessionConfig::new().with_target_partitions(cores);
     // A task executes one partition of a scan, and that partition must read exactly its own
     // file group: DataFusion's sibling work stealing would let a lone partition read every
@@ -162,7 +198,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         .options_mut()
         .execution
         .enable_file_stream_work_stealing = false;
-    let session = SessionContext::new_with_config(session_config);
+    let session = SessionContext::new_with_config_rt(session_config, runtime);
     let (shutdown, _) = watch::channel(false);
 
     let driver_channel = rpc::channel(&config.driver)?;
@@ -225,7 +261,21 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         heartbeat,
         blocks,
         _compute: compute,
+        _spill_dir: spill_dir,
     })
+}
+
+/// `id` with every character that is not safe in a file name replaced.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn driver_client(channel: &Channel) -> DriverServiceClient<Channel> {

@@ -6,15 +6,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::compute::BatchCoalescer;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::{ExecutionPlanProperties, SendableRecordBatchStream};
 use datafusion::prelude::SessionContext;
 use ember_engine::block_read::task_context_with_reader;
 use ember_engine::plan_codec::decode_plan;
-use ember_engine::proto::{task_output, task_status, LaunchTaskRequest, TaskStatus, TaskSuccess};
+use ember_engine::proto::{
+    task_output, task_status, LaunchTaskRequest, TaskMetrics, TaskStatus, TaskSuccess,
+};
 use ember_engine::rpc::ChannelPool;
 use ember_engine::{BlockId, DatasetId, EngineError, ExecutorId, Partition};
 use futures::StreamExt;
@@ -54,9 +58,17 @@ pub(crate) async fn run_task(env: TaskEnv, request: LaunchTaskRequest) -> TaskSt
     let outcome = execute(&env, &request, Arc::clone(&reader)).await;
     let outcome = outcome.map_err(|e| with_source_files(e, &request, &env));
     let result = match outcome {
-        Ok((rows, bytes, mut evicted)) => {
+        Ok(Output {
+            rows,
+            bytes,
+            mut evicted,
+            written,
+        }) => {
             let mut metrics = reader.metrics();
             metrics.run_micros = started.elapsed().as_micros() as u64;
+            metrics.shuffle_write_micros = written.shuffle_write_micros;
+            metrics.shuffle_bytes_written = written.shuffle_bytes_written;
+            metrics.spilled_bytes = written.spilled_bytes;
             let filled = reader.take_filled();
             evicted.extend(reader.take_evicted());
             // A block filled early in the task may have been evicted by its own output.
@@ -147,26 +159,54 @@ fn task_context(
     task_context_with_reader(&env.session.task_ctx(), Some(task_id), reader)
 }
 
+/// What a task produced.
+struct Output {
+    rows: u64,
+    bytes: u64,
+    /// Cached blocks evicted to store the output.
+    evicted: Vec<BlockId>,
+    /// Shuffle-write and spill figures (the other fields are the reader's).
+    written: TaskMetrics,
+}
+
+impl Output {
+    fn stored(rows: u64, bytes: u64, evicted: Vec<BlockId>) -> Self {
+        Self {
+            rows,
+            bytes,
+            evicted,
+            written: TaskMetrics::default(),
+        }
+    }
+}
+
 async fn execute(
     env: &TaskEnv,
     request: &LaunchTaskRequest,
     reader: Arc<TaskBlockReader>,
-) -> Result<(u64, u64, Vec<BlockId>)> {
+) -> Result<Output> {
     let ctx = Arc::new(task_context(env, request, reader));
     let plan = decode_plan(&request.plan, &ctx)?;
     let partition = request.partition as usize;
     let partitions = plan.output_partitioning().partition_count();
-    if partition >= partitions {
+    let shuffle = matches!(
+        request.output.as_ref().and_then(|o| o.kind.as_ref()),
+        Some(task_output::Kind::Shuffle(_))
+    );
+    if partition >= partitions && !shuffle {
         return Err(ExecutorError::MalformedTask(format!(
             "partition {partition} of a plan with {partitions} partitions"
         )));
     }
-    let stream = plan.execute(partition, ctx).map_err(EngineError::from)?;
     let output = request
         .output
         .as_ref()
         .and_then(|o| o.kind.as_ref())
         .ok_or_else(|| ExecutorError::MalformedTask("no output given".into()))?;
+    if let task_output::Kind::Shuffle(_) = output {
+        return shuffle_write(env, request, plan, ctx).await;
+    }
+    let stream = plan.execute(partition, ctx).map_err(EngineError::from)?;
     match output {
         task_output::Kind::Store(store) => {
             let block = BlockId::new(DatasetId(request.dataset), request.partition);
@@ -179,15 +219,105 @@ async fn execute(
             } else {
                 BlockKind::Pinned
             };
-            let evicted = env.blocks.put(block, part, kind)?;
-            Ok((rows, bytes, evicted))
+            let outcome = env.blocks.put_block(block, part, kind)?;
+            let mut output = Output::stored(rows, bytes, outcome.evicted);
+            output.written.spilled_bytes = outcome.spilled as u64;
+            Ok(output)
         }
         task_output::Kind::WriteParquet(write) => {
             let (rows, bytes) =
                 write_parquet(stream, PathBuf::from(&write.path), request.attempt).await?;
-            Ok((rows, bytes, Vec::new()))
+            Ok(Output::stored(rows, bytes, Vec::new()))
         }
+        task_output::Kind::Shuffle(_) => unreachable!("handled above"),
     }
+}
+
+/// Rows per batch of a shuffle block: small hash-partitioned pieces are coalesced to this.
+const SHUFFLE_BATCH_ROWS: usize = 8192;
+
+/// Runs map partition `request.partition` of a shuffle: `plan` is the repartition, whose
+/// input partition is computed and split by the repartition's partitioning into one block
+/// per reduce partition (empty buckets included, so every reduce task finds its block).
+async fn shuffle_write(
+    env: &TaskEnv,
+    request: &LaunchTaskRequest,
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    ctx: Arc<TaskContext>,
+) -> Result<Output> {
+    let repartition = plan.downcast_ref::<RepartitionExec>().ok_or_else(|| {
+        ExecutorError::MalformedTask(format!(
+            "a shuffle map task needs a repartition at its root, not {}",
+            plan.name()
+        ))
+    })?;
+    let input = Arc::clone(repartition.input());
+    let maps = input.output_partitioning().partition_count();
+    let map = request.partition as usize;
+    if map >= maps {
+        return Err(ExecutorError::MalformedTask(format!(
+            "map partition {map} of a shuffle with {maps} map partitions"
+        )));
+    }
+    let partitioning = repartition.partitioning().clone();
+    let reduces = partitioning.partition_count();
+    let schema = input.schema();
+    let mut stream = input.execute(map, ctx).map_err(EngineError::from)?;
+    let timer = datafusion::physical_plan::metrics::Time::new();
+    let mut partitioner = BatchPartitioner::try_new(partitioning, timer.clone(), map, maps)
+        .map_err(EngineError::from)?;
+    let mut buckets: Vec<BatchCoalescer> = (0..reduces)
+        .map(|_| BatchCoalescer::new(Arc::clone(&schema), SHUFFLE_BATCH_ROWS))
+        .collect();
+    let mut outputs: Vec<Vec<arrow::record_batch::RecordBatch>> = vec![Vec::new(); reduces];
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(EngineError::from)?;
+        rows += batch.num_rows() as u64;
+        partitioner
+            .partition(batch, |reduce, piece| {
+                buckets[reduce].push_batch(piece)?;
+                while let Some(done) = buckets[reduce].next_completed_batch() {
+                    outputs[reduce].push(done);
+                }
+                Ok(())
+            })
+            .map_err(EngineError::from)?;
+    }
+    let written = Instant::now();
+    let dataset = DatasetId(request.dataset);
+    let mut bytes = 0u64;
+    let mut spilled = 0u64;
+    let mut evicted = Vec::new();
+    for (reduce, (mut bucket, mut batches)) in buckets.into_iter().zip(outputs).enumerate() {
+        bucket
+            .finish_buffered_batch()
+            .map_err(|e| EngineError::from(datafusion::error::DataFusionError::from(e)))?;
+        while let Some(done) = bucket.next_completed_batch() {
+            batches.push(done);
+        }
+        let part = Arc::new(Partition::new(Arc::clone(&schema), batches));
+        bytes += part.memory_size() as u64;
+        let block = BlockId::shuffle(dataset, request.partition, reduce as u32);
+        let outcome = env.blocks.put_block(block, part, BlockKind::Pinned)?;
+        spilled += outcome.spilled as u64;
+        evicted.extend(outcome.evicted);
+    }
+    let write_micros = (timer.value() / 1000) as u64 + written.elapsed().as_micros() as u64;
+    tracing::debug!(
+        dataset = request.dataset,
+        map,
+        rows,
+        bytes,
+        partition_micros = timer.value() / 1000,
+        store_micros = written.elapsed().as_micros() as u64,
+        "shuffle map output stored"
+    );
+    let mut output = Output::stored(rows, bytes, evicted);
+    output.written.shuffle_write_micros = write_micros;
+    output.written.shuffle_bytes_written = bytes;
+    output.written.spilled_bytes = spilled;
+    Ok(output)
 }
 
 async fn collect(

@@ -1,0 +1,215 @@
+//! Shuffle between executors: hash-partitioned aggregates, joins and windows agree with
+//! single-process DataFusion, EXPLAIN shows the stages, and a killed executor's map outputs
+//! are recomputed mid-query.
+
+mod common;
+
+use common::{datafusion_answer, sorted_rows, write_orders, Mode};
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{ExprFunctionExt, JoinType};
+use ember::driver::SchedulerEvent;
+use ember::prelude::*;
+
+/// A session of 2 single-core executors that shuffles every join (no broadcast).
+async fn shuffling_session(mode: Mode) -> Session {
+    common::start(mode, common::builder(2).broadcast_join_threshold(0)).await
+}
+
+const QUERIES: [&str; 5] = [
+    "SELECT region, count(*) AS n, sum(amount) AS total FROM orders GROUP BY region",
+    "SELECT a.region, count(*) AS n, sum(b.amount) AS total \
+     FROM orders a JOIN orders b ON a.id = b.id + 1 GROUP BY a.region",
+    "SELECT id % 97 AS k, count(DISTINCT region) AS regions FROM orders GROUP BY id % 97",
+    "SELECT id, region, row_number() OVER (PARTITION BY region ORDER BY id) AS rn \
+     FROM orders WHERE id % 7 = 0",
+    "SELECT region FROM orders WHERE id < 10 UNION SELECT region FROM orders WHERE id > 20 \
+     EXCEPT SELECT 'r3'",
+];
+
+async fn queries_through_a_shuffle_match_datafusion(mode: Mode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_orders(dir.path(), 3, 2_000);
+    let session = shuffling_session(mode).await;
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    for sql in QUERIES {
+        let ours = session
+            .sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let expected = datafusion_answer(dir.path(), sql).await;
+        assert_eq!(sorted_rows(&ours), sorted_rows(&expected), "{sql}");
+        let metrics = session.last_job_metrics().expect("metrics");
+        assert!(
+            metrics.stages.iter().any(|s| s.shuffle),
+            "{sql} ran without a shuffle: {metrics:?}"
+        );
+        assert!(metrics.shuffle_bytes_written > 0, "{sql}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_through_a_shuffle_match_datafusion_in_process() {
+    queries_through_a_shuffle_match_datafusion(Mode::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_through_a_shuffle_match_datafusion_on_processes() {
+    queries_through_a_shuffle_match_datafusion(Mode::Processes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataframe_join_distinct_union_and_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_orders(dir.path(), 2, 500);
+    let session = shuffling_session(Mode::InProcess).await;
+    let orders = session.read_parquet(dir.path()).await.expect("read");
+    let small = orders
+        .clone()
+        .filter(col("id").lt(lit(100)))
+        .expect("filter")
+        .select(vec![col("id").alias("sid"), col("amount").alias("samount")])
+        .expect("select");
+    let joined = orders
+        .clone()
+        .join(small, JoinType::Inner, &["id"], &["sid"])
+        .expect("join");
+    assert_eq!(joined.count().await.expect("count"), 100);
+
+    let regions = orders
+        .clone()
+        .select_columns(&["region"])
+        .expect("select")
+        .distinct()
+        .expect("distinct");
+    assert_eq!(regions.count().await.expect("count"), 5);
+
+    let doubled = orders.clone().union(orders.clone()).expect("union");
+    assert_eq!(doubled.count().await.expect("count"), 2_000);
+    let once = orders
+        .clone()
+        .union_distinct(orders.clone())
+        .expect("union distinct");
+    assert_eq!(once.count().await.expect("count"), 1_000);
+
+    let ranked = orders
+        .clone()
+        .window(vec![row_number()
+            .partition_by(vec![col("region")])
+            .order_by(vec![col("id").sort(true, false)])
+            .build()
+            .expect("window expr")
+            .alias("rn")])
+        .expect("window")
+        .filter(col("rn").eq(lit(1u64)))
+        .expect("filter");
+    let firsts = ranked.collect().await.expect("collect");
+    let expected = datafusion_answer(
+        dir.path(),
+        "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY region ORDER BY id) AS rn \
+         FROM orders) WHERE rn = 1",
+    )
+    .await;
+    assert_eq!(sorted_rows(&firsts), sorted_rows(&expected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_the_shuffle_stages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_orders(dir.path(), 2, 100);
+    let session = shuffling_session(Mode::InProcess).await;
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    let sql = "SELECT region, sum(amount) FROM orders GROUP BY region";
+    let text = session
+        .sql(sql)
+        .await
+        .expect("plan")
+        .explain()
+        .await
+        .expect("explain");
+    assert!(text.contains("Ember stages"), "{text}");
+    assert!(text.contains("shuffle write into 2 partitions"), "{text}");
+    assert!(text.contains("ShuffleReadExec"), "{text}");
+    // SQL EXPLAIN gives the same description as a one-row result.
+    let rows = session
+        .sql(&format!("EXPLAIN {sql}"))
+        .await
+        .expect("explain statement")
+        .collect()
+        .await
+        .expect("collect");
+    let shown = arrow::util::pretty::pretty_format_batches(&rows)
+        .expect("format")
+        .to_string();
+    assert!(shown.contains("shuffle write into 2 partitions"), "{shown}");
+    let analyze = session.sql(&format!("EXPLAIN ANALYZE {sql}")).await;
+    assert!(analyze.is_err());
+}
+
+/// Kills an executor process right after the first shuffle map stage of a multi-stage
+/// query: the reduce side's fetches fail, the failure travels typed to the scheduler, and
+/// only the lost map outputs (plus tasks that were in flight) are computed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_executor_mid_query_reruns_only_its_map_outputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_orders(dir.path(), 4, 5_000);
+    let session = shuffling_session(Mode::Processes).await;
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    let sql = "SELECT a.region, count(*) AS n, sum(b.amount) AS total \
+               FROM orders a JOIN orders b ON a.id = b.id GROUP BY a.region";
+    let expected = datafusion_answer(dir.path(), sql).await;
+
+    let mut events = session.driver().subscribe();
+    let victim = ember::engine::ExecutorId("exec-0".into());
+    let watcher = {
+        let session = session.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(SchedulerEvent::StageCompleted { shuffle: true, .. }) => {
+                        let held = session.driver().locations().held_by(&victim).len();
+                        session.kill_executor(0).expect("kill");
+                        return held;
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("events: {e}"),
+                }
+            }
+        })
+    };
+    let ours = session
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("the query survives the loss of an executor");
+    let lost = watcher.await.expect("watcher");
+    assert_eq!(sorted_rows(&ours), sorted_rows(&expected));
+    let metrics = session.last_job_metrics().expect("metrics");
+    assert!(lost > 0, "the killed executor held no map output");
+    assert_eq!(metrics.executors_lost, 1, "{metrics:?}");
+    assert!(
+        metrics.partitions_recomputed >= 1,
+        "lost map outputs must be recomputed: {metrics:?}"
+    );
+    // In flight at the kill: at most one task per slot of the two executors.
+    let in_flight = 2;
+    assert!(
+        metrics.partitions_recomputed <= lost + in_flight,
+        "recomputed {} partitions, but only {lost} were lost: {metrics:?}",
+        metrics.partitions_recomputed
+    );
+    assert_eq!(session.executors().len(), 1);
+}
