@@ -213,3 +213,46 @@ async fn killing_an_executor_mid_query_reruns_only_its_map_outputs() {
     );
     assert_eq!(session.executors().len(), 1);
 }
+
+/// With a block store far smaller than the shuffle, map outputs spill to disk: the answer
+/// is still right, the spill is reported, and the spill files are gone after the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffle_outputs_beyond_the_memory_limit_spill_to_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_orders(dir.path(), 4, 20_000);
+    let session = common::start(
+        Mode::InProcess,
+        common::builder(2)
+            .broadcast_join_threshold(0)
+            .memory_per_executor(1_000_000),
+    )
+    .await;
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    let sql = "SELECT a.region, count(*) AS n, sum(b.amount) AS total \
+               FROM orders a JOIN orders b ON a.id = b.id GROUP BY a.region";
+    let ours = session
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("spilling query runs");
+    let expected = datafusion_answer(dir.path(), sql).await;
+    assert_eq!(sorted_rows(&ours), sorted_rows(&expected));
+    let metrics = session.last_job_metrics().expect("metrics");
+    assert!(metrics.spilled_bytes > 0, "{metrics:?}");
+    // The job's blocks, spilled ones included, are removed when it ends.
+    for e in session.executors() {
+        let status = session
+            .driver()
+            .executor_status(&e.id)
+            .await
+            .expect("status");
+        assert_eq!(status.blocks, 0, "{} still holds job blocks", e.id);
+        assert_eq!(status.disk_bytes, 0, "{} still holds spill files", e.id);
+        assert_eq!(status.used_bytes, 0);
+    }
+}

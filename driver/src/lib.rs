@@ -151,6 +151,35 @@ impl DriverHandle {
     ///
     /// # Errors
     ///
+    /// Asks executor `id` how it is doing (memory, blocks, spilled bytes, running tasks).
+    ///
+    /// # Errors
+    ///
+    /// The executor is unknown or does not answer.
+    pub async fn executor_status(
+        &self,
+        id: &ExecutorId,
+    ) -> Result<ember_engine::proto::ExecutorStatus> {
+        let info = self.registry.get(id).ok_or_else(|| {
+            EngineError::Internal(format!("{id} is not registered with this driver"))
+        })?;
+        let mut client = self.pool.executor(&info.address)?;
+        match tokio::time::timeout(
+            CONTROL_TIMEOUT,
+            client.status(ember_engine::proto::StatusRequest {}),
+        )
+        .await
+        {
+            Ok(Ok(status)) => Ok(status.into_inner()),
+            Ok(Err(status)) => Err(rpc::transport_error(&info.address, status).into()),
+            Err(_) => Err(rpc::transport_error(
+                &info.address,
+                tonic::Status::deadline_exceeded("status"),
+            )
+            .into()),
+        }
+    }
+
     /// Scheduler events from now on. A receiver that falls more than 256 events behind
     /// loses the oldest.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SchedulerEvent> {

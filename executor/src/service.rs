@@ -138,6 +138,7 @@ impl ExecutorService for ExecutorServiceImpl {
             blocks: self.env.blocks.len() as u32,
             running_tasks: self.running.load(Ordering::Relaxed),
             cores: self.cores,
+            disk_bytes: self.env.blocks.disk_bytes() as u64,
         }))
     }
 
