@@ -1,4 +1,5 @@
-//! The `ember` command line: `ember sql` runs a query on a local cluster and prints it.
+//! The `ember` command line: `ember sql` runs a query on a local cluster and prints it;
+//! `ember tpch gen` and `ember tpch bench` write TPC-H data and time the 22 queries.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,40 @@ pub enum Command {
     Sql(SqlArgs),
     /// Run an executor (same as the `ember-executor` binary).
     Executor(crate::executor_main::ExecutorArgs),
+    /// Generate TPC-H data or benchmark the TPC-H queries.
+    Tpch(TpchArgs),
+}
+
+/// Arguments of `ember tpch`.
+#[derive(Debug, clap::Args)]
+pub struct TpchArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TpchCommand,
+}
+
+/// `ember tpch` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TpchCommand {
+    /// Write the eight TPC-H tables as directories of Parquet files.
+    Gen(TpchGenArgs),
+    /// Time the TPC-H queries on an Ember cluster and on single-process DataFusion.
+    Bench(crate::tpch::BenchArgs),
+}
+
+/// Arguments of `ember tpch gen`.
+#[derive(Debug, clap::Args)]
+pub struct TpchGenArgs {
+    /// Scale factor (1 is about 1 GB of raw data; 0.01 is small).
+    #[arg(long, value_parser = crate::tpch::parse_scale_factor, allow_hyphen_values = true)]
+    pub sf: f64,
+    /// Directory to write into; each table becomes a directory `<DIR>/<table>/`.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Parquet files for each of lineitem, orders, partsupp, part and customer.
+    #[arg(long, default_value_t = crate::tpch::DEFAULT_PARTS,
+          value_parser = crate::tpch::parse_parts)]
+    pub parts: usize,
 }
 
 /// Output formats of `ember sql`.
@@ -62,7 +97,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sql(args) => run_sql(args).await,
         Command::Executor(args) => crate::executor_main::run_executor(args).await,
+        Command::Tpch(TpchArgs {
+            command: TpchCommand::Gen(args),
+        }) => run_tpch_gen(args).await,
+        Command::Tpch(TpchArgs {
+            command: TpchCommand::Bench(args),
+        }) => crate::tpch::bench(&args).await,
     }
+}
+
+async fn run_tpch_gen(args: TpchGenArgs) -> anyhow::Result<()> {
+    let TpchGenArgs { sf, out, parts } = args;
+    let summary = tokio::task::spawn_blocking(move || crate::tpch::generate(sf, &out, parts))
+        .await
+        .context("the TPC-H generator task panicked")??;
+    print!("{summary}");
+    Ok(())
 }
 
 async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {

@@ -10,7 +10,8 @@
 //! - [`executor_main`]: the `ember-executor` command line and the self-exec hook.
 //! - `local_cluster`: executor child processes and their cleanup.
 //! - `cached_table`: how cached DataFrames appear to the planner.
-//! - [`cli`]: the `ember` command line (`ember sql`).
+//! - [`cli`]: the `ember` command line (`ember sql`, `ember tpch`).
+//! - [`tpch`]: TPC-H queries, data generation and the benchmark against DataFusion.
 //! - [`prelude`]: everything an application imports.
 //!
 //! ```no_run
@@ -41,6 +42,8 @@ mod local_cluster;
 pub mod prelude;
 /// Sessions and clusters.
 pub mod session;
+/// TPC-H queries, data and benchmark.
+pub mod tpch;
 
 pub use dataframe::DataFrame;
 pub use error::{Error, Result};

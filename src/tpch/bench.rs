@@ -1,0 +1,398 @@
+//! `ember tpch bench`: times the TPC-H queries on an Ember cluster and on single-process
+//! DataFusion over the same Parquet files, and prints both with Ember's job metrics;
+//! generates the data first if needed. Checks row counts only; answers are compared in
+//! `tests/tpch.rs`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use ember_driver::JobMetrics;
+
+use super::{generate, missing_tables, query, register, register_datafusion, DEFAULT_PARTS};
+use crate::session::Session;
+
+/// How many of the slowest Ember queries get a metrics breakdown.
+const SLOWEST_SHOWN: usize = 3;
+
+/// Arguments of `ember tpch bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Scale factor of the data (generated into target/tpch-sf<SF> unless --data is given).
+    #[arg(long, default_value_t = 1.0, value_parser = super::parse_scale_factor,
+          allow_hyphen_values = true)]
+    pub sf: f64,
+    /// Executor processes to start.
+    #[arg(long, default_value_t = 2)]
+    pub executors: usize,
+    /// Block-manager memory per executor.
+    #[arg(long, default_value = "2GiB", value_parser = crate::executor_main::parse_bytes)]
+    pub memory: usize,
+    /// A data directory written by `ember tpch gen` (default: target/tpch-sf<SF>,
+    /// generated if it is missing a table).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Files per big table when the data has to be generated.
+    #[arg(long, default_value_t = DEFAULT_PARTS, value_parser = super::parse_parts)]
+    pub parts: usize,
+    /// Queries to run, such as 1,3,5 (default: all 22).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_query_number)]
+    pub queries: Vec<usize>,
+    /// Timed runs per query and engine, after one warm-up run each; the median is shown.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Seconds one run of one query may take before it counts as failed, so a stuck query
+    /// does not stall the rest.
+    #[arg(long, value_name = "SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+}
+
+fn parse_query_number(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if query(n).is_some() => Ok(n),
+        _ => Err(format!("`{text}` is not a TPC-H query number (1 to 22)")),
+    }
+}
+
+/// One engine's answer to one query: the median time and the rows of the last run.
+#[derive(Debug, Clone)]
+struct Timing {
+    median: Duration,
+    rows: usize,
+}
+
+/// Both engines' results for one query.
+struct QueryResult {
+    n: usize,
+    ember: anyhow::Result<Timing>,
+    metrics: Option<JobMetrics>,
+    datafusion: anyhow::Result<Timing>,
+}
+
+impl QueryResult {
+    /// Why this query counts as failed, if it does.
+    fn failure(&self) -> Option<String> {
+        match (&self.ember, &self.datafusion) {
+            (Err(_), _) => Some(format!("q{} (ember error)", self.n)),
+            (_, Err(_)) => Some(format!("q{} (datafusion error)", self.n)),
+            (Ok(e), Ok(d)) if e.rows != d.rows => Some(format!(
+                "q{} (ember {} rows, datafusion {})",
+                self.n, e.rows, d.rows
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `ember tpch bench`: prepares the data, starts an Ember cluster of `executors`
+/// processes and a DataFusion context with one partition per core, runs each query once to
+/// warm up and then `runs` times on each (a run past `timeout` seconds fails the query on
+/// that engine), and prints one row per query as it finishes,
+/// the slowest Ember queries with their job metrics, and a last line
+/// `total ember=<s> datafusion=<s> ratio=<x>` over the queries both engines answered.
+///
+/// # Errors
+///
+/// If the data cannot be found or generated or the cluster cannot start; after printing
+/// everything, if any query failed on either engine or the engines' row counts differ.
+pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let queries: Vec<usize> = if args.queries.is_empty() {
+        (1..=22).collect()
+    } else {
+        args.queries.clone()
+    };
+    let dir = prepare_data(args).await?;
+
+    let session = Session::builder()
+        .executors(args.executors)
+        .memory_per_executor(args.memory)
+        .local_cluster()
+        .await
+        .context("starting the Ember cluster")?;
+    register(&session, &dir)
+        .await
+        .with_context(|| format!("registering the tables of {} with Ember", dir.display()))?;
+    let cores = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(cores));
+    register_datafusion(&ctx, &dir).await.with_context(|| {
+        format!(
+            "registering the tables of {} with DataFusion",
+            dir.display()
+        )
+    })?;
+
+    println!(
+        "TPC-H from {}: Ember with {} executor processes, DataFusion with {cores} partitions; \
+         median of {} runs after 1 warm-up",
+        dir.display(),
+        args.executors,
+        args.runs
+    );
+    println!(
+        "{:<5} {:>9} {:>12} {:>7} {:>8} {:>7} {:>7} {:>11}",
+        "query", "ember_s", "datafusion_s", "ratio", "rows", "stages", "tasks", "MB_fetched"
+    );
+    let limit = Duration::from_secs(args.timeout);
+    let mut results = Vec::with_capacity(queries.len());
+    for n in queries {
+        let text = query(n).with_context(|| format!("no TPC-H query {n}"))?;
+        let ember = time_runs(args.runs, limit, || async {
+            let batches = session.sql(text).await?.collect().await?;
+            Ok(row_count(&batches))
+        })
+        .await;
+        let metrics = ember.as_ref().ok().and_then(|_| session.last_job_metrics());
+        let datafusion = time_runs(args.runs, limit, || async {
+            let batches = ctx.sql(text).await?.collect().await?;
+            Ok(row_count(&batches))
+        })
+        .await;
+        let result = QueryResult {
+            n,
+            ember,
+            metrics,
+            datafusion,
+        };
+        println!("{}", row(&result));
+        results.push(result);
+    }
+
+    print_slowest(&results);
+    let answered = results
+        .iter()
+        .filter_map(|r| Some((r.ember.as_ref().ok()?, r.datafusion.as_ref().ok()?)));
+    let (ember_total, datafusion_total) = answered.fold((0.0, 0.0), |(e, d), (te, td)| {
+        (e + te.median.as_secs_f64(), d + td.median.as_secs_f64())
+    });
+    println!(
+        "total ember={ember_total:.3} datafusion={datafusion_total:.3} ratio={:.2}",
+        ember_total / datafusion_total
+    );
+
+    let failures: Vec<String> = results.iter().filter_map(QueryResult::failure).collect();
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} queries failed: {}",
+            failures.len(),
+            results.len(),
+            failures.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The data directory to use: `--data` if given (it must be complete), otherwise
+/// `target/tpch-sf<SF>`, generated unless all eight tables are already there.
+async fn prepare_data(args: &BenchArgs) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &args.data {
+        let missing = missing_tables(dir);
+        if !missing.is_empty() {
+            bail!(
+                "{}: not a TPC-H data directory, no table {} (write one with \
+                 `ember tpch gen --sf SF --out {}`)",
+                dir.display(),
+                missing.join(", "),
+                dir.display()
+            );
+        }
+        return Ok(dir.clone());
+    }
+    let dir = default_data_dir(args.sf);
+    if missing_tables(&dir).is_empty() {
+        return Ok(dir);
+    }
+    println!("generating TPC-H SF {} into {}", args.sf, dir.display());
+    let (sf, parts, out) = (args.sf, args.parts, dir.clone());
+    let summary = tokio::task::spawn_blocking(move || generate(sf, &out, parts))
+        .await
+        .context("the TPC-H generator task panicked")??;
+    print!("{summary}");
+    Ok(dir)
+}
+
+/// Where the bench keeps generated data of scale factor `sf`.
+fn default_data_dir(sf: f64) -> PathBuf {
+    Path::new("target").join(format!("tpch-sf{sf}"))
+}
+
+/// Runs `run` once to warm up and `runs` times timed, each within `limit`; returns the
+/// median time and the rows of the last run, or the first error.
+async fn time_runs<F, Fut>(runs: u32, limit: Duration, mut run: F) -> anyhow::Result<Timing>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<usize>>,
+{
+    let mut within_limit = || {
+        let run = run();
+        async move {
+            tokio::time::timeout(limit, run)
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))?
+        }
+    };
+    within_limit().await?;
+    let mut times = Vec::with_capacity(runs as usize);
+    let mut rows = 0;
+    for _ in 0..runs {
+        let started = Instant::now();
+        rows = within_limit().await?;
+        times.push(started.elapsed());
+    }
+    Ok(Timing {
+        median: median(&mut times),
+        rows,
+    })
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    match times.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => times[n / 2],
+        n => (times[n / 2 - 1] + times[n / 2]) / 2,
+    }
+}
+
+fn row_count(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+fn megabytes(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// An error on one line, so the table stays a table.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The table row of one query.
+fn row(r: &QueryResult) -> String {
+    let name = format!("q{}", r.n);
+    match (&r.ember, &r.datafusion) {
+        (Err(e), _) => format!("{name:<5} ember error: {}", one_line(e)),
+        (Ok(_), Err(e)) => format!("{name:<5} datafusion error: {}", one_line(e)),
+        (Ok(e), Ok(d)) => {
+            let (stages, tasks, fetched) = match &r.metrics {
+                Some(m) => (
+                    m.stages_run.to_string(),
+                    m.tasks_run.to_string(),
+                    format!("{:.2}", megabytes(m.bytes_fetched)),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            let rows = if e.rows == d.rows {
+                e.rows.to_string()
+            } else {
+                format!("{}!={}", e.rows, d.rows)
+            };
+            format!(
+                "{name:<5} {:>9.3} {:>12.3} {:>7.2} {rows:>8} {stages:>7} {tasks:>7} {fetched:>11}",
+                e.median.as_secs_f64(),
+                d.median.as_secs_f64(),
+                e.median.as_secs_f64() / d.median.as_secs_f64()
+            )
+        }
+    }
+}
+
+/// Prints the slowest Ember queries with every counter and timing of their last job.
+fn print_slowest(results: &[QueryResult]) {
+    let mut timed: Vec<(&QueryResult, &Timing)> = results
+        .iter()
+        .filter_map(|r| Some((r, r.ember.as_ref().ok()?)))
+        .collect();
+    if timed.is_empty() {
+        return;
+    }
+    timed.sort_by_key(|(_, t)| std::cmp::Reverse(t.median));
+    println!("slowest on Ember:");
+    for (r, t) in timed.into_iter().take(SLOWEST_SHOWN) {
+        println!("  q{:<3} {:>9.3}s", r.n, t.median.as_secs_f64());
+        match &r.metrics {
+            Some(m) => {
+                for line in breakdown(m) {
+                    println!("       {line}");
+                }
+            }
+            None => println!("       no job metrics"),
+        }
+    }
+}
+
+/// The lines of one job's breakdown: counters, times, then each stage run.
+fn breakdown(m: &JobMetrics) -> Vec<String> {
+    let secs = |d: Duration| d.as_secs_f64();
+    let mut lines = vec![
+        format!(
+            "stages={} tasks={} task_failures={} source_partitions={} blocks_local={} \
+             blocks_remote={} MB_fetched={:.2} MB_shuffled={:.2} MB_spilled={:.2} \
+             cached_blocks_used={} recomputed={} executors_lost={}",
+            m.stages_run,
+            m.tasks_run,
+            m.task_failures,
+            m.source_partitions_read,
+            m.blocks_read_local,
+            m.blocks_read_remote,
+            megabytes(m.bytes_fetched),
+            megabytes(m.shuffle_bytes_written),
+            megabytes(m.spilled_bytes),
+            m.cached_blocks_used,
+            m.partitions_recomputed,
+            m.executors_lost
+        ),
+        format!(
+            "job={:.3}s planning={:.3}s task_time={:.3}s fetch_time={:.3}s \
+             shuffle_write_time={:.3}s driver_time={:.3}s",
+            secs(m.duration),
+            secs(m.planning),
+            secs(m.task_time),
+            secs(m.fetch_time),
+            secs(m.shuffle_write_time),
+            secs(m.driver_time)
+        ),
+    ];
+    for stage in &m.stages {
+        lines.push(format!(
+            "{}{}: {} tasks in {:.3}s",
+            stage.dataset,
+            if stage.shuffle { " (shuffle map)" } else { "" },
+            stage.tasks,
+            secs(stage.wall)
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&mut [ms(5), ms(1), ms(3)]), ms(3));
+        assert_eq!(
+            median(&mut [ms(4), ms(1), ms(2), ms(3)]),
+            Duration::from_micros(2_500)
+        );
+        assert_eq!(median(&mut []), Duration::ZERO);
+    }
+
+    #[test]
+    fn query_numbers_are_1_to_22() {
+        assert_eq!(parse_query_number("22"), Ok(22));
+        assert!(parse_query_number("0").is_err());
+        assert!(parse_query_number("23").is_err());
+        assert!(parse_query_number("q1").is_err());
+    }
+}

@@ -1,0 +1,389 @@
+//! TPC-H on a cluster: all 22 queries on two executor processes give single-process
+//! DataFusion's answers over the same generated data, and `ember tpch gen` and
+//! `ember tpch bench` work from the command line and reject bad input.
+
+mod common;
+
+use std::cmp::Ordering;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use ember::tpch;
+
+/// Relative tolerance of floating-point cells: the engines may sum in different orders.
+const FLOAT_RELATIVE: f64 = 1e-6;
+/// Absolute tolerance of floating-point cells near zero.
+const FLOAT_ABSOLUTE: f64 = 1e-9;
+/// How long one query may take on Ember at SF 0.01 before it counts as hung (each takes
+/// well under a second when it works), so one stuck query cannot stall the whole test.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One value of a result, comparable across engines.
+#[derive(Debug, Clone)]
+enum Cell {
+    Null,
+    Int(i128),
+    Float(f64),
+    /// Compared exactly: value and scale.
+    Decimal {
+        value: i128,
+        scale: i8,
+    },
+    Text(String),
+    Date(i32),
+    Bool(bool),
+}
+
+impl Cell {
+    fn rank(&self) -> u8 {
+        match self {
+            Cell::Null => 0,
+            Cell::Int(_) => 1,
+            Cell::Float(_) => 2,
+            Cell::Decimal { .. } => 3,
+            Cell::Text(_) => 4,
+            Cell::Date(_) => 5,
+            Cell::Bool(_) => 6,
+        }
+    }
+
+    /// A total order, only to sort rows before comparing them.
+    fn order(&self, other: &Cell) -> Ordering {
+        match (self, other) {
+            (Cell::Int(a), Cell::Int(b)) => a.cmp(b),
+            (Cell::Float(a), Cell::Float(b)) => a.total_cmp(b),
+            (Cell::Decimal { value: a, scale: x }, Cell::Decimal { value: b, scale: y }) => {
+                (x, a).cmp(&(y, b))
+            }
+            (Cell::Text(a), Cell::Text(b)) => a.cmp(b),
+            (Cell::Date(a), Cell::Date(b)) => a.cmp(b),
+            (Cell::Bool(a), Cell::Bool(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+
+    fn matches(&self, other: &Cell) -> bool {
+        match (self, other) {
+            (Cell::Float(a), Cell::Float(b)) => {
+                let diff = (a - b).abs();
+                diff <= FLOAT_ABSOLUTE || diff <= FLOAT_RELATIVE * a.abs().max(b.abs())
+            }
+            (Cell::Null, Cell::Null) => true,
+            (Cell::Int(a), Cell::Int(b)) => a == b,
+            (Cell::Decimal { value: a, scale: x }, Cell::Decimal { value: b, scale: y }) => {
+                a == b && x == y
+            }
+            (Cell::Text(a), Cell::Text(b)) => a == b,
+            (Cell::Date(a), Cell::Date(b)) => a == b,
+            (Cell::Bool(a), Cell::Bool(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// The cell at `row` of `column`.
+fn cell(column: &dyn Array, row: usize) -> Result<Cell, String> {
+    if column.is_null(row) {
+        return Ok(Cell::Null);
+    }
+    Ok(match column.data_type() {
+        DataType::Int8 => Cell::Int(column.as_primitive::<Int8Type>().value(row).into()),
+        DataType::Int16 => Cell::Int(column.as_primitive::<Int16Type>().value(row).into()),
+        DataType::Int32 => Cell::Int(column.as_primitive::<Int32Type>().value(row).into()),
+        DataType::Int64 => Cell::Int(column.as_primitive::<Int64Type>().value(row).into()),
+        DataType::UInt8 => Cell::Int(column.as_primitive::<UInt8Type>().value(row).into()),
+        DataType::UInt16 => Cell::Int(column.as_primitive::<UInt16Type>().value(row).into()),
+        DataType::UInt32 => Cell::Int(column.as_primitive::<UInt32Type>().value(row).into()),
+        DataType::UInt64 => Cell::Int(column.as_primitive::<UInt64Type>().value(row).into()),
+        DataType::Float32 => Cell::Float(column.as_primitive::<Float32Type>().value(row).into()),
+        DataType::Float64 => Cell::Float(column.as_primitive::<Float64Type>().value(row)),
+        DataType::Decimal128(_, scale) => Cell::Decimal {
+            value: column.as_primitive::<Decimal128Type>().value(row),
+            scale: *scale,
+        },
+        DataType::Utf8 => Cell::Text(column.as_string::<i32>().value(row).to_string()),
+        DataType::LargeUtf8 => Cell::Text(column.as_string::<i64>().value(row).to_string()),
+        DataType::Utf8View => Cell::Text(column.as_string_view().value(row).to_string()),
+        DataType::Date32 => Cell::Date(column.as_primitive::<Date32Type>().value(row)),
+        DataType::Boolean => Cell::Bool(column.as_boolean().value(row)),
+        other => return Err(format!("no comparison for type {other}")),
+    })
+}
+
+/// Column names and sorted rows of a result.
+fn table(batches: &[RecordBatch]) -> Result<(Vec<String>, Vec<Vec<Cell>>), String> {
+    let names = batches
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for batch in batches {
+        for r in 0..batch.num_rows() {
+            let row = batch
+                .columns()
+                .iter()
+                .map(|c| cell(c.as_ref(), r))
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.push(row);
+        }
+    }
+    rows.sort_by(|a, b| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x.order(y))
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    });
+    Ok((names, rows))
+}
+
+/// Why Ember's answer differs from DataFusion's, if it does.
+fn difference(ember: &[RecordBatch], datafusion: &[RecordBatch]) -> Option<String> {
+    let (ember_names, ember_rows) = match table(ember) {
+        Ok(t) => t,
+        Err(e) => return Some(format!("ember result: {e}")),
+    };
+    let (df_names, df_rows) = match table(datafusion) {
+        Ok(t) => t,
+        Err(e) => return Some(format!("datafusion result: {e}")),
+    };
+    // An empty result may come as no batches at all, so it has no column names to compare.
+    if !ember_rows.is_empty() && ember_names != df_names {
+        return Some(format!("columns {ember_names:?}, expected {df_names:?}"));
+    }
+    if ember_rows.len() != df_rows.len() {
+        return Some(format!(
+            "{} rows, expected {}",
+            ember_rows.len(),
+            df_rows.len()
+        ));
+    }
+    for (i, (e, d)) in ember_rows.iter().zip(&df_rows).enumerate() {
+        if e.len() != d.len() || e.iter().zip(d).any(|(x, y)| !x.matches(y)) {
+            return Some(format!("sorted row {i}: {e:?}, expected {d:?}"));
+        }
+    }
+    None
+}
+
+fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_22_queries_on_a_cluster_match_datafusion() {
+    let started = Instant::now();
+    let scratch = tempfile::tempdir().expect("tmp");
+    let data = scratch.path().join("sf0.01");
+    let out = data.clone();
+    let summary = tokio::task::spawn_blocking(move || tpch::generate(0.01, &out, 3))
+        .await
+        .expect("generator task")
+        .expect("generates SF 0.01");
+    for (table, expected) in [
+        ("customer", 1_500),
+        ("nation", 25),
+        ("orders", 15_000),
+        ("part", 2_000),
+        ("partsupp", 8_000),
+        ("region", 5),
+        ("supplier", 100),
+    ] {
+        assert_eq!(
+            summary.table(table).map(|t| t.rows),
+            Some(expected),
+            "{table} rows"
+        );
+    }
+    assert_eq!(summary.table("lineitem").map(|t| t.files), Some(3));
+    let generated = started.elapsed();
+
+    let session = common::builder(2)
+        .local_cluster()
+        .await
+        .expect("cluster starts");
+    assert_eq!(session.executor_pids().len(), 2);
+    tpch::register(&session, &data).await.expect("register");
+    let ctx = SessionContext::new();
+    tpch::register_datafusion(&ctx, &data)
+        .await
+        .expect("register with datafusion");
+
+    let mut failures = Vec::new();
+    let mut answered = Vec::new();
+    for n in 1..=22 {
+        let text = tpch::query(n).expect("query text");
+        let query_started = Instant::now();
+        let ember = tokio::time::timeout(QUERY_TIMEOUT, async {
+            session.sql(text).await?.collect().await
+        })
+        .await;
+        let ember_time = query_started.elapsed();
+        eprintln!("q{n}: ember answered in {:.2}s", ember_time.as_secs_f64());
+        let expected = match ctx.sql(text).await {
+            Ok(df) => df.collect().await,
+            Err(e) => Err(e),
+        };
+        match (ember, expected) {
+            (Err(_), _) => failures.push(format!(
+                "q{n}: no answer from ember within {QUERY_TIMEOUT:?}"
+            )),
+            (Ok(Err(e)), _) => failures.push(format!("q{n}: ember error: {e}")),
+            (_, Err(e)) => failures.push(format!("q{n}: datafusion error: {e}")),
+            (Ok(Ok(ember)), Ok(expected)) => match difference(&ember, &expected) {
+                Some(why) => failures.push(format!("q{n}: {why}")),
+                None => answered.push(format!(
+                    "q{n}: {} rows in {:.2}s",
+                    rows(&ember),
+                    ember_time.as_secs_f64()
+                )),
+            },
+        }
+        if n == 1 {
+            // Anchor: Q1 groups lineitem into its four (returnflag, linestatus) pairs.
+            assert!(
+                answered.len() == 1 && answered[0].starts_with("q1: 4 rows"),
+                "{answered:?} {failures:?}"
+            );
+        }
+    }
+    eprintln!(
+        "generated in {:.2}s; queries: {}; total {:.2}s",
+        generated.as_secs_f64(),
+        answered.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of 22 queries matched DataFusion; failed:\n{}",
+        22 - failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn ember() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
+    cmd.env("RUST_LOG", "error");
+    cmd
+}
+
+fn parquet_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("table directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        .count()
+}
+
+#[test]
+fn gen_writes_eight_tables_and_bench_runs_on_them() {
+    let scratch = tempfile::tempdir().expect("tmp");
+    let out = scratch.path().join("tiny");
+    let run = ember()
+        .args(["tpch", "gen", "--sf", "0.001", "--parts", "2", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut dirs: Vec<String> = std::fs::read_dir(&out)
+        .expect("out dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(
+        dirs,
+        tpch::TABLES,
+        "exactly the eight tables, no staging left"
+    );
+    assert_eq!(parquet_files(&out.join("lineitem")), 2);
+    assert_eq!(parquet_files(&out.join("nation")), 1);
+    assert!(stdout.contains("lineitem"), "{stdout}");
+    assert!(stdout.contains("wrote 8 tables"), "{stdout}");
+
+    let run = ember()
+        .args([
+            "tpch",
+            "bench",
+            "--executors",
+            "2",
+            "--queries",
+            "1,6",
+            "--runs",
+            "1",
+            "--data",
+        ])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.iter().any(|l| l.starts_with("q1 ")), "{stdout}");
+    assert!(lines.iter().any(|l| l.starts_with("q6 ")), "{stdout}");
+    assert!(!lines.iter().any(|l| l.starts_with("q3 ")), "{stdout}");
+    let last = lines.last().copied().unwrap_or_default();
+    let fields: Vec<&str> = last.split(' ').collect();
+    assert_eq!(fields.len(), 4, "{last}");
+    assert_eq!(fields[0], "total");
+    for (field, key) in fields[1..].iter().zip(["ember=", "datafusion=", "ratio="]) {
+        let value = field.strip_prefix(key).unwrap_or_else(|| panic!("{last}"));
+        assert!(value.parse::<f64>().is_ok(), "{last}");
+    }
+}
+
+#[test]
+fn gen_rejects_a_bad_scale_factor_or_output_path() {
+    let scratch = tempfile::tempdir().expect("tmp");
+    let out = scratch.path().join("never");
+    for sf in ["-1", "0", "lots"] {
+        let run = ember()
+            .args(["tpch", "gen", "--sf", sf, "--out"])
+            .arg(&out)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "--sf {sf} succeeded");
+        assert!(stderr.contains(sf), "--sf {sf}: {stderr}");
+        assert!(stderr.contains("--sf"), "--sf {sf}: {stderr}");
+        assert!(!out.exists(), "--sf {sf} created {}", out.display());
+    }
+
+    let file = scratch.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let under_file = file.join("data");
+    let run = ember()
+        .args(["tpch", "gen", "--sf", "0.001", "--out"])
+        .arg(&under_file)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "writing under a file succeeded");
+    assert!(
+        stderr.contains("creating output directory") && stderr.contains("a-file"),
+        "{stderr}"
+    );
+}
