@@ -342,6 +342,16 @@ impl Session {
         if broadcast_threshold == 0 {
             optimizer.hash_join_single_partition_threshold_rows = 0;
         }
+        // Two DataFusion features share state between the partitions of one in-memory plan,
+        // which Ember's tasks (one partition each, from their own copy of the plan) cannot:
+        // dynamic join filters wait for every probe partition of the same plan instance,
+        // and physical scalar subqueries hand their value to expressions through an
+        // in-memory container. Scalar subqueries are planned as joins instead.
+        optimizer.enable_dynamic_filter_pushdown = false;
+        optimizer.enable_join_dynamic_filter_pushdown = false;
+        optimizer.enable_topk_dynamic_filter_pushdown = false;
+        optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+        optimizer.enable_physical_uncorrelated_scalar_subquery = false;
         // Partition i of a scan must read only file group i (see the executor's session).
         config
             .options_mut()

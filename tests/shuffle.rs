@@ -256,3 +256,41 @@ async fn shuffle_outputs_beyond_the_memory_limit_spill_to_disk() {
         assert_eq!(status.used_bytes, 0);
     }
 }
+
+/// Joins that collect a small build side and emit build rows at the end (left, semi, anti,
+/// `NOT IN`) and scalar subqueries stay right when each probe partition is its own task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_side_emitting_joins_and_scalar_subqueries_match_datafusion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_orders(dir.path(), 4, 1_000);
+    // The default broadcast threshold: the small sides below are collected.
+    let session = common::session(Mode::Processes, 2).await;
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    let queries = [
+        "SELECT s.id, o.amount FROM (SELECT id FROM orders WHERE id % 500 = 0 \
+         UNION ALL SELECT 100000) s LEFT JOIN orders o ON s.id = o.id",
+        "SELECT s.id FROM (SELECT id FROM orders WHERE id % 300 = 0) s \
+         WHERE EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id + 1)",
+        "SELECT s.id FROM (SELECT id FROM orders WHERE id % 300 = 0 UNION ALL SELECT -5) s \
+         WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)",
+        "SELECT s.id FROM (SELECT id FROM orders WHERE id % 300 = 0 UNION ALL SELECT -5) s \
+         WHERE s.id NOT IN (SELECT id FROM orders WHERE region = 'r1')",
+        "SELECT region, count(*) FROM orders \
+         WHERE amount > (SELECT avg(amount) FROM orders) GROUP BY region",
+    ];
+    for sql in queries {
+        let ours = session
+            .sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let expected = datafusion_answer(dir.path(), sql).await;
+        assert!(!expected.is_empty());
+        assert_eq!(sorted_rows(&ours), sorted_rows(&expected), "{sql}");
+    }
+}

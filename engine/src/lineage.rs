@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::JoinType;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{
@@ -167,6 +169,7 @@ pub fn cut_stages(
     next_id: &mut dyn FnMut() -> DatasetId,
     stages: &mut Vec<Dataset>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    let plan = one_partition_per_task(plan)?;
     if let Some(repartition) = shuffle_exchange(plan.as_ref()) {
         let input = cut_stages(Arc::clone(repartition.input()), next_id, stages)?;
         let maps = input.output_partitioning().partition_count();
@@ -193,6 +196,88 @@ pub fn cut_stages(
         }
     }
     Ok(replace_children_if_necessary(plan, new_children)?)
+}
+
+/// Whether a join of `join_type` that collects its left side emits left rows when the
+/// *last* probe partition finishes (unmatched or matched-once rows), which only works when
+/// every probe partition runs against the same in-memory build side.
+fn emits_build_rows_at_end(join_type: JoinType) -> bool {
+    matches!(
+        join_type,
+        JoinType::Left
+            | JoinType::LeftSemi
+            | JoinType::LeftAnti
+            | JoinType::LeftMark
+            | JoinType::Full
+    )
+}
+
+/// Rewrites an operator that shares state between the partitions of one plan instance so
+/// that it stays correct when each partition runs in its own task, from its own copy of the
+/// plan.
+///
+/// A hash join that collects its left side and emits left rows at the end (left, full,
+/// semi, anti and mark joins) counts down its probe partitions in memory; in Ember each
+/// task would think it was the last one, or none would. Such a join becomes a partitioned
+/// hash join over a shuffle of both sides on the join keys (its output partition count is
+/// unchanged). A null-aware anti join (`NOT IN`) must see every probe row for its null
+/// check, so its probe side is merged into one partition instead, as is the probe side of
+/// such a nested-loop join.
+pub fn one_partition_per_task(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        let probes = join.right.output_partitioning().partition_count();
+        if join.mode != PartitionMode::CollectLeft
+            || !emits_build_rows_at_end(join.join_type)
+            || probes <= 1
+        {
+            return Ok(plan);
+        }
+        if join.null_aware {
+            let right: Arc<dyn ExecutionPlan> =
+                Arc::new(CoalescePartitionsExec::new(Arc::clone(&join.right)));
+            return Ok(join
+                .builder()
+                .with_new_children(vec![Arc::clone(&join.left), right])?
+                .recompute_properties()
+                .build_exec()?);
+        }
+        let left_input = match join.left.downcast_ref::<CoalescePartitionsExec>() {
+            Some(coalesce) => Arc::clone(coalesce.input()),
+            None => Arc::clone(&join.left),
+        };
+        let (left_keys, right_keys): (Vec<_>, Vec<_>) = join
+            .on
+            .iter()
+            .map(|(l, r)| (Arc::clone(l), Arc::clone(r)))
+            .unzip();
+        let left: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+            left_input,
+            Partitioning::Hash(left_keys, probes),
+        )?);
+        let right: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+            Arc::clone(&join.right),
+            Partitioning::Hash(right_keys, probes),
+        )?);
+        return Ok(join
+            .builder()
+            .with_partition_mode(PartitionMode::Partitioned)
+            .with_new_children(vec![left, right])?
+            .recompute_properties()
+            .build_exec()?);
+    }
+    if let Some(join) = plan.downcast_ref::<NestedLoopJoinExec>() {
+        if emits_build_rows_at_end(*join.join_type())
+            && join.right().output_partitioning().partition_count() > 1
+        {
+            let right: Arc<dyn ExecutionPlan> =
+                Arc::new(CoalescePartitionsExec::new(Arc::clone(join.right())));
+            return Ok(replace_children_if_necessary(
+                Arc::clone(&plan),
+                vec![Arc::clone(join.left()), right],
+            )?);
+        }
+    }
+    Ok(plan)
 }
 
 /// Makes `plan` (already cut) a dataset and returns the leaf that reads it.

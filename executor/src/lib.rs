@@ -198,6 +198,12 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         .options_mut()
         .execution
         .enable_file_stream_work_stealing = false;
+    // Plans arrive already optimized; nothing here may wait on sibling partitions of a plan
+    // instance that other tasks own (see the session's planner settings).
+    session_config
+        .options_mut()
+        .optimizer
+        .enable_dynamic_filter_pushdown = false;
     let session = SessionContext::new_with_config_rt(session_config, runtime);
     let (shutdown, _) = watch::channel(false);
 
