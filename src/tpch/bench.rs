@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// Executor processes to start.
     #[arg(long, default_value_t = 2)]
     pub executors: usize,
-    /// Block-manager memory per executor.
+    /// Memory limit per executor (half for blocks, half for operators; both spill).
     #[arg(long, default_value = "2GiB", value_parser = crate::executor_main::parse_bytes)]
     pub memory: usize,
     /// A data directory written by `ember tpch gen` (default: target/tpch-sf<SF>,
