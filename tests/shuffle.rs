@@ -15,6 +15,39 @@ async fn shuffling_session(mode: Mode) -> Session {
     common::start(mode, common::builder(2).broadcast_join_threshold(0)).await
 }
 
+/// Writes `files` Parquet files of `rows` orders, starts `builder` in `mode` and registers
+/// them as `orders`.
+async fn orders_session(
+    mode: Mode,
+    builder: SessionBuilder,
+    files: usize,
+    rows: usize,
+) -> (tempfile::TempDir, Session) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_orders(dir.path(), files, rows);
+    let session = common::start(mode, builder).await;
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    (dir, session)
+}
+
+/// Runs `sql` on Ember and asserts single-process DataFusion over `dir` gives the same
+/// non-empty set of rows.
+async fn assert_same_as_datafusion(session: &Session, dir: &std::path::Path, sql: &str) {
+    let ours = session
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let expected = datafusion_answer(dir, sql).await;
+    assert!(!expected.is_empty(), "{sql}");
+    assert_eq!(sorted_rows(&ours), sorted_rows(&expected), "{sql}");
+}
+
 const QUERIES: [&str; 5] = [
     "SELECT region, count(*) AS n, sum(amount) AS total FROM orders GROUP BY region",
     "SELECT a.region, count(*) AS n, sum(b.amount) AS total \
@@ -27,23 +60,10 @@ const QUERIES: [&str; 5] = [
 ];
 
 async fn queries_through_a_shuffle_match_datafusion(mode: Mode) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_orders(dir.path(), 3, 2_000);
-    let session = shuffling_session(mode).await;
-    session
-        .register_parquet("orders", dir.path())
-        .await
-        .expect("register");
+    let builder = common::builder(2).broadcast_join_threshold(0);
+    let (dir, session) = orders_session(mode, builder, 3, 2_000).await;
     for sql in QUERIES {
-        let ours = session
-            .sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let expected = datafusion_answer(dir.path(), sql).await;
-        assert_eq!(sorted_rows(&ours), sorted_rows(&expected), "{sql}");
+        assert_same_as_datafusion(&session, dir.path(), sql).await;
         let metrics = session.last_job_metrics().expect("metrics");
         assert!(
             metrics.stages.iter().any(|s| s.shuffle),
@@ -120,13 +140,8 @@ async fn dataframe_join_distinct_union_and_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_shows_the_shuffle_stages() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_orders(dir.path(), 2, 100);
-    let session = shuffling_session(Mode::InProcess).await;
-    session
-        .register_parquet("orders", dir.path())
-        .await
-        .expect("register");
+    let builder = common::builder(2).broadcast_join_threshold(0);
+    let (_data, session) = orders_session(Mode::InProcess, builder, 2, 100).await;
     let sql = "SELECT region, sum(amount) FROM orders GROUP BY region";
     let text = session
         .sql(sql)
@@ -159,13 +174,8 @@ async fn explain_shows_the_shuffle_stages() {
 /// only the lost map outputs (plus tasks that were in flight) are computed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_an_executor_mid_query_reruns_only_its_map_outputs() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_orders(dir.path(), 4, 5_000);
-    let session = shuffling_session(Mode::Processes).await;
-    session
-        .register_parquet("orders", dir.path())
-        .await
-        .expect("register");
+    let builder = common::builder(2).broadcast_join_threshold(0);
+    let (dir, session) = orders_session(Mode::Processes, builder, 4, 5_000).await;
     let sql = "SELECT a.region, count(*) AS n, sum(b.amount) AS total \
                FROM orders a JOIN orders b ON a.id = b.id GROUP BY a.region";
     let expected = datafusion_answer(dir.path(), sql).await;
@@ -218,30 +228,13 @@ async fn killing_an_executor_mid_query_reruns_only_its_map_outputs() {
 /// is still right, the spill is reported, and the spill files are gone after the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shuffle_outputs_beyond_the_memory_limit_spill_to_disk() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_orders(dir.path(), 4, 20_000);
-    let session = common::start(
-        Mode::InProcess,
-        common::builder(2)
-            .broadcast_join_threshold(0)
-            .memory_per_executor(1_000_000),
-    )
-    .await;
-    session
-        .register_parquet("orders", dir.path())
-        .await
-        .expect("register");
+    let builder = common::builder(2)
+        .broadcast_join_threshold(0)
+        .memory_per_executor(1_000_000);
+    let (dir, session) = orders_session(Mode::InProcess, builder, 4, 20_000).await;
     let sql = "SELECT a.region, count(*) AS n, sum(b.amount) AS total \
                FROM orders a JOIN orders b ON a.id = b.id GROUP BY a.region";
-    let ours = session
-        .sql(sql)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("spilling query runs");
-    let expected = datafusion_answer(dir.path(), sql).await;
-    assert_eq!(sorted_rows(&ours), sorted_rows(&expected));
+    assert_same_as_datafusion(&session, dir.path(), sql).await;
     let metrics = session.last_job_metrics().expect("metrics");
     assert!(metrics.spilled_bytes > 0, "{metrics:?}");
     // The job's blocks, spilled ones included, are removed when it ends.
@@ -261,14 +254,8 @@ async fn shuffle_outputs_beyond_the_memory_limit_spill_to_disk() {
 /// `NOT IN`) and scalar subqueries stay right when each probe partition is its own task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_side_emitting_joins_and_scalar_subqueries_match_datafusion() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_orders(dir.path(), 4, 1_000);
     // The default broadcast threshold: the small sides below are collected.
-    let session = common::session(Mode::Processes, 2).await;
-    session
-        .register_parquet("orders", dir.path())
-        .await
-        .expect("register");
+    let (dir, session) = orders_session(Mode::Processes, common::builder(2), 4, 1_000).await;
     let queries = [
         "SELECT s.id, o.amount FROM (SELECT id FROM orders WHERE id % 500 = 0 \
          UNION ALL SELECT 100000) s LEFT JOIN orders o ON s.id = o.id",
@@ -282,15 +269,6 @@ async fn build_side_emitting_joins_and_scalar_subqueries_match_datafusion() {
          WHERE amount > (SELECT avg(amount) FROM orders) GROUP BY region",
     ];
     for sql in queries {
-        let ours = session
-            .sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let expected = datafusion_answer(dir.path(), sql).await;
-        assert!(!expected.is_empty());
-        assert_eq!(sorted_rows(&ours), sorted_rows(&expected), "{sql}");
+        assert_same_as_datafusion(&session, dir.path(), sql).await;
     }
 }

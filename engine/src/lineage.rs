@@ -394,16 +394,22 @@ mod tests {
         df.create_physical_plan().await.expect("physical")
     }
 
-    #[tokio::test]
-    async fn cuts_below_every_exchange_and_leaves_a_block_reading_root() {
-        let plan = physical("SELECT k, sum(v) FROM t GROUP BY k ORDER BY k", 4).await;
+    /// Cuts `plan` with dataset ids counting up from 1.
+    fn cut(plan: &Arc<dyn ExecutionPlan>) -> (Arc<dyn ExecutionPlan>, Vec<Dataset>) {
         let mut next = 0u64;
         let mut ids = || {
             next += 1;
             DatasetId(next)
         };
         let mut stages = Vec::new();
-        let root = cut_stages(Arc::clone(&plan), &mut ids, &mut stages).expect("cut");
+        let root = cut_stages(Arc::clone(plan), &mut ids, &mut stages).expect("cut");
+        (root, stages)
+    }
+
+    #[tokio::test]
+    async fn cuts_below_every_exchange_and_leaves_a_block_reading_root() {
+        let plan = physical("SELECT k, sum(v) FROM t GROUP BY k ORDER BY k", 4).await;
+        let (root, stages) = cut(&plan);
         assert!(
             !stages.is_empty(),
             "{}",
@@ -441,13 +447,7 @@ mod tests {
     #[tokio::test]
     async fn a_hash_repartition_becomes_a_shuffle_between_two_stages() {
         let plan = physical_with("SELECT k, sum(v) FROM t GROUP BY k", 4, true).await;
-        let mut next = 0u64;
-        let mut ids = || {
-            next += 1;
-            DatasetId(next)
-        };
-        let mut stages = Vec::new();
-        let root = cut_stages(Arc::clone(&plan), &mut ids, &mut stages).expect("cut");
+        let (root, stages) = cut(&plan);
         let shuffles: Vec<&Dataset> = stages
             .iter()
             .filter(|s| s.reduce_partitions().is_some())
