@@ -449,7 +449,11 @@ impl Session {
     }
 
     /// Plans `query` (any SQL DataFusion accepts). DDL such as `CREATE EXTERNAL TABLE`
-    /// takes effect at once; queries run when an action is called on the result.
+    /// takes effect at once, and so does `COPY (query) TO 'dir' STORED AS PARQUET`, which
+    /// the executors write as one file per partition (its result is the row count; a COPY
+    /// to a single named file or with options or partition columns is written by
+    /// DataFusion on the driver when collected). Queries run when an action is called on
+    /// the result; `EXPLAIN` shows Ember's stages.
     ///
     /// ```
     /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -478,6 +482,36 @@ impl Session {
                 .map_err(ember_engine::EngineError::from)?;
                 let df = self.inner.ctx.read_batch(batch)?;
                 Ok(DataFrame::new(self.clone(), df))
+            }
+            // COPY ... TO a directory in Parquet: the executors write one file per
+            // partition, atomically (see `DataFrame::write_parquet`). It runs now, as DDL
+            // does, and the result is the row count.
+            LogicalPlan::Copy(copy)
+                if copy.partition_by.is_empty()
+                    && copy.options.is_empty()
+                    && copy.file_type.get_ext().eq_ignore_ascii_case("parquet")
+                    && Path::new(&copy.output_url).extension().is_none() =>
+            {
+                let input = datafusion::dataframe::DataFrame::new(
+                    self.inner.ctx.state(),
+                    copy.input.as_ref().clone(),
+                );
+                DataFrame::new(self.clone(), input)
+                    .write_parquet(&copy.output_url)
+                    .await?;
+                let rows = self
+                    .last_job_metrics()
+                    .map(|m| m.rows_written)
+                    .unwrap_or_default();
+                let batch = RecordBatch::try_from_iter(vec![(
+                    "count",
+                    Arc::new(arrow::array::UInt64Array::from(vec![rows])) as _,
+                )])
+                .map_err(ember_engine::EngineError::from)?;
+                Ok(DataFrame::new(
+                    self.clone(),
+                    self.inner.ctx.read_batch(batch)?,
+                ))
             }
             LogicalPlan::Analyze(_) => Err(Error::Unsupported(
                 "EXPLAIN ANALYZE: run the query and read Session::last_job_metrics() instead"

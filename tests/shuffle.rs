@@ -272,3 +272,52 @@ async fn build_side_emitting_joins_and_scalar_subqueries_match_datafusion() {
         assert_same_as_datafusion(&session, dir.path(), sql).await;
     }
 }
+
+/// `CREATE EXTERNAL TABLE` registers files for SQL; `COPY (query) TO 'dir'` is written by
+/// the executors, one Parquet file per partition, and reads back to the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_external_table_and_copy_to_parquet() {
+    let (dir, session) = orders_session(Mode::Processes, common::builder(2), 3, 1_000).await;
+    session
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE ext STORED AS PARQUET LOCATION '{}/'",
+            dir.path().display()
+        ))
+        .await
+        .expect("create external table");
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().join("by_region");
+    let sql = "SELECT region, count(*) AS n FROM ext GROUP BY region";
+    let copied = session
+        .sql(&format!(
+            "COPY ({sql}) TO '{}' STORED AS PARQUET",
+            target.display()
+        ))
+        .await
+        .expect("copy")
+        .collect()
+        .await
+        .expect("count");
+    let count = copied[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::UInt64Array>()
+        .expect("count column")
+        .value(0);
+    assert_eq!(count, 5);
+    let files = std::fs::read_dir(&target).expect("output dir").count();
+    assert_eq!(files, 2, "one file per partition");
+    let back = session
+        .read_parquet(&target)
+        .await
+        .expect("read back")
+        .collect()
+        .await
+        .expect("collect");
+    let expected = datafusion_answer(
+        dir.path(),
+        "SELECT region, count(*) AS n FROM orders GROUP BY region",
+    )
+    .await;
+    assert_eq!(sorted_rows(&back), sorted_rows(&expected));
+}

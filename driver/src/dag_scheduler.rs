@@ -568,6 +568,9 @@ impl Driver {
             }
             self.locations.insert(block, executor.clone());
         }
+        if matches!(output, StageOutput::Parquet(_)) {
+            job.metrics.rows_written += success.rows;
+        }
         for evicted in &success.evicted {
             self.locations
                 .remove_if_at(BlockId::from(evicted), executor);

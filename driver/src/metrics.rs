@@ -42,6 +42,8 @@ pub struct JobMetrics {
     pub shuffle_write_time: Duration,
     /// Bytes written into shuffle blocks.
     pub shuffle_bytes_written: u64,
+    /// Rows written to files by the job's tasks (`write_parquet`, `COPY ... TO`).
+    pub rows_written: u64,
     /// Bytes of blocks spilled to executors' disks.
     pub spilled_bytes: u64,
     /// Time the driver spent running the job's final fragment.
