@@ -278,7 +278,7 @@ async fn build_side_emitting_joins_and_scalar_subqueries_match_datafusion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_external_table_and_copy_to_parquet() {
     let (dir, session) = orders_session(Mode::Processes, common::builder(2), 3, 1_000).await;
-    session
+    let _ddl = session
         .sql(&format!(
             "CREATE EXTERNAL TABLE ext STORED AS PARQUET LOCATION '{}/'",
             dir.path().display()
