@@ -477,15 +477,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let size = partition(1000).memory_size();
         let bm = BlockManager::new(size).with_spill_dir(dir.path());
-        let cached = block(0);
-        bm.put(cached, partition(1000), BlockKind::Cached)
+        let pinned = block(0);
+        bm.put(pinned, partition(1000), BlockKind::Pinned)
             .expect("fits");
         let shuffle = BlockId::shuffle(DatasetId(7), 0, 3);
         let outcome = bm
             .put_block(shuffle, partition(1000), BlockKind::Pinned)
             .expect("spills");
         assert!(outcome.spilled > 0);
-        assert!(outcome.evicted.is_empty(), "cached blocks stay");
+        assert!(outcome.evicted.is_empty());
         assert_eq!(bm.used_bytes(), size);
         assert_eq!(bm.disk_bytes(), outcome.spilled);
         let back = bm.get(shuffle).expect("spilled block readable");
@@ -501,6 +501,15 @@ mod tests {
             .put(block(1), partition(2000), BlockKind::Cached)
             .expect_err("too big to cache");
         assert!(matches!(err, ExecutorError::MemoryLimit { .. }));
+        // Cached blocks make room for a pinned block before anything spills.
+        let bm = BlockManager::new(size).with_spill_dir(dir.path());
+        bm.put(block(2), partition(1000), BlockKind::Cached)
+            .expect("fits");
+        let outcome = bm
+            .put_block(shuffle, partition(1000), BlockKind::Pinned)
+            .expect("fits after eviction");
+        assert_eq!(outcome.evicted, vec![block(2)]);
+        assert_eq!(outcome.spilled, 0);
     }
 
     #[test]
