@@ -93,11 +93,17 @@ impl ExecutorService for ExecutorServiceImpl {
             .block
             .map(BlockId::from)
             .ok_or_else(|| Status::invalid_argument("fetch without a block id"))?;
-        let partition = self.env.blocks.get(block).ok_or_else(|| {
-            Status::not_found(format!("{block} is not held by {}", self.env.executor_id))
-        })?;
         let (tx, rx) = mpsc::channel(FETCH_CHUNKS_IN_FLIGHT);
+        let blocks = Arc::clone(&self.env.blocks);
+        let executor = self.env.executor_id.clone();
+        // A spilled block is read back from disk: that, like the encoding, stays off the
+        // threads that answer RPCs.
         tokio::task::spawn_blocking(move || {
+            let Some(partition) = blocks.get(block) else {
+                let missing = Status::not_found(format!("{block} is not held by {executor}"));
+                let _ = tx.blocking_send(Err(missing));
+                return;
+            };
             for chunk in encode_chunks(&partition) {
                 let msg = chunk
                     .map(|data| BlockChunk { data })
