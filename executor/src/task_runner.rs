@@ -203,12 +203,10 @@ async fn execute(
         .as_ref()
         .and_then(|o| o.kind.as_ref())
         .ok_or_else(|| ExecutorError::MalformedTask("no output given".into()))?;
-    if let task_output::Kind::Shuffle(_) = output {
-        return shuffle_write(env, request, plan, ctx).await;
-    }
-    let stream = plan.execute(partition, ctx).map_err(EngineError::from)?;
     match output {
+        task_output::Kind::Shuffle(_) => shuffle_write(env, request, plan, ctx).await,
         task_output::Kind::Store(store) => {
+            let stream = plan.execute(partition, ctx).map_err(EngineError::from)?;
             let block = BlockId::new(DatasetId(request.dataset), request.partition);
             let schema = stream.schema();
             let batches = collect(stream).await?;
@@ -225,11 +223,11 @@ async fn execute(
             Ok(output)
         }
         task_output::Kind::WriteParquet(write) => {
+            let stream = plan.execute(partition, ctx).map_err(EngineError::from)?;
             let (rows, bytes) =
                 write_parquet(stream, PathBuf::from(&write.path), request.attempt).await?;
             Ok(Output::stored(rows, bytes, Vec::new()))
         }
-        task_output::Kind::Shuffle(_) => unreachable!("handled above"),
     }
 }
 
