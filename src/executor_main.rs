@@ -30,7 +30,8 @@ pub struct ExecutorArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub bind: SocketAddr,
-    /// Memory for cached blocks, e.g. 2GiB, 512MiB, 1000000.
+    /// Memory limit, e.g. 2GiB, 512MiB, 1000000: half holds blocks (cached partitions,
+    /// shuffle outputs; beyond it shuffle outputs spill to disk), half is the operators' pool.
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     pub memory: usize,
     /// Task slots (and compute threads); defaults to the machine's cores.
