@@ -475,13 +475,10 @@ impl Session {
                     explain.plan.as_ref().clone(),
                 );
                 let text = DataFrame::new(self.clone(), inner).explain().await?;
-                let batch = RecordBatch::try_from_iter(vec![(
+                self.one_value(
                     "plan",
-                    Arc::new(arrow::array::StringArray::from(vec![text])) as _,
-                )])
-                .map_err(ember_engine::EngineError::from)?;
-                let df = self.inner.ctx.read_batch(batch)?;
-                Ok(DataFrame::new(self.clone(), df))
+                    Arc::new(arrow::array::StringArray::from(vec![text])),
+                )
             }
             // COPY ... TO a directory in Parquet: the executors write one file per
             // partition, atomically (see `DataFrame::write_parquet`). It runs now, as DDL
@@ -503,15 +500,10 @@ impl Session {
                     .last_job_metrics()
                     .map(|m| m.rows_written)
                     .unwrap_or_default();
-                let batch = RecordBatch::try_from_iter(vec![(
+                self.one_value(
                     "count",
-                    Arc::new(arrow::array::UInt64Array::from(vec![rows])) as _,
-                )])
-                .map_err(ember_engine::EngineError::from)?;
-                Ok(DataFrame::new(
-                    self.clone(),
-                    self.inner.ctx.read_batch(batch)?,
-                ))
+                    Arc::new(arrow::array::UInt64Array::from(vec![rows])),
+                )
             }
             LogicalPlan::Analyze(_) => Err(Error::Unsupported(
                 "EXPLAIN ANALYZE: run the query and read Session::last_job_metrics() instead"
@@ -519,6 +511,16 @@ impl Session {
             )),
             _ => Ok(DataFrame::new(self.clone(), df)),
         }
+    }
+
+    /// A one-row, one-column DataFrame (the result of a statement run at once).
+    fn one_value(&self, name: &str, value: arrow::array::ArrayRef) -> Result<DataFrame> {
+        let batch = RecordBatch::try_from_iter(vec![(name, value)])
+            .map_err(ember_engine::EngineError::from)?;
+        Ok(DataFrame::new(
+            self.clone(),
+            self.inner.ctx.read_batch(batch)?,
+        ))
     }
 
     /// A DataFrame over a Parquet file or directory.

@@ -265,7 +265,11 @@ async fn shuffle_write(
     let mut partitioner = BatchPartitioner::try_new(partitioning, timer.clone(), map, maps)
         .map_err(EngineError::from)?;
     let mut buckets: Vec<BatchCoalescer> = (0..reduces)
-        .map(|_| BatchCoalescer::new(Arc::clone(&schema), SHUFFLE_BATCH_ROWS))
+        .map(|_| {
+            // Pieces already half a batch or bigger are kept as they are, not copied again.
+            BatchCoalescer::new(Arc::clone(&schema), SHUFFLE_BATCH_ROWS)
+                .with_biggest_coalesce_batch_size(Some(SHUFFLE_BATCH_ROWS / 2))
+        })
         .collect();
     let mut outputs: Vec<Vec<arrow::record_batch::RecordBatch>> = vec![Vec::new(); reduces];
     let mut rows = 0u64;
