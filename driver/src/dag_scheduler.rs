@@ -46,10 +46,10 @@ use crate::Driver;
 
 /// Bookkeeping of one running job.
 #[derive(Debug)]
-struct Job {
-    metrics: JobMetrics,
+pub(crate) struct Job {
+    pub(crate) metrics: JobMetrics,
     /// Datasets made for this job alone: dropped from the lineage graph when it ends.
-    temporary: Vec<DatasetId>,
+    pub(crate) temporary: Vec<DatasetId>,
     /// Job-scoped datasets whose blocks this job made: removed when it ends.
     materialized: Vec<DatasetId>,
     /// Cached datasets whose resident blocks were already counted as cache hits.
@@ -138,7 +138,7 @@ pub fn part_file_name(partition: u32) -> String {
 }
 
 impl Driver {
-    fn new_job(&self, temporary: Vec<Dataset>) -> Job {
+    pub(crate) fn new_job(&self, temporary: Vec<Dataset>) -> Job {
         let mut ids = Vec::with_capacity(temporary.len());
         for d in temporary {
             ids.push(d.id());
@@ -156,7 +156,7 @@ impl Driver {
         }
     }
 
-    async fn end_job(&self, job: &mut Job) {
+    pub(crate) async fn end_job(&self, job: &mut Job) {
         let mut drop: Vec<DatasetId> = job.materialized.clone();
         for d in &job.temporary {
             if !drop.contains(d) {
@@ -188,7 +188,7 @@ impl Driver {
         result.map(|batches| (batches, job.metrics))
     }
 
-    async fn collect_in(
+    pub(crate) async fn collect_in(
         self: &Arc<Self>,
         job: &mut Job,
         root: Arc<dyn ExecutionPlan>,
@@ -263,7 +263,7 @@ impl Driver {
     }
 
     /// Makes sure every partition of `id` is held by some executor.
-    async fn materialize(self: &Arc<Self>, job: &mut Job, id: DatasetId) -> Result<()> {
+    pub(crate) async fn materialize(self: &Arc<Self>, job: &mut Job, id: DatasetId) -> Result<()> {
         let dataset = self.dataset(id)?;
         let missing = self.locations.missing(id, dataset.partitions());
         if dataset.persistence() == Persistence::Cached && !job.cache_counted.contains(&id) {
@@ -329,10 +329,7 @@ impl Driver {
             let source = self.dataset(read.dataset())?;
             if source.persistence() == Persistence::Cached {
                 let fallback = self.expand(source.plan(), deps)?;
-                let properties = read.properties().as_ref().clone();
-                return Ok(Arc::new(
-                    BlockReadExec::new(read.dataset(), properties).with_fallback(fallback),
-                ));
+                return Ok(Arc::new(read.clone().with_fallback(fallback)));
             }
             if !deps.contains(&read.dataset()) {
                 deps.push(read.dataset());
@@ -411,6 +408,7 @@ impl Driver {
             })
             .copied()
             .collect();
+        let grouped = grouped_reads(dataset.plan());
         tracing::debug!(%stage, dataset = %dataset.id(), tasks = partitions.len(), "stage submitted");
 
         let mut pending: VecDeque<(u32, u32)> = partitions.iter().map(|p| (*p, 0)).collect();
@@ -421,7 +419,8 @@ impl Driver {
             // Launch while there are free slots.
             while let Some(&(partition, attempts)) = pending.front() {
                 let alive = self.registry.alive();
-                let Some(executor) = choose_executor(&alive, &busy, partition, &narrow, self)
+                let Some(executor) =
+                    choose_executor(&alive, &busy, partition, &narrow, &grouped, self)
                 else {
                     break;
                 };
@@ -696,13 +695,32 @@ fn task_output_for(dataset: &Dataset, output: &StageOutput, partition: u32) -> T
     TaskOutput { kind: Some(kind) }
 }
 
-/// Picks where partition `partition` runs: the executor holding its narrow input if it has
-/// a free slot, else the least loaded executor with a free slot.
+/// The grouped block reads of `plan` (each output partition reads a fixed set of parent
+/// partitions).
+fn grouped_reads(plan: &Arc<dyn ExecutionPlan>) -> Vec<BlockReadExec> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = Vec::new();
+    // The closure never fails, so neither does the walk.
+    let _ = plan.apply(|node| {
+        if let Some(read) = node.downcast_ref::<BlockReadExec>() {
+            if read.groups().is_some() {
+                found.push(read.clone());
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Picks where partition `partition` runs: the executor holding its narrow input (or most
+/// of a grouped read's inputs) if it has a free slot, else the least loaded executor with a
+/// free slot.
 fn choose_executor(
     alive: &[ExecutorInfo],
     busy: &HashMap<ExecutorId, u32>,
     partition: u32,
     narrow: &[DatasetId],
+    grouped: &[BlockReadExec],
     driver: &Driver,
 ) -> Option<ExecutorInfo> {
     let load = |e: &ExecutorInfo| busy.get(&e.id).copied().unwrap_or(0);
@@ -711,6 +729,22 @@ fn choose_executor(
             if let Some(e) = alive.iter().find(|e| e.id == holder && load(e) < e.cores) {
                 return Some(e.clone());
             }
+        }
+    }
+    for read in grouped {
+        let mut held: HashMap<ExecutorId, usize> = HashMap::new();
+        for p in read.inputs_of(partition as usize) {
+            if let Some(holder) = driver.locations.get(BlockId::new(read.dataset(), p)) {
+                *held.entry(holder).or_default() += 1;
+            }
+        }
+        let best = alive
+            .iter()
+            .filter(|e| load(e) < e.cores)
+            .filter_map(|e| held.get(&e.id).map(|n| (n, e)))
+            .max_by_key(|(n, _)| **n);
+        if let Some((_, e)) = best {
+            return Some(e.clone());
         }
     }
     alive

@@ -23,6 +23,7 @@ mod grpc;
 pub mod metrics;
 /// Executors known to the driver.
 pub mod registry;
+mod tree_aggregate;
 
 use std::net::SocketAddr;
 use std::ops::Deref;

@@ -50,6 +50,9 @@ pub struct JobMetrics {
     pub driver_time: Duration,
     /// Per stage run: (dataset, tasks, wall time), in the order they finished.
     pub stages: Vec<StageTiming>,
+    /// For a tree aggregation: the number of partial results at each level, from one per
+    /// input partition down to the one the driver computes (so `len() - 1` merge levels).
+    pub tree_levels: Vec<usize>,
 }
 
 /// Wall time of one stage run.

@@ -77,7 +77,7 @@ pub fn task_context_with_reader(
 /// block is missing (never computed, evicted, or lost with its executor) the task computes
 /// it from lineage right there, offers it to its executor's cache, and goes on, as Spark's
 /// cached RDD partitions do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BlockReadExec {
     /// The dataset whose blocks are read.
     dataset: DatasetId,
@@ -87,6 +87,8 @@ pub struct BlockReadExec {
     fallback: Option<Arc<dyn ExecutionPlan>>,
     /// For a shuffle: how many map partitions wrote reduce buckets.
     map_partitions: Option<usize>,
+    /// For a grouped read: the parent partitions each output partition reads.
+    groups: Option<Arc<Vec<Vec<u32>>>>,
 }
 
 /// How many shuffle blocks one reduce task fetches at once: enough to overlap the peers'
@@ -102,6 +104,31 @@ impl BlockReadExec {
             properties: Arc::new(properties),
             fallback: None,
             map_partitions: None,
+            groups: None,
+        }
+    }
+
+    /// A reader whose output partition *j* is the concatenation of the blocks
+    /// `groups[j]` of `dataset`, in order (a narrow dependency on a fixed set of parent
+    /// partitions, as a tree reduction's merge step reads).
+    pub fn grouped(dataset: DatasetId, schema: SchemaRef, groups: Vec<Vec<u32>>) -> Self {
+        let mut read = Self::with_schema(dataset, schema, groups.len());
+        read.groups = Some(Arc::new(groups));
+        read
+    }
+
+    /// For a grouped read: the parent partitions each output partition reads.
+    pub fn groups(&self) -> Option<&[Vec<u32>]> {
+        self.groups.as_deref().map(Vec::as_slice)
+    }
+
+    /// The parent partitions output partition `partition` reads (for a shuffle reader:
+    /// every map partition).
+    pub fn inputs_of(&self, partition: usize) -> Vec<u32> {
+        match (&self.groups, self.map_partitions) {
+            (Some(groups), _) => groups.get(partition).cloned().unwrap_or_default(),
+            (None, Some(maps)) => (0..maps as u32).collect(),
+            (None, None) => vec![partition as u32],
         }
     }
 
@@ -205,8 +232,13 @@ impl DisplayAs for BlockReadExec {
             ),
             None => write!(
                 f,
-                "BlockReadExec: dataset={}, partitions={}{}",
+                "BlockReadExec: dataset={}, {}={}{}",
                 self.dataset.0,
+                if self.groups.is_some() {
+                    "groups"
+                } else {
+                    "partitions"
+                },
                 self.partitions(),
                 if self.fallback.is_some() {
                     ", cached"
@@ -276,29 +308,58 @@ impl ExecutionPlan for BlockReadExec {
                 index,
             ));
         }
-        let block = BlockId::new(self.dataset, index);
+        let inputs = match &self.groups {
+            Some(groups) => groups.get(partition).cloned().ok_or_else(|| {
+                EngineError::Internal(format!(
+                    "grouped read of dataset {} has no output partition {partition}",
+                    self.dataset
+                ))
+                .into_datafusion()
+            })?,
+            None => vec![index],
+        };
+        let dataset = self.dataset;
         let fallback = self.fallback.clone();
-        // Nothing is fetched until the first batch is pulled.
-        let batches = stream::once(async move {
-            let part = match (reader.0.read(block).await, fallback) {
-                (Ok(part), fallback) => {
-                    if fallback.is_some() {
-                        reader.0.note_cached_read();
-                    }
-                    part
-                }
-                (Err(EngineError::FetchFailed { .. }), Some(plan)) => {
-                    compute_from_lineage(&reader.0, block, plan, partition, context).await?
-                }
-                (Err(e), _) => return Err(e.into_datafusion()),
-            };
-            let batches: Vec<DfResult<_>> = part.batches().iter().cloned().map(Ok).collect();
-            Ok::<_, DataFusionError>(stream::iter(batches))
-        })
-        .try_flatten();
+        let reader = reader.0.clone();
+        // Nothing is fetched until the first batch is pulled; a group's blocks are read one
+        // after the other.
+        let batches = stream::iter(inputs)
+            .then(move |p| {
+                read_block(
+                    Arc::clone(&reader),
+                    BlockId::new(dataset, p),
+                    fallback.clone(),
+                    Arc::clone(&context),
+                )
+            })
+            .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema(),
             batches.boxed(),
         )))
     }
+}
+
+/// Reads one block, computing it from lineage with `fallback` when it is a missing cached
+/// block.
+async fn read_block(
+    reader: Arc<dyn BlockReader>,
+    block: BlockId,
+    fallback: Option<Arc<dyn ExecutionPlan>>,
+    context: Arc<TaskContext>,
+) -> DfResult<impl futures::Stream<Item = DfResult<arrow::record_batch::RecordBatch>>> {
+    let part = match (reader.read(block).await, fallback) {
+        (Ok(part), fallback) => {
+            if fallback.is_some() {
+                reader.note_cached_read();
+            }
+            part
+        }
+        (Err(EngineError::FetchFailed { .. }), Some(plan)) => {
+            compute_from_lineage(&reader, block, plan, block.partition as usize, context).await?
+        }
+        (Err(e), _) => return Err(e.into_datafusion()),
+    };
+    let batches: Vec<DfResult<_>> = part.batches().iter().cloned().map(Ok).collect();
+    Ok(stream::iter(batches))
 }

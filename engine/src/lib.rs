@@ -7,6 +7,7 @@
 //! - [`partition`]: a block's contents, a schema plus record batches.
 //! - [`codec`]: partitions to bounded Arrow IPC chunks and back.
 //! - [`block_read`]: the plan leaf that reads a dataset's blocks, and the reader trait behind it.
+//! - [`extension`]: plan nodes and functions registered by crates above the engine.
 //! - [`plan_codec`]: plan fragments to bytes (datafusion-proto plus Ember's extension codec).
 //! - [`lineage`]: datasets and the cutting of physical plans into them.
 //! - [`rpc`]: channels with deadlines, the channel pool and the block fetch.
@@ -26,6 +27,8 @@ pub mod block_read;
 pub mod codec;
 /// The core's error type.
 pub mod error;
+/// Plan extensions registered per process.
+pub mod extension;
 /// Newtype identifiers.
 pub mod ids;
 /// Datasets and plan cutting.

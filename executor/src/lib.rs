@@ -205,6 +205,11 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         .optimizer
         .enable_dynamic_filter_pushdown = false;
     let session = SessionContext::new_with_config_rt(session_config, runtime);
+    // Functions of the extensions this binary registered (mllib's, for one), so plans
+    // calling them decode here.
+    for function in ember_engine::extension::scalar_functions() {
+        session.register_udf(function.as_ref().clone());
+    }
     let (shutdown, _) = watch::channel(false);
 
     let driver_channel = rpc::channel(&config.driver)?;
