@@ -1,0 +1,465 @@
+//! k-means: k-means|| initialisation (Bahmani et al.) and Lloyd iterations, each pass one
+//! tree aggregation on the executors.
+
+use std::path::Path;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{tree_aggregate, uniform, Aggregation, DEFAULT_FAN_IN};
+use crate::classification::setters;
+use crate::error::{MlError, Result};
+use crate::feature::column;
+use crate::frame::Frame;
+use crate::kernel::nearest;
+use crate::persist::{self, read_arrays, read_metadata, save_stage};
+use crate::pipeline::{Estimator, Transformer};
+use crate::train::{pack, Packed, TrainingSummary, FEATURES};
+use crate::udf;
+
+/// How the first centres are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum InitMode {
+    /// k-means||: `init_steps` rounds of oversampled distributed k-means++ (default).
+    #[default]
+    #[serde(rename = "k-means||")]
+    Parallel,
+    /// k rows chosen at random.
+    #[serde(rename = "random")]
+    Random,
+}
+
+/// Parameters of [`KMeans`], with Spark ML's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KMeansParams {
+    /// Vector column.
+    pub features_col: String,
+    /// Cluster index column (Int32).
+    pub prediction_col: String,
+    /// Number of clusters (default 2).
+    pub k: usize,
+    /// Lloyd iteration limit (default 20).
+    pub max_iter: usize,
+    /// Stop when no centre moves farther than this (default 1e-4).
+    pub tol: f64,
+    /// Random seed.
+    pub seed: u64,
+    /// Initialisation (default k-means||).
+    pub init_mode: InitMode,
+    /// Rounds of k-means|| (default 2).
+    pub init_steps: usize,
+    /// Tree reduction fan-in (default 8).
+    pub fan_in: usize,
+}
+
+impl Default for KMeansParams {
+    fn default() -> Self {
+        Self {
+            features_col: "features".into(),
+            prediction_col: "prediction".into(),
+            k: 2,
+            max_iter: 20,
+            tol: 1e-4,
+            seed: 42,
+            init_mode: InitMode::Parallel,
+            init_steps: 2,
+            fan_in: DEFAULT_FAN_IN,
+        }
+    }
+}
+
+/// k-means clustering (Spark ML's `KMeans`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KMeans {
+    /// The parameters.
+    pub params: KMeansParams,
+}
+
+impl KMeans {
+    /// An estimator with the default parameters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    setters! {
+        /// Sets the features column.
+        features_col: String,
+        /// Sets the prediction column.
+        prediction_col: String,
+        /// Sets k.
+        k: usize,
+        /// Sets the iteration limit.
+        max_iter: usize,
+        /// Sets the tolerance.
+        tol: f64,
+        /// Sets the seed.
+        seed: u64,
+        /// Sets the initialisation.
+        init_mode: InitMode,
+        /// Sets the k-means|| rounds.
+        init_steps: usize,
+        /// Sets the fan-in.
+        fan_in: usize,
+    }
+
+    fn validate(&self) -> Result<()> {
+        let p = &self.params;
+        if p.k < 2 {
+            return Err(MlError::param(
+                "KMeans",
+                "k",
+                format!("must be at least 2, got {}", p.k),
+            ));
+        }
+        if p.max_iter == 0 {
+            return Err(MlError::param("KMeans", "max_iter", "must be at least 1"));
+        }
+        if !(p.tol >= 0.0 && p.tol.is_finite()) {
+            return Err(MlError::param(
+                "KMeans",
+                "tol",
+                format!("must be >= 0, got {}", p.tol),
+            ));
+        }
+        if p.fan_in < 2 {
+            return Err(MlError::param("KMeans", "fan_in", "must be at least 2"));
+        }
+        if p.init_steps == 0 {
+            return Err(MlError::param("KMeans", "init_steps", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<F: Frame> Estimator<F> for KMeans {
+    type Model = KMeansModel;
+
+    async fn fit(&self, df: &F) -> Result<KMeansModel> {
+        self.validate()?;
+        let packed = pack(df, &self.params.features_col, None, "KMeans").await?;
+        let result = fit_packed(&self.params, &packed).await;
+        let _ = packed.frame.clone().uncache().await;
+        result
+    }
+}
+
+/// One tree-aggregated pass of `agg`, counted in `summary`.
+async fn pass<F: Frame>(
+    packed: &Packed<F>,
+    agg: Aggregation,
+    fan_in: usize,
+    summary: &mut TrainingSummary,
+) -> Result<Vec<f64>> {
+    let started = Instant::now();
+    let (partial, metrics) = tree_aggregate(&packed.frame, agg, fan_in).await?;
+    summary.pass_time += started.elapsed();
+    summary.passes += 1;
+    summary.tree_levels = metrics.tree_levels;
+    summary.partitions_recomputed += metrics.partitions_recomputed;
+    Ok(partial)
+}
+
+async fn fit_packed<F: Frame>(p: &KMeansParams, packed: &Packed<F>) -> Result<KMeansModel> {
+    let d = packed.dimension;
+    let rows = packed.summary.count as usize;
+    if p.k > rows {
+        return Err(MlError::data(format!(
+            "KMeans: k = {} is larger than the {rows} rows of column '{}'",
+            p.k, p.features_col
+        )));
+    }
+    let mut summary = TrainingSummary {
+        rows,
+        ..TrainingSummary::default()
+    };
+    let mut centres = initial_centres(p, packed, d, &mut summary).await?;
+    let k = p.k;
+    let mut cost = f64::INFINITY;
+    for _ in 0..p.max_iter {
+        let partial = pass(
+            packed,
+            Aggregation::KMeans {
+                features: FEATURES.into(),
+                centres: centres.clone(),
+                k,
+            },
+            p.fan_in,
+            &mut summary,
+        )
+        .await?;
+        cost = partial[k * d + k];
+        summary.objective_history.push(cost);
+        let mut moved = false;
+        for c in 0..k {
+            let count = partial[k * d + c];
+            if count == 0.0 {
+                continue;
+            }
+            let mut shift = 0.0;
+            for j in 0..d {
+                let new = partial[c * d + j] / count;
+                let diff = new - centres[c * d + j];
+                shift += diff * diff;
+                centres[c * d + j] = new;
+            }
+            moved |= shift > p.tol * p.tol;
+        }
+        summary.iterations += 1;
+        if !moved {
+            summary.converged = true;
+            break;
+        }
+    }
+    summary.total_time = packed.started.elapsed();
+    Ok(KMeansModel {
+        params: p.clone(),
+        dimension: d,
+        centres,
+        training_cost: cost,
+        summary,
+    })
+}
+
+/// The first `k` centres (row-major).
+async fn initial_centres<F: Frame>(
+    p: &KMeansParams,
+    packed: &Packed<F>,
+    d: usize,
+    summary: &mut TrainingSummary,
+) -> Result<Vec<f64>> {
+    let k = p.k;
+    let pick = |seed: u64| Aggregation::PickOne {
+        features: FEATURES.into(),
+        seed,
+    };
+    let first = pass(packed, pick(p.seed), p.fan_in, summary).await?;
+    let mut candidates: Vec<f64> = first.get(1..).unwrap_or_default().to_vec();
+    if p.init_mode == InitMode::Random {
+        let mut seed = p.seed;
+        while candidates.len() < k * d {
+            seed = seed.wrapping_add(0x9E37_79B9);
+            let row = pass(packed, pick(seed), p.fan_in, summary).await?;
+            candidates.extend_from_slice(row.get(1..).unwrap_or_default());
+        }
+        return Ok(candidates);
+    }
+    for step in 0..p.init_steps {
+        let n = candidates.len() / d;
+        let costs = pass(
+            packed,
+            Aggregation::KMeans {
+                features: FEATURES.into(),
+                centres: candidates.clone(),
+                k: n,
+            },
+            p.fan_in,
+            summary,
+        )
+        .await?;
+        let phi = costs[n * d + n];
+        if phi <= 0.0 {
+            break;
+        }
+        let sampled = pass(
+            packed,
+            Aggregation::Sample {
+                features: FEATURES.into(),
+                centres: candidates.clone(),
+                k: n,
+                factor: 2.0 * k as f64 / phi,
+                seed: p.seed.wrapping_add(step as u64 + 1),
+            },
+            p.fan_in,
+            summary,
+        )
+        .await?;
+        candidates.extend_from_slice(&sampled);
+    }
+    let n = candidates.len() / d;
+    if n <= k {
+        // Too few distinct candidates (tiny or duplicated data): top up with random rows.
+        let mut seed = p.seed;
+        while candidates.len() < k * d {
+            seed = seed.wrapping_add(0x9E37_79B9);
+            let row = pass(packed, pick(seed), p.fan_in, summary).await?;
+            candidates.extend_from_slice(row.get(1..).unwrap_or_default());
+        }
+        return Ok(candidates[..k * d].to_vec());
+    }
+    // Weight each candidate by the rows nearest to it, then cluster the candidates locally.
+    let weights = pass(
+        packed,
+        Aggregation::KMeans {
+            features: FEATURES.into(),
+            centres: candidates.clone(),
+            k: n,
+        },
+        p.fan_in,
+        summary,
+    )
+    .await?;
+    let weights = &weights[n * d..n * d + n];
+    Ok(local_kmeans_pp(&candidates, weights, n, d, k, p.seed))
+}
+
+/// Weighted k-means++ then Lloyd on the driver's candidate set.
+fn local_kmeans_pp(
+    points: &[f64],
+    weights: &[f64],
+    n: usize,
+    d: usize,
+    k: usize,
+    seed: u64,
+) -> Vec<f64> {
+    let point = |i: usize| &points[i * d..(i + 1) * d];
+    let dist = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
+    let mut draw = 0u64;
+    let mut next = || {
+        draw += 1;
+        uniform(seed, u64::MAX, draw)
+    };
+    let total: f64 = weights.iter().sum();
+    let pick = |target: f64, w: &dyn Fn(usize) -> f64| {
+        let mut acc = 0.0;
+        for i in 0..n {
+            acc += w(i);
+            if acc >= target {
+                return i;
+            }
+        }
+        n - 1
+    };
+    let mut centres: Vec<f64> = point(pick(next() * total, &|i| weights[i])).to_vec();
+    let mut best: Vec<f64> = (0..n).map(|i| dist(point(i), &centres[..d])).collect();
+    while centres.len() < k * d {
+        let mass: f64 = (0..n).map(|i| weights[i] * best[i]).sum();
+        let chosen = if mass > 0.0 {
+            pick(next() * mass, &|i| weights[i] * best[i])
+        } else {
+            (0..n).find(|i| best[*i] > 0.0).unwrap_or(0)
+        };
+        let c = point(chosen).to_vec();
+        for (i, b) in best.iter_mut().enumerate() {
+            *b = b.min(dist(point(i), &c));
+        }
+        centres.extend(c);
+    }
+    // Lloyd on the weighted candidates.
+    for _ in 0..30 {
+        let mut sums = vec![0.0; k * d];
+        let mut counts = vec![0.0; k];
+        for i in 0..n {
+            let x: Vec<f32> = point(i).iter().map(|v| *v as f32).collect();
+            let (c, _) = nearest(&x, &centres, k, d);
+            for j in 0..d {
+                sums[c * d + j] += weights[i] * point(i)[j];
+            }
+            counts[c] += weights[i];
+        }
+        for c in 0..k {
+            if counts[c] > 0.0 {
+                for j in 0..d {
+                    centres[c * d + j] = sums[c * d + j] / counts[c];
+                }
+            }
+        }
+    }
+    centres
+}
+
+/// A fitted k-means model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansModel {
+    /// The parameters it was fitted with.
+    pub params: KMeansParams,
+    /// Number of features.
+    pub dimension: usize,
+    /// Row-major `k x d` centres.
+    pub centres: Vec<f64>,
+    /// Sum of squared distances of the training rows to their centres (before the last
+    /// update).
+    pub training_cost: f64,
+    /// How training went (empty for a loaded model).
+    pub summary: TrainingSummary,
+}
+
+impl KMeansModel {
+    /// The centres, one vector each.
+    pub fn cluster_centers(&self) -> Vec<Vec<f64>> {
+        self.centres
+            .chunks(self.dimension.max(1))
+            .map(<[f64]>::to_vec)
+            .collect()
+    }
+
+    /// Reads a model written by [`Transformer::save`].
+    ///
+    /// # Errors
+    ///
+    /// The directory is missing or holds something else.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let meta = read_metadata(path)?;
+        if meta.class != "KMeansModel" {
+            return Err(MlError::Format {
+                path: path.to_path_buf(),
+                message: format!("holds a {}, not a KMeansModel", meta.class),
+            });
+        }
+        let arrays = read_arrays(path)?;
+        Ok(Self {
+            params: persist::param(&meta, path, "params")?,
+            dimension: persist::param(&meta, path, "dimension")?,
+            training_cost: persist::param(&meta, path, "training_cost")?,
+            centres: persist::array(&arrays, path, "centres")?,
+            summary: TrainingSummary::default(),
+        })
+    }
+}
+
+impl Transformer for KMeansModel {
+    fn class(&self) -> &'static str {
+        "KMeansModel"
+    }
+
+    fn transform_logical(
+        &self,
+        df: datafusion::dataframe::DataFrame,
+    ) -> Result<datafusion::dataframe::DataFrame> {
+        let p = &self.params;
+        let d = crate::vector::check_vector_column(df.schema().as_arrow(), &p.features_col)?;
+        if d != self.dimension {
+            return Err(MlError::column(
+                &p.features_col,
+                format!(
+                    "has {d} features; the model was fitted on {}",
+                    self.dimension
+                ),
+            ));
+        }
+        let prediction = udf::nearest_centre(
+            column(&p.features_col),
+            &udf::NearestParams {
+                centres: self.centres.clone(),
+                k: p.k,
+            },
+        );
+        Ok(df.with_column(&p.prediction_col, prediction)?)
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        save_stage(
+            path,
+            self.class(),
+            serde_json::json!({
+                "params": self.params,
+                "dimension": self.dimension,
+                "training_cost": self.training_cost,
+            }),
+            &[("centres", &self.centres)],
+            |_| Ok(()),
+        )
+    }
+}

@@ -1,0 +1,353 @@
+//! Per-partition math behind one trait: the gradient of a loss and the k-means assignment
+//! over a dense block of rows. [`CpuKernel`] runs it on rayon; a GPU kernel implements the
+//! same trait.
+//!
+//! Partial results are flat `f64` vectors with a fixed layout, so that merging them is an
+//! element-wise sum:
+//!
+//! - gradient: `[gradient of every parameter..., loss sum, row count]`;
+//! - k-means: `[per-centre coordinate sums (k x d)..., per-centre counts (k)..., cost]`.
+
+use std::fmt;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::vector::DenseBlock;
+
+/// Rows one rayon job handles: big enough to amortise scheduling, small enough to spread
+/// a partition over every core.
+const ROWS_PER_JOB: usize = 4096;
+
+/// The loss whose gradient a pass computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Loss {
+    /// Binary logistic loss; labels 0 or 1; parameters `[w (d), b]`.
+    Logistic,
+    /// Softmax cross-entropy over `classes`; labels 0..classes; parameters
+    /// `[w_0 (d), ..., w_{K-1} (d), b_0, ..., b_{K-1}]`.
+    Multinomial {
+        /// Number of classes K.
+        classes: usize,
+    },
+    /// Half the squared error; parameters `[w (d), b]`.
+    Squared,
+}
+
+impl Loss {
+    /// Number of parameters for `dimension` features (intercepts included).
+    pub fn parameters(&self, dimension: usize) -> usize {
+        match self {
+            Loss::Logistic | Loss::Squared => dimension + 1,
+            Loss::Multinomial { classes } => classes * (dimension + 1),
+        }
+    }
+}
+
+/// Length of a gradient partial for `loss` over `dimension` features.
+pub fn gradient_len(loss: Loss, dimension: usize) -> usize {
+    loss.parameters(dimension) + 2
+}
+
+/// Length of a k-means partial for `k` centres of `dimension` features.
+pub fn kmeans_len(k: usize, dimension: usize) -> usize {
+    k * dimension + k + 1
+}
+
+/// The per-partition computations of mllib's iterative algorithms.
+pub trait Kernel: Send + Sync + fmt::Debug {
+    /// The device, as reported in metrics (`cpu`, or an adapter's name).
+    fn device(&self) -> String;
+
+    /// Adds to `out` (laid out as [`gradient_len`]) the gradient and loss of `loss` over
+    /// the rows of `blocks` at `params`, and the row count.
+    fn gradient(&self, loss: Loss, blocks: &[DenseBlock<'_>], params: &[f64], out: &mut [f64]);
+
+    /// Adds to `out` (laid out as [`kmeans_len`]) the sums and counts of the rows nearest
+    /// each of the `k` `centres` (row-major `k x d`), and the summed squared distances.
+    fn kmeans(&self, blocks: &[DenseBlock<'_>], centres: &[f64], k: usize, out: &mut [f64]);
+}
+
+/// The CPU kernel: rows split over rayon's pool, each job summing into its own partial.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuKernel;
+
+impl Kernel for CpuKernel {
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+
+    fn gradient(&self, loss: Loss, blocks: &[DenseBlock<'_>], params: &[f64], out: &mut [f64]) {
+        let total = parallel_sum(blocks, out.len(), |chunk, acc| {
+            gradient_serial(loss, chunk, params, acc)
+        });
+        add(out, &total);
+    }
+
+    fn kmeans(&self, blocks: &[DenseBlock<'_>], centres: &[f64], k: usize, out: &mut [f64]) {
+        let total = parallel_sum(blocks, out.len(), |chunk, acc| {
+            kmeans_serial(chunk, centres, k, acc)
+        });
+        add(out, &total);
+    }
+}
+
+fn add(out: &mut [f64], partial: &[f64]) {
+    for (o, p) in out.iter_mut().zip(partial) {
+        *o += p;
+    }
+}
+
+/// Runs `f` over row chunks of `blocks` on rayon and sums the partials.
+fn parallel_sum<F>(blocks: &[DenseBlock<'_>], len: usize, f: F) -> Vec<f64>
+where
+    F: Fn(&DenseBlock<'_>, &mut [f64]) + Sync,
+{
+    let jobs: Vec<(usize, usize, usize)> = blocks
+        .iter()
+        .enumerate()
+        .flat_map(|(b, block)| {
+            (0..block.rows)
+                .step_by(ROWS_PER_JOB)
+                .map(move |start| (b, start, (start + ROWS_PER_JOB).min(block.rows)))
+        })
+        .collect();
+    if jobs.len() <= 1 {
+        let mut acc = vec![0.0; len];
+        for block in blocks {
+            f(block, &mut acc);
+        }
+        return acc;
+    }
+    jobs.into_par_iter()
+        .fold(
+            || vec![0.0; len],
+            |mut acc, (b, start, end)| {
+                f(&blocks[b].slice(start, end), &mut acc);
+                acc
+            },
+        )
+        .reduce(
+            || vec![0.0; len],
+            |mut a, b| {
+                add(&mut a, &b);
+                a
+            },
+        )
+}
+
+/// `x . w` with `x` in f32 and `w` in f64, four running sums.
+#[inline]
+fn dot(x: &[f32], w: &[f64]) -> f64 {
+    let mut s = [0.0f64; 4];
+    let mut xc = x.chunks_exact(4);
+    let mut wc = w.chunks_exact(4);
+    for (a, b) in (&mut xc).zip(&mut wc) {
+        s[0] += f64::from(a[0]) * b[0];
+        s[1] += f64::from(a[1]) * b[1];
+        s[2] += f64::from(a[2]) * b[2];
+        s[3] += f64::from(a[3]) * b[3];
+    }
+    let mut tail = 0.0;
+    for (a, b) in xc.remainder().iter().zip(wc.remainder()) {
+        tail += f64::from(*a) * b;
+    }
+    (s[0] + s[1]) + (s[2] + s[3]) + tail
+}
+
+/// `acc += scale * x`.
+#[inline]
+fn axpy(acc: &mut [f64], scale: f64, x: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a += scale * f64::from(*v);
+    }
+}
+
+/// `log(1 + exp(m))` without overflow.
+#[inline]
+pub fn softplus(m: f64) -> f64 {
+    if m > 0.0 {
+        m + (-m).exp().ln_1p()
+    } else {
+        m.exp().ln_1p()
+    }
+}
+
+/// The logistic function.
+#[inline]
+pub fn sigmoid(m: f64) -> f64 {
+    if m >= 0.0 {
+        1.0 / (1.0 + (-m).exp())
+    } else {
+        let e = m.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// The gradient of `loss` over `block`, one row after the other (the reference every
+/// other kernel is tested against).
+pub fn gradient_serial(loss: Loss, block: &DenseBlock<'_>, params: &[f64], out: &mut [f64]) {
+    let d = block.dimension;
+    let n_params = loss.parameters(d);
+    let (grad, rest) = out.split_at_mut(n_params);
+    let mut loss_sum = 0.0;
+    match loss {
+        Loss::Logistic | Loss::Squared => {
+            let (w, b) = (&params[..d], params[d]);
+            let (gw, gb) = grad.split_at_mut(d);
+            for i in 0..block.rows {
+                let x = block.row(i);
+                let y = block.labels[i];
+                let m = dot(x, w) + b;
+                let r = if loss == Loss::Logistic {
+                    loss_sum += softplus(m) - y * m;
+                    sigmoid(m) - y
+                } else {
+                    let r = m - y;
+                    loss_sum += 0.5 * r * r;
+                    r
+                };
+                axpy(gw, r, x);
+                gb[0] += r;
+            }
+        }
+        Loss::Multinomial { classes } => {
+            let (w, b) = params.split_at(classes * d);
+            let mut margins = vec![0.0; classes];
+            for i in 0..block.rows {
+                let x = block.row(i);
+                let y = (block.labels[i] as usize).min(classes - 1);
+                let mut max = f64::NEG_INFINITY;
+                for (k, m) in margins.iter_mut().enumerate() {
+                    *m = dot(x, &w[k * d..(k + 1) * d]) + b[k];
+                    max = max.max(*m);
+                }
+                let true_margin = margins[y];
+                let mut sum = 0.0;
+                for m in &mut margins {
+                    *m = (*m - max).exp();
+                    sum += *m;
+                }
+                // log-sum-exp minus the true class's margin.
+                loss_sum += sum.ln() + max - true_margin;
+                for (k, e) in margins.iter().enumerate() {
+                    let r = e / sum - if k == y { 1.0 } else { 0.0 };
+                    axpy(&mut grad[k * d..(k + 1) * d], r, x);
+                    grad[classes * d + k] += r;
+                }
+            }
+        }
+    }
+    rest[0] += loss_sum;
+    rest[1] += block.rows as f64;
+}
+
+/// The k-means assignment over `block`, one row after the other.
+pub fn kmeans_serial(block: &DenseBlock<'_>, centres: &[f64], k: usize, out: &mut [f64]) {
+    let d = block.dimension;
+    let mut cost = 0.0;
+    for i in 0..block.rows {
+        let x = block.row(i);
+        let (best, dist) = nearest(x, centres, k, d);
+        axpy(&mut out[best * d..(best + 1) * d], 1.0, x);
+        out[k * d + best] += 1.0;
+        cost += dist;
+    }
+    out[k * d + k] += cost;
+}
+
+/// The nearest of `k` centres to `x` and its squared distance (ties go to the lower index).
+#[inline]
+pub fn nearest(x: &[f32], centres: &[f64], k: usize, d: usize) -> (usize, f64) {
+    let mut best = (0, f64::INFINITY);
+    for c in 0..k {
+        let centre = &centres[c * d..(c + 1) * d];
+        let mut dist = 0.0;
+        for (a, b) in x.iter().zip(centre) {
+            let diff = f64::from(*a) - b;
+            dist += diff * diff;
+        }
+        if dist < best.1 {
+            best = (c, dist);
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block<'a>(features: &'a [f32], labels: &'a [f64], d: usize) -> DenseBlock<'a> {
+        DenseBlock {
+            features,
+            labels,
+            rows: labels.len(),
+            dimension: d,
+        }
+    }
+
+    #[test]
+    fn parallel_cpu_kernel_matches_serial_sums() {
+        let d = 5;
+        let n = 10_007;
+        let features: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
+            .collect();
+        let labels: Vec<f64> = (0..n).map(|i| (i % 3) as f64).collect();
+        let b = block(&features, &labels, d);
+        for loss in [Loss::Squared, Loss::Multinomial { classes: 3 }] {
+            let params: Vec<f64> = (0..loss.parameters(d)).map(|i| i as f64 * 0.01).collect();
+            let mut serial = vec![0.0; gradient_len(loss, d)];
+            gradient_serial(loss, &b, &params, &mut serial);
+            let mut parallel = vec![0.0; gradient_len(loss, d)];
+            let halves = [b.slice(0, 5000), b.slice(5000, n)];
+            CpuKernel.gradient(loss, &halves, &params, &mut parallel);
+            for (s, p) in serial.iter().zip(&parallel) {
+                assert!((s - p).abs() <= 1e-9 * s.abs().max(1.0), "{s} vs {p}");
+            }
+            assert_eq!(parallel[parallel.len() - 1], n as f64);
+        }
+    }
+
+    #[test]
+    fn logistic_gradient_matches_finite_differences() {
+        let d = 3;
+        let features = [0.5f32, -1.0, 2.0, 1.5, 0.25, -0.5, -2.0, 1.0, 0.0];
+        let labels = [1.0, 0.0, 1.0];
+        let b = block(&features, &labels, d);
+        let params = [0.3, -0.2, 0.1, 0.05];
+        let mut out = vec![0.0; gradient_len(Loss::Logistic, d)];
+        gradient_serial(Loss::Logistic, &b, &params, &mut out);
+        let loss_at = |p: &[f64]| {
+            let mut o = vec![0.0; gradient_len(Loss::Logistic, d)];
+            gradient_serial(Loss::Logistic, &b, p, &mut o);
+            o[d + 1]
+        };
+        for j in 0..=d {
+            let mut up = params;
+            let mut down = params;
+            up[j] += 1e-6;
+            down[j] -= 1e-6;
+            let numeric = (loss_at(&up) - loss_at(&down)) / 2e-6;
+            assert!(
+                (numeric - out[j]).abs() < 1e-6,
+                "param {j}: {numeric} vs {}",
+                out[j]
+            );
+        }
+    }
+
+    #[test]
+    fn kmeans_assigns_rows_to_nearest_centre() {
+        let features = [0.0f32, 0.0, 0.2, 0.0, 10.0, 10.0];
+        let b = block(&features, &[], 2);
+        let b = DenseBlock { rows: 3, ..b };
+        let centres = [0.0, 0.0, 9.0, 9.0];
+        let mut out = vec![0.0; kmeans_len(2, 2)];
+        CpuKernel.kmeans(&[b], &centres, 2, &mut out);
+        assert_eq!(&out[..4], &[0.2, 0.0, 10.0, 10.0]);
+        assert_eq!(&out[4..6], &[2.0, 1.0]);
+        assert!((out[6] - (0.04 + 2.0)).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,48 @@
+//! Ember mllib: Spark-ML-style pipelines of feature transformers and models, trained on the
+//! executors by tree aggregation.
+//!
+//! # Layout
+//!
+//! - [`pipeline`]: the [`Estimator`] / [`Transformer`] traits, [`Pipeline`] and
+//!   [`PipelineModel`].
+//! - [`feature`]: vector assembly, scalers, string indexing, one-hot encoding, imputation,
+//!   random splits.
+//! - [`classification`], [`regression`], [`clustering`]: the models.
+//! - [`evaluation`]: metrics of predictions, computed on the executors.
+//! - [`aggregate`]: partial results per partition and the plan node that merges them in a
+//!   tree; [`kernel`]: the per-partition math (CPU on rayon; a GPU kernel implements the
+//!   same trait).
+//! - [`optim`]: gradient descent, L-BFGS and OWL-QN on the driver.
+//! - [`frame`]: what mllib needs from a DataFrame; [`vector`]: the vector column type.
+//! - [`persist`]: the on-disk format of saved stages.
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod classification;
+pub mod clustering;
+pub mod error;
+pub mod evaluation;
+pub mod feature;
+pub mod frame;
+pub mod kernel;
+pub mod optim;
+pub mod persist;
+pub mod pipeline;
+pub mod regression;
+mod train;
+pub use train::TrainingSummary;
+mod udf;
+pub mod vector;
+
+use std::sync::Arc;
+
+pub use error::{MlError, Result};
+pub use frame::Frame;
+pub use pipeline::{Estimator, Pipeline, PipelineModel, PipelineStage, Transformer};
+pub use udf::HandleInvalid;
+
+/// Registers mllib's plan nodes and functions in this process. The facade calls it in the
+/// driver and in every executor, before any plan is encoded or decoded.
+pub fn register() {
+    ember_engine::extension::register(Arc::new(aggregate::MlExtension));
+}
