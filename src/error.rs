@@ -28,6 +28,9 @@ pub enum Error {
     /// A statement Ember does not run.
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// Fitting, transforming or evaluating a machine-learning stage failed.
+    #[error(transparent)]
+    Ml(#[from] ember_mllib::MlError),
     /// A path given by the user cannot be used.
     #[error("{}: {message}", path.display())]
     Path {
@@ -52,6 +55,14 @@ impl Error {
             Error::Engine(e) => e.is_user_error() || matches!(e, EngineError::Io { .. }),
             Error::Driver(e) => e.is_user_error(),
             Error::Path { .. } | Error::Unsupported(_) => true,
+            Error::Ml(e) => matches!(
+                e,
+                ember_mllib::MlError::InvalidParam { .. }
+                    | ember_mllib::MlError::InvalidColumn { .. }
+                    | ember_mllib::MlError::InvalidData { .. }
+                    | ember_mllib::MlError::Format { .. }
+                    | ember_mllib::MlError::Io { .. }
+            ),
             Error::Executor(_) | Error::Cluster(_) => false,
         }
     }

@@ -77,6 +77,7 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
 
 /// Runs an executor with `args` until it is shut down or loses its driver.
 pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
+    crate::register_extensions();
     let cores = args.cores.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(usize::from)

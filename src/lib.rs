@@ -10,6 +10,7 @@
 //! - [`executor_main`]: the `ember-executor` command line and the self-exec hook.
 //! - `local_cluster`: executor child processes and their cleanup.
 //! - `cached_table`: how cached DataFrames appear to the planner.
+//! - [`ml`]: mllib's pipelines, features, models and evaluators on [`DataFrame`]s.
 //! - [`cli`]: the `ember` command line (`ember sql`, `ember tpch`).
 //! - [`tpch`]: TPC-H queries, data generation and the benchmark against DataFusion.
 //! - [`prelude`]: everything an application imports.
@@ -38,6 +39,8 @@ pub mod error;
 /// Executor entry points.
 pub mod executor_main;
 mod local_cluster;
+/// Machine learning.
+pub mod ml;
 /// What applications import.
 pub mod prelude;
 /// Sessions and clusters.
@@ -53,6 +56,13 @@ pub use session::{Session, SessionBuilder};
 pub use ember_driver as driver;
 pub use ember_engine as engine;
 pub use ember_executor as executor;
+pub use ember_mllib as mllib;
+
+/// Registers the plan extensions this binary ships (mllib's nodes and functions) in this
+/// process. Sessions and executors call it themselves; it is idempotent.
+pub fn register_extensions() {
+    ember_mllib::register();
+}
 
 /// Sets up logging to stderr, filtered by `RUST_LOG` (default `default_level`). Safe to
 /// call more than once.

@@ -2,6 +2,7 @@
 
 pub use crate::dataframe::DataFrame;
 pub use crate::error::{Error, Result};
+pub use crate::ml::{Estimator, Frame, Pipeline, PipelineModel, Transformer, TransformerExt};
 pub use crate::session::{Session, SessionBuilder};
 pub use datafusion::functions_aggregate::expr_fn::*;
 pub use datafusion::logical_expr::{Expr, SortExpr};

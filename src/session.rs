@@ -160,6 +160,7 @@ impl SessionBuilder {
     }
 
     async fn start_driver(&self) -> Result<DriverHandle> {
+        crate::register_extensions();
         let bind = "127.0.0.1:0"
             .parse()
             .map_err(|e| Error::Cluster(format!("{e}")))?;
@@ -258,6 +259,7 @@ impl SessionBuilder {
     /// Starts a driver on `bind` for executors started elsewhere with
     /// `ember-executor --driver ADDR`, and waits until `self.executors` have registered.
     pub async fn standalone(self, bind: std::net::SocketAddr) -> Result<Session> {
+        crate::register_extensions();
         let driver = DriverHandle::start(bind, self.driver.clone()).await?;
         let up = driver
             .registry()

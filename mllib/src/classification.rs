@@ -151,14 +151,22 @@ pub struct LogisticRegression {
 }
 
 macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident : $ty:ty),* $(,)?) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, value: impl Into<$ty>) -> Self {
-                self.params.$name = value.into();
-                self
-            }
-        )*
+    ($($(#[$doc:meta])* $name:ident : $ty:tt),* $(,)?) => {
+        $( setters!(@one $(#[$doc])* $name : $ty); )*
+    };
+    (@one $(#[$doc:meta])* $name:ident : String) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: impl Into<String>) -> Self {
+            self.params.$name = value.into();
+            self
+        }
+    };
+    (@one $(#[$doc:meta])* $name:ident : $ty:tt) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.params.$name = value;
+            self
+        }
     };
 }
 pub(crate) use setters;
