@@ -346,8 +346,8 @@ mod tests {
         let centres = [0.0, 0.0, 9.0, 9.0];
         let mut out = vec![0.0; kmeans_len(2, 2)];
         CpuKernel.kmeans(&[b], &centres, 2, &mut out);
-        assert_eq!(&out[..4], &[0.2, 0.0, 10.0, 10.0]);
+        assert_eq!(&out[..4], &[f64::from(0.2f32), 0.0, 10.0, 10.0]);
         assert_eq!(&out[4..6], &[2.0, 1.0]);
-        assert!((out[6] - (0.04 + 2.0)).abs() < 1e-6);
+        assert!((out[6] - (0.04 + 2.0)).abs() < 1e-6, "{out:?}");
     }
 }
