@@ -350,13 +350,13 @@ fn local_kmeans_pp(
     for _ in 0..30 {
         let mut sums = vec![0.0; k * d];
         let mut counts = vec![0.0; k];
-        for i in 0..n {
+        for (i, w) in weights.iter().enumerate().take(n) {
             let x: Vec<f32> = point(i).iter().map(|v| *v as f32).collect();
             let (c, _) = nearest(&x, &centres, k, d);
-            for j in 0..d {
-                sums[c * d + j] += weights[i] * point(i)[j];
+            for (s, v) in sums[c * d..(c + 1) * d].iter_mut().zip(point(i)) {
+                *s += w * v;
             }
-            counts[c] += weights[i];
+            counts[c] += w;
         }
         for c in 0..k {
             if counts[c] > 0.0 {

@@ -329,7 +329,7 @@ impl<F: Frame> Estimator<F> for MinMaxScaler {
     type Model = ScalerModel;
 
     async fn fit(&self, df: &F) -> Result<ScalerModel> {
-        if !(self.min < self.max) || !self.min.is_finite() || !self.max.is_finite() {
+        if self.min >= self.max || !self.min.is_finite() || !self.max.is_finite() {
             return Err(MlError::param(
                 "MinMaxScaler",
                 "range",

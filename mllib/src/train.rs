@@ -201,11 +201,11 @@ pub(crate) async fn train_linear<F: Frame>(
                 "gradient descent does not take an L1 penalty; use L-BFGS",
             ));
         }
-        Minimizer::gradient_descent(x0, problem.config.clone())
+        Minimizer::gradient_descent(x0, problem.config)
     } else if l1.iter().any(|v| *v > 0.0) {
-        Minimizer::owlqn(x0, l1, problem.config.clone())
+        Minimizer::owlqn(x0, l1, problem.config)
     } else {
-        Minimizer::lbfgs(x0, problem.config.clone())
+        Minimizer::lbfgs(x0, problem.config)
     }
     .map_err(|e| MlError::param("optimizer", "config", e.to_string()))?;
     let mut summary = TrainingSummary {

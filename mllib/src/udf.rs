@@ -605,11 +605,7 @@ fn linear_array(array: &ArrayRef, p: &LinearParams) -> DfResult<ArrayRef> {
             p.coefficients.len() / k.max(1)
         )));
     }
-    let rows = if d == 0 {
-        array.len()
-    } else {
-        values.len() / d
-    };
+    let rows = values.len().checked_div(d).unwrap_or(array.len());
     let margin = |r: usize, c: usize| {
         let x = &values[r * d..(r + 1) * d];
         let w = &p.coefficients[c * d..(c + 1) * d];
