@@ -1,0 +1,239 @@
+//! Logistic regression benchmark: seeded synthetic data (as in ANCHORS.md: X ~ N(0, 1),
+//! w ~ N(0, 1) * 2 / sqrt(d), intercept 0.25, label ~ Bernoulli(sigmoid(Xw + 0.25))),
+//! binary LogisticRegression trained on a local cluster of 2 executor processes.
+//!
+//! Prints seconds per iteration and per pass over the data, the training AUC, and, measured
+//! in the same run on the same data, one single-threaded gradient pass in this process
+//! and the bytes of cached features each pass reads (so the distance to a memory-bandwidth
+//! bound is visible).
+//!
+//! `cargo run --release --example lr_bench -- --rows 1000000 --features 32 --iterations 20`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, Float64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use clap::Parser;
+use ember::ml::kernel::{gradient_len, gradient_serial, Loss};
+use ember::ml::*;
+use ember::mllib::vector::DenseBlock;
+use ember::prelude::*;
+use parquet::arrow::ArrowWriter;
+
+/// Spark MLlib in local[2] on the same data (ANCHORS.md).
+const SPARK_SECONDS_PER_ITERATION: f64 = 0.56;
+const SPARK_AUC: f64 = 0.851134;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Rows to generate.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// Features per row.
+    #[arg(long, default_value_t = 32)]
+    features: usize,
+    /// Iteration limit of the fit.
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
+    /// Executor processes.
+    #[arg(long, default_value_t = 2)]
+    executors: usize,
+    /// Parquet files (= partitions) the data is written as.
+    #[arg(long, default_value_t = 4)]
+    files: usize,
+    /// Timed fits after a warm-up (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seed of the data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        (-2.0 * self.uniform().ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
+    }
+}
+
+/// Row-major features and labels.
+fn generate(args: &Args) -> (Vec<f32>, Vec<f64>) {
+    let d = args.features;
+    let mut rng = Rng(args.seed);
+    let w: Vec<f64> = (0..d)
+        .map(|_| rng.normal() * 2.0 / (d as f64).sqrt())
+        .collect();
+    let mut x = Vec::with_capacity(args.rows * d);
+    let mut y = Vec::with_capacity(args.rows);
+    for _ in 0..args.rows {
+        let mut m = 0.25;
+        for wj in &w {
+            let v = rng.normal() as f32;
+            m += f64::from(v) * wj;
+            x.push(v);
+        }
+        y.push(f64::from(rng.uniform() < 1.0 / (1.0 + (-m).exp())));
+    }
+    (x, y)
+}
+
+fn write_parquet(dir: &std::path::Path, args: &Args, x: &[f32], y: &[f64]) -> anyhow::Result<()> {
+    let d = args.features;
+    let mut fields: Vec<Field> = (0..d)
+        .map(|j| Field::new(format!("x{j}"), DataType::Float32, false))
+        .collect();
+    fields.push(Field::new("label", DataType::Float64, false));
+    let schema = Arc::new(Schema::new(fields));
+    let per_file = args.rows.div_ceil(args.files);
+    for f in 0..args.files {
+        let start = f * per_file;
+        let end = ((f + 1) * per_file).min(args.rows);
+        if start >= end {
+            break;
+        }
+        let mut columns: Vec<Arc<dyn Array>> = (0..d)
+            .map(|j| {
+                Arc::new(arrow::array::Float32Array::from_iter_values(
+                    (start..end).map(|r| x[r * d + j]),
+                )) as Arc<dyn Array>
+            })
+            .collect();
+        columns.push(Arc::new(Float64Array::from_iter_values(
+            y[start..end].iter().copied(),
+        )));
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let file = std::fs::File::create(dir.join(format!("part-{f:03}.parquet")))?;
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), None)?;
+        writer.write(&batch)?;
+        writer.close()?;
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ember::run_executor_if_requested();
+    ember::init_tracing("warn");
+    let args = Args::parse();
+    let d = args.features;
+
+    let started = Instant::now();
+    let (x, y) = generate(&args);
+    let data = tempfile::tempdir()?;
+    write_parquet(data.path(), &args, &x, &y)?;
+    println!(
+        "data: {} rows x {d} features, seed {}, {} Parquet files ({:.1} s to generate)",
+        args.rows,
+        args.seed,
+        args.files,
+        started.elapsed().as_secs_f64()
+    );
+
+    let session = Session::builder()
+        .executors(args.executors)
+        .local_cluster()
+        .await?;
+    let started = Instant::now();
+    let raw = session.read_parquet(data.path()).await?;
+    let names: Vec<String> = (0..d).map(|j| format!("x{j}")).collect();
+    let df = VectorAssembler::new(names)
+        .transform(&raw)?
+        .select_columns(&["features", "label"])?
+        .cache()
+        .await?;
+    let rows = df.count().await?;
+    println!(
+        "cluster: {} executor processes; load + assemble + cache: {:.2} s ({rows} rows)",
+        session.executors().len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let lr = LogisticRegression::new().max_iter(args.iterations);
+    let _warm = lr.fit(&df).await?;
+    let mut fits = Vec::new();
+    let mut model = None;
+    for _ in 0..args.runs.max(1) {
+        let started = Instant::now();
+        let m = lr.fit(&df).await?;
+        fits.push(started.elapsed().as_secs_f64());
+        model = Some(m);
+    }
+    let model = model.ok_or_else(|| anyhow::anyhow!("no fit ran"))?;
+    let fit = median(fits);
+    let s = &model.summary;
+    let per_iteration = fit / s.iterations.max(1) as f64;
+    let per_pass = s.seconds_per_pass();
+    println!(
+        "fit (warm, median of {}): {fit:.3} s, {} iterations, {} passes, converged: {}",
+        args.runs, s.iterations, s.passes, s.converged
+    );
+    println!("tree levels of a pass: {:?}", s.tree_levels);
+
+    let scored = model.transform(&df)?;
+    let auc = BinaryClassificationEvaluator::new()
+        .evaluate(&scored)
+        .await?;
+
+    // One single-threaded pass of the same kernel over the same data, in this process.
+    let block = DenseBlock {
+        features: &x,
+        labels: &y,
+        rows: args.rows,
+        dimension: d,
+    };
+    let mut params = model.coefficients.clone();
+    params.extend(&model.intercepts);
+    let mut single = Vec::new();
+    for _ in 0..3 {
+        let mut out = vec![0.0; gradient_len(Loss::Logistic, d)];
+        let started = Instant::now();
+        gradient_serial(Loss::Logistic, &block, &params, &mut out);
+        single.push(started.elapsed().as_secs_f64());
+        std::hint::black_box(&out);
+    }
+    let single = median(single);
+    let bytes = (args.rows * d * 4) as f64;
+
+    println!();
+    println!("seconds per iteration: {per_iteration:.4} (fit time / iterations)");
+    println!(
+        "seconds per pass:      {per_pass:.4} (one distributed gradient pass: broadcast, \
+         {} tasks, tree reduction)",
+        s.tree_levels.first().copied().unwrap_or_default()
+    );
+    println!("training AUC:          {auc:.6}");
+    println!(
+        "single-threaded pass:  {single:.4} s over the same data ({:.2} GB/s)",
+        bytes / single / 1e9
+    );
+    println!(
+        "cached features/pass:  {} bytes ({:.2} GB/s effective in the cluster pass)",
+        bytes as u64,
+        bytes / per_pass / 1e9
+    );
+    println!(
+        "vs Spark MLlib local[2] (ANCHORS.md, {SPARK_SECONDS_PER_ITERATION} s/iteration, AUC \
+         {SPARK_AUC}): {:.1}x faster per iteration, AUC difference {:+.4}",
+        SPARK_SECONDS_PER_ITERATION / per_iteration,
+        auc - SPARK_AUC
+    );
+    Ok(())
+}
