@@ -375,12 +375,7 @@ impl LogisticRegressionModel {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let meta = read_metadata(path)?;
-        if meta.class != "LogisticRegressionModel" {
-            return Err(MlError::Format {
-                path: path.to_path_buf(),
-                message: format!("holds a {}, not a LogisticRegressionModel", meta.class),
-            });
-        }
+        persist::check_class(path, &meta.class, &["LogisticRegressionModel"])?;
         let arrays = read_arrays(path)?;
         Ok(Self {
             params: persist::param(&meta, path, "params")?,

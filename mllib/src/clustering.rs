@@ -402,12 +402,7 @@ impl KMeansModel {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let meta = read_metadata(path)?;
-        if meta.class != "KMeansModel" {
-            return Err(MlError::Format {
-                path: path.to_path_buf(),
-                message: format!("holds a {}, not a KMeansModel", meta.class),
-            });
-        }
+        persist::check_class(path, &meta.class, &["KMeansModel"])?;
         let arrays = read_arrays(path)?;
         Ok(Self {
             params: persist::param(&meta, path, "params")?,

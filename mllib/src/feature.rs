@@ -20,15 +20,22 @@ use crate::pipeline::{Estimator, Transformer};
 use crate::udf::{self, HandleInvalid};
 use crate::vector::{check_vector_column, missing_column};
 
-fn check_class(path: &Path, found: &str, expected: &[&str]) -> Result<()> {
-    if expected.contains(&found) {
-        Ok(())
+use crate::persist::{check_class, load_json, save_json};
+
+/// Adds column `output` computed by `expr`; with [`HandleInvalid::Skip`], drops the rows
+/// where it is null (the functions mark skipped rows so).
+fn with_checked_column(
+    df: datafusion::dataframe::DataFrame,
+    output: &str,
+    expr: Expr,
+    handle_invalid: HandleInvalid,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let df = df.with_column(output, expr)?;
+    Ok(if handle_invalid == HandleInvalid::Skip {
+        df.filter(quoted(output).is_not_null())?
     } else {
-        Err(MlError::Format {
-            path: path.to_path_buf(),
-            message: format!("holds a {found}, not a {}", expected.join(" or ")),
-        })
-    }
+        df
+    })
 }
 
 /// A column by its exact name (no SQL identifier normalisation).
@@ -80,10 +87,7 @@ impl VectorAssembler {
     ///
     /// The directory is missing or holds something else.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let meta = read_metadata(path)?;
-        check_class(path, &meta.class, &["VectorAssembler"])?;
-        persist::param(&meta, path, "assembler")
+        load_json(path.as_ref(), "VectorAssembler")
     }
 }
 
@@ -130,22 +134,11 @@ impl Transformer for VectorAssembler {
                 handle_invalid: self.handle_invalid,
             },
         );
-        let df = df.with_column(&self.output_col, expr)?;
-        Ok(if self.handle_invalid == HandleInvalid::Skip {
-            df.filter(quoted(&self.output_col).is_not_null())?
-        } else {
-            df
-        })
+        with_checked_column(df, &self.output_col, expr, self.handle_invalid)
     }
 
     fn save(&self, path: &Path) -> Result<()> {
-        save_stage(
-            path,
-            self.class(),
-            serde_json::json!({ "assembler": self }),
-            &[],
-            |_| Ok(()),
-        )
+        save_json(path, self.class(), self)
     }
 }
 
@@ -537,10 +530,7 @@ impl StringIndexerModel {
     ///
     /// The directory is missing or holds something else.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let meta = read_metadata(path)?;
-        check_class(path, &meta.class, &["StringIndexerModel"])?;
-        persist::param(&meta, path, "model")
+        load_json(path.as_ref(), "StringIndexerModel")
     }
 }
 
@@ -565,22 +555,11 @@ impl Transformer for StringIndexerModel {
                 handle_invalid: self.handle_invalid,
             },
         );
-        let df = df.with_column(&self.output_col, expr)?;
-        Ok(if self.handle_invalid == HandleInvalid::Skip {
-            df.filter(quoted(&self.output_col).is_not_null())?
-        } else {
-            df
-        })
+        with_checked_column(df, &self.output_col, expr, self.handle_invalid)
     }
 
     fn save(&self, path: &Path) -> Result<()> {
-        save_stage(
-            path,
-            self.class(),
-            serde_json::json!({ "model": self }),
-            &[],
-            |_| Ok(()),
-        )
+        save_json(path, self.class(), self)
     }
 }
 
@@ -695,10 +674,7 @@ impl OneHotEncoderModel {
     ///
     /// The directory is missing or holds something else.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let meta = read_metadata(path)?;
-        check_class(path, &meta.class, &["OneHotEncoderModel"])?;
-        persist::param(&meta, path, "model")
+        load_json(path.as_ref(), "OneHotEncoderModel")
     }
 }
 
@@ -725,13 +701,7 @@ impl Transformer for OneHotEncoderModel {
     }
 
     fn save(&self, path: &Path) -> Result<()> {
-        save_stage(
-            path,
-            self.class(),
-            serde_json::json!({ "model": self }),
-            &[],
-            |_| Ok(()),
-        )
+        save_json(path, self.class(), self)
     }
 }
 
@@ -869,10 +839,7 @@ impl ImputerModel {
     ///
     /// The directory is missing or holds something else.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let meta = read_metadata(path)?;
-        check_class(path, &meta.class, &["ImputerModel"])?;
-        persist::param(&meta, path, "model")
+        load_json(path.as_ref(), "ImputerModel")
     }
 }
 
@@ -900,13 +867,7 @@ impl Transformer for ImputerModel {
     }
 
     fn save(&self, path: &Path) -> Result<()> {
-        save_stage(
-            path,
-            self.class(),
-            serde_json::json!({ "model": self }),
-            &[],
-            |_| Ok(()),
-        )
+        save_json(path, self.class(), self)
     }
 }
 

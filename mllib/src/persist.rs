@@ -116,6 +116,52 @@ fn write_arrays(file: &Path, arrays: &[(&str, &[f64])]) -> Result<()> {
     Ok(())
 }
 
+/// Saves a stage whose whole state is its serde form (parameters and fitted values).
+///
+/// # Errors
+///
+/// As [`save_stage`].
+pub fn save_json<T: Serialize>(path: &Path, class: &str, stage: &T) -> Result<()> {
+    let value = serde_json::to_value(stage).map_err(|e| MlError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    save_stage(
+        path,
+        class,
+        serde_json::json!({ "stage": value }),
+        &[],
+        |_| Ok(()),
+    )
+}
+
+/// Reads a stage saved by [`save_json`] as `class`.
+///
+/// # Errors
+///
+/// The directory is missing, malformed or holds another class.
+pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path, class: &str) -> Result<T> {
+    let meta = read_metadata(path)?;
+    check_class(path, &meta.class, &[class])?;
+    param(&meta, path, "stage")
+}
+
+/// Fails unless saved class `found` is one of `expected`.
+///
+/// # Errors
+///
+/// It is not.
+pub fn check_class(path: &Path, found: &str, expected: &[&str]) -> Result<()> {
+    if expected.contains(&found) {
+        Ok(())
+    } else {
+        Err(MlError::Format {
+            path: path.to_path_buf(),
+            message: format!("holds a {found}, not a {}", expected.join(" or ")),
+        })
+    }
+}
+
 /// Reads `metadata.json` of a saved stage.
 ///
 /// # Errors

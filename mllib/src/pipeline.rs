@@ -176,12 +176,7 @@ impl PipelineModel {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let meta = persist::read_metadata(path)?;
-        if meta.class != "PipelineModel" {
-            return Err(MlError::Format {
-                path: path.to_path_buf(),
-                message: format!("holds a {}, not a PipelineModel", meta.class),
-            });
-        }
+        persist::check_class(path, &meta.class, &["PipelineModel"])?;
         let count = meta
             .params
             .get("stages")

@@ -316,12 +316,7 @@ impl LinearRegressionModel {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let meta = read_metadata(path)?;
-        if meta.class != "LinearRegressionModel" {
-            return Err(MlError::Format {
-                path: path.to_path_buf(),
-                message: format!("holds a {}, not a LinearRegressionModel", meta.class),
-            });
-        }
+        persist::check_class(path, &meta.class, &["LinearRegressionModel"])?;
         let arrays = read_arrays(path)?;
         let intercept = persist::array(&arrays, path, "intercept")?;
         Ok(Self {
