@@ -7,6 +7,9 @@
 //! and the bytes of cached features each pass reads (so the distance to a memory-bandwidth
 //! bound is visible).
 //!
+//! `--device cpu|gpu|auto|both` picks what the executors' kernels run on (`both` runs the
+//! fit on CPU executors and on GPU executors, one after the other, over the same data).
+//!
 //! `cargo run --release --example lr_bench -- --rows 1000000 --features 32 --iterations 20`
 
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use arrow::record_batch::RecordBatch;
 use clap::Parser;
 use ember::ml::kernel::{gradient_len, gradient_serial, Loss};
 use ember::ml::*;
+use ember::mllib::gpu::Device;
 use ember::mllib::vector::DenseBlock;
 use ember::prelude::*;
 use parquet::arrow::ArrowWriter;
@@ -49,6 +53,9 @@ struct Args {
     /// Seed of the data.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// What the executors' kernels run on: cpu, gpu, auto or both.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 struct Rng(u64);
@@ -128,6 +135,80 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// What one device's run measured.
+struct Figures {
+    device: Device,
+    adapter: String,
+    fit: f64,
+    iterations: usize,
+    passes: usize,
+    converged: bool,
+    tree_levels: Vec<usize>,
+    per_iteration: f64,
+    per_pass: f64,
+    auc: f64,
+    model: LogisticRegressionModel,
+}
+
+/// Starts a cluster whose executors compute on `device`, caches the assembled data and
+/// times the fit.
+async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::Result<Figures> {
+    let d = args.features;
+    let session = Session::builder()
+        .executors(args.executors)
+        .device(device)
+        .local_cluster()
+        .await?;
+    let started = Instant::now();
+    let raw = session.read_parquet(data).await?;
+    let names: Vec<String> = (0..d).map(|j| format!("x{j}")).collect();
+    let df = VectorAssembler::new(names)
+        .transform(&raw)?
+        .select_columns(&["features", "label"])?
+        .cache()
+        .await?;
+    let rows = df.count().await?;
+    println!(
+        "{device}: {} executor processes; load + assemble + cache: {:.2} s ({rows} rows)",
+        session.executors().len(),
+        started.elapsed().as_secs_f64()
+    );
+    let lr = LogisticRegression::new().max_iter(args.iterations);
+    let _warm = lr.fit(&df).await?;
+    let adapter = session
+        .executors()
+        .first()
+        .map(|e| e.device.clone())
+        .unwrap_or_default();
+    let mut fits = Vec::new();
+    let mut model = None;
+    for _ in 0..args.runs.max(1) {
+        let started = Instant::now();
+        let m = lr.fit(&df).await?;
+        fits.push(started.elapsed().as_secs_f64());
+        model = Some(m);
+    }
+    let model = model.ok_or_else(|| anyhow::anyhow!("no fit ran"))?;
+    let fit = median(fits);
+    let s = model.summary.clone();
+    let auc = BinaryClassificationEvaluator::new()
+        .evaluate(&model.transform(&df)?)
+        .await?;
+    Ok(Figures {
+        device,
+        adapter: adapter.trim_start_matches("gpu: ").to_string(),
+        fit,
+        iterations: s.iterations,
+        passes: s.passes,
+        converged: s.converged,
+        tree_levels: s.tree_levels.clone(),
+        per_iteration: fit / s.iterations.max(1) as f64,
+        per_pass: s.seconds_per_pass(),
+        auc,
+        model,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     ember::run_executor_if_requested();
@@ -147,50 +228,17 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let session = Session::builder()
-        .executors(args.executors)
-        .local_cluster()
-        .await?;
-    let started = Instant::now();
-    let raw = session.read_parquet(data.path()).await?;
-    let names: Vec<String> = (0..d).map(|j| format!("x{j}")).collect();
-    let df = VectorAssembler::new(names)
-        .transform(&raw)?
-        .select_columns(&["features", "label"])?
-        .cache()
-        .await?;
-    let rows = df.count().await?;
-    println!(
-        "cluster: {} executor processes; load + assemble + cache: {:.2} s ({rows} rows)",
-        session.executors().len(),
-        started.elapsed().as_secs_f64()
-    );
-
-    let lr = LogisticRegression::new().max_iter(args.iterations);
-    let _warm = lr.fit(&df).await?;
-    let mut fits = Vec::new();
-    let mut model = None;
-    for _ in 0..args.runs.max(1) {
-        let started = Instant::now();
-        let m = lr.fit(&df).await?;
-        fits.push(started.elapsed().as_secs_f64());
-        model = Some(m);
+    let devices: Vec<Device> = match args.device.as_str() {
+        "both" => vec![Device::Cpu, Device::Gpu],
+        other => vec![other.parse().map_err(anyhow::Error::msg)?],
+    };
+    let mut figures = Vec::new();
+    for device in devices {
+        figures.push(fit_on(device, &args, data.path()).await?);
     }
-    let model = model.ok_or_else(|| anyhow::anyhow!("no fit ran"))?;
-    let fit = median(fits);
-    let s = &model.summary;
-    let per_iteration = fit / s.iterations.max(1) as f64;
-    let per_pass = s.seconds_per_pass();
-    println!(
-        "fit (warm, median of {}): {fit:.3} s, {} iterations, {} passes, converged: {}",
-        args.runs, s.iterations, s.passes, s.converged
-    );
-    println!("tree levels of a pass: {:?}", s.tree_levels);
-
-    let scored = model.transform(&df)?;
-    let auc = BinaryClassificationEvaluator::new()
-        .evaluate(&scored)
-        .await?;
+    let Some(model) = figures.last().map(|f| f.model.clone()) else {
+        anyhow::bail!("no device to run on");
+    };
 
     // One single-threaded pass of the same kernel over the same data, in this process.
     let block = DenseBlock {
@@ -198,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
         labels: &y,
         rows: args.rows,
         dimension: d,
+        owner: None,
     };
     let mut params = model.coefficients.clone();
     params.extend(&model.intercepts);
@@ -213,27 +262,34 @@ async fn main() -> anyhow::Result<()> {
     let bytes = (args.rows * d * 4) as f64;
 
     println!();
-    println!("seconds per iteration: {per_iteration:.4} (fit time / iterations)");
     println!(
-        "seconds per pass:      {per_pass:.4} (one distributed gradient pass: broadcast, \
-         {} tasks, tree reduction)",
-        s.tree_levels.first().copied().unwrap_or_default()
-    );
-    println!("training AUC:          {auc:.6}");
-    println!(
-        "single-threaded pass:  {single:.4} s over the same data ({:.2} GB/s)",
+        "single-threaded pass:  {single:.4} s over the same data in this process ({:.2} GB/s)",
         bytes / single / 1e9
     );
-    println!(
-        "cached features/pass:  {} bytes ({:.2} GB/s effective in the cluster pass)",
-        bytes as u64,
-        bytes / per_pass / 1e9
-    );
-    println!(
-        "vs Spark MLlib local[2] (ANCHORS.md, {SPARK_SECONDS_PER_ITERATION} s/iteration, AUC \
-         {SPARK_AUC}): {:.1}x faster per iteration, AUC difference {:+.4}",
-        SPARK_SECONDS_PER_ITERATION / per_iteration,
-        auc - SPARK_AUC
-    );
+    println!("cached features/pass:  {} bytes", bytes as u64);
+    for f in &figures {
+        println!();
+        println!("device: {}", f.device);
+        if f.device == Device::Gpu {
+            println!("adapter: {}", f.adapter);
+        }
+        println!(
+            "fit (warm, median of {}): {:.3} s, {} iterations, {} passes, converged: {}, tree levels {:?}",
+            args.runs, f.fit, f.iterations, f.passes, f.converged, f.tree_levels
+        );
+        println!("seconds per iteration: {:.4} (fit time / iterations)", f.per_iteration);
+        println!(
+            "seconds per pass:      {:.4} ({:.2} GB/s of feature reads)",
+            f.per_pass,
+            bytes / f.per_pass / 1e9
+        );
+        println!("training AUC:          {:.6}", f.auc);
+        println!(
+            "vs Spark MLlib local[2] (ANCHORS.md, {SPARK_SECONDS_PER_ITERATION} s/iteration, AUC \
+             {SPARK_AUC}): {:.1}x faster per iteration, AUC difference {:+.4}",
+            SPARK_SECONDS_PER_ITERATION / f.per_iteration,
+            f.auc - SPARK_AUC
+        );
+    }
     Ok(())
 }

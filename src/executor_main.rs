@@ -40,9 +40,31 @@ pub struct ExecutorArgs {
     /// Executor id; defaults to one made from the bound address.
     #[arg(long)]
     pub id: Option<String>,
+    /// What mllib kernels run on: auto (a GPU adapter when one opens at the first
+    /// training pass, else the CPU), gpu (fail at start without an adapter) or cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: ember_mllib::gpu::Device,
     /// Exit when standard input closes (set by a parent that wants no orphans).
     #[arg(long)]
     pub exit_on_stdin_close: bool,
+}
+
+/// The hooks that give an executor mllib's kernel for `device` and report it.
+///
+/// # Errors
+///
+/// `Device::Gpu` and no usable GPU adapter.
+pub fn kernel_hooks(device: ember_mllib::gpu::Device) -> crate::Result<ember_executor::ExecutorHooks> {
+    let kernel = ember_mllib::gpu::kernel_for(device)?;
+    let probe = std::sync::Arc::clone(&kernel);
+    Ok(ember_executor::ExecutorHooks {
+        session: Some(std::sync::Arc::new(move |config: datafusion::prelude::SessionConfig| {
+            config.with_extension(std::sync::Arc::new(ember_mllib::gpu::KernelExtension(
+                std::sync::Arc::clone(&kernel),
+            )))
+        })),
+        device: Some(std::sync::Arc::new(move || probe.device())),
+    })
 }
 
 /// Aborts a spawned task when dropped.
@@ -90,6 +112,7 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         cores,
         id: args.id.clone(),
         register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
+        hooks: kernel_hooks(args.device)?,
     })
     .await?;
     // Aborted on return, so the watcher never outlives the executor.

@@ -92,6 +92,7 @@ pub(crate) fn spawn_executor(
     id: &str,
     cores: usize,
     memory: usize,
+    device: ember_mllib::gpu::Device,
 ) -> Result<ChildGuard> {
     let mut cmd = Command::new(&launch.binary);
     cmd.args([
@@ -105,6 +106,8 @@ pub(crate) fn spawn_executor(
         &memory.to_string(),
         "--id",
         id,
+        "--device",
+        &device.to_string(),
         "--exit-on-stdin-close",
     ])
     // The executor watches its stdin: when this process dies, even by SIGKILL, the pipe

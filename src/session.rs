@@ -89,6 +89,7 @@ pub struct SessionBuilder {
     executor_binary: Option<std::path::PathBuf>,
     driver: DriverConfig,
     broadcast_threshold: usize,
+    device: ember_mllib::gpu::Device,
 }
 
 /// Default size under which a join's build side is sent whole to every task instead of
@@ -104,6 +105,7 @@ impl Default for SessionBuilder {
             executor_binary: None,
             driver: DriverConfig::default(),
             broadcast_threshold: DEFAULT_BROADCAST_THRESHOLD,
+            device: ember_mllib::gpu::Device::Auto,
         }
     }
 }
@@ -150,6 +152,14 @@ impl SessionBuilder {
         self
     }
 
+    /// What the executors run mllib kernels on: `Auto` (default: a GPU adapter when one
+    /// opens at the first training pass, else the CPU), `Gpu` (an executor without an
+    /// adapter fails to start) or `Cpu`.
+    pub fn device(mut self, device: ember_mllib::gpu::Device) -> Self {
+        self.device = device;
+        self
+    }
+
     fn cores(&self) -> usize {
         self.cores.unwrap_or_else(|| {
             let cpus = std::thread::available_parallelism()
@@ -183,6 +193,7 @@ impl SessionBuilder {
                 cores,
                 id: Some(format!("exec-{i}")),
                 register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
+                hooks: crate::executor_main::kernel_hooks(self.device)?,
             })
             .await?;
             handles.push(Some(handle));
@@ -211,6 +222,7 @@ impl SessionBuilder {
                 &format!("exec-{i}"),
                 cores,
                 self.memory,
+                self.device,
             )?);
         }
         // Wait for registrations, noticing at once an executor that died on start.

@@ -198,6 +198,7 @@ async fn executor_that_cannot_reach_its_driver_fails_to_start_with_the_address()
         cores: 1,
         id: None,
         register_timeout: std::time::Duration::from_millis(300),
+        hooks: Default::default(),
     })
     .await
     .expect_err("no driver there");

@@ -593,6 +593,9 @@ impl Driver {
                 std::time::Duration::from_micros(m.shuffle_write_micros);
             job.metrics.shuffle_bytes_written += m.shuffle_bytes_written;
             job.metrics.spilled_bytes += m.spilled_bytes;
+            if !m.device.is_empty() && !job.metrics.devices.contains(&m.device) {
+                job.metrics.devices.push(m.device);
+            }
         }
     }
 

@@ -45,6 +45,7 @@ impl DriverService for DriverServiceImpl {
             pid: r.pid,
             last_heartbeat: Instant::now(),
             state: ExecutorState::Alive,
+            device: r.device,
         });
         Ok(Response::new(RegisterExecutorResponse {
             heartbeat_interval_ms: self.driver.config.heartbeat_interval.as_millis() as u64,

@@ -53,6 +53,9 @@ pub struct JobMetrics {
     /// For a tree aggregation: the number of partial results at each level, from one per
     /// input partition down to the one the driver computes (so `len() - 1` merge levels).
     pub tree_levels: Vec<usize>,
+    /// What the executors that ran the job's tasks compute mllib kernels on (`cpu`, or
+    /// `gpu: <adapter>`), each listed once.
+    pub devices: Vec<String>,
 }
 
 /// Wall time of one stage run.

@@ -36,6 +36,8 @@ pub struct ExecutorInfo {
     pub last_heartbeat: Instant,
     /// Whether it can take work.
     pub state: ExecutorState,
+    /// What its mllib kernels run on (`cpu`, or `gpu: <adapter>`).
+    pub device: String,
 }
 
 /// The executors known to the driver.
@@ -150,6 +152,7 @@ mod tests {
             pid: 1,
             last_heartbeat: Instant::now(),
             state: ExecutorState::Alive,
+            device: "cpu".into(),
         }
     }
 

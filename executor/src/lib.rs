@@ -90,6 +90,43 @@ pub struct ExecutorConfig {
     pub id: Option<String>,
     /// How long to keep trying to register with the driver.
     pub register_timeout: Duration,
+    /// What the process that starts the executor adds to it (kernels of its extensions).
+    pub hooks: ExecutorHooks,
+}
+
+/// Adds a configuration value to an executor's DataFusion session.
+pub type SessionHook = Arc<dyn Fn(SessionConfig) -> SessionConfig + Send + Sync>;
+
+/// Describes what the executor's compute kernels run on, now.
+pub type DeviceProbe = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What the process starting an executor gives it beyond the engine: for instance
+/// mllib's kernel (CPU or a GPU adapter) and how to describe it.
+#[derive(Clone, Default)]
+pub struct ExecutorHooks {
+    /// Applied to the session configuration every task runs with.
+    pub session: Option<SessionHook>,
+    /// What the executor reports as its device (`cpu` when absent).
+    pub device: Option<DeviceProbe>,
+}
+
+impl ExecutorHooks {
+    /// The device description.
+    pub fn device(&self) -> String {
+        self.device
+            .as_ref()
+            .map(|probe| probe())
+            .unwrap_or_else(|| "cpu".to_string())
+    }
+}
+
+impl std::fmt::Debug for ExecutorHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorHooks")
+            .field("session", &self.session.is_some())
+            .field("device", &self.device())
+            .finish()
+    }
 }
 
 /// A running executor. Dropping the handle stops it.
@@ -204,6 +241,9 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         .options_mut()
         .optimizer
         .enable_dynamic_filter_pushdown = false;
+    if let Some(hook) = &config.hooks.session {
+        session_config = hook(session_config);
+    }
     let session = SessionContext::new_with_config_rt(session_config, runtime);
     // Functions of the extensions this binary registered (mllib's, for one), so plans
     // calling them decode here.
@@ -219,6 +259,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         cores: cores as u32,
         memory_bytes: config.memory_bytes as u64,
         pid: std::process::id(),
+        device: config.hooks.device(),
     };
     let interval = register(
         &driver_channel,
@@ -234,6 +275,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
             blocks: Arc::clone(&blocks),
             session,
             pool: ChannelPool::new(),
+            hooks: config.hooks.clone(),
         },
         compute: Arc::clone(&compute),
         running: Arc::new(AtomicU32::new(0)),

@@ -145,6 +145,7 @@ impl ExecutorService for ExecutorServiceImpl {
             running_tasks: self.running.load(Ordering::Relaxed),
             cores: self.cores,
             disk_bytes: self.env.blocks.disk_bytes() as u64,
+            device: self.env.hooks.device(),
         }))
     }
 

@@ -35,6 +35,8 @@ pub(crate) struct TaskEnv {
     pub(crate) blocks: Arc<BlockManager>,
     pub(crate) session: SessionContext,
     pub(crate) pool: ChannelPool,
+    /// Kernel hooks; the device is reported with every task.
+    pub(crate) hooks: crate::ExecutorHooks,
 }
 
 impl std::fmt::Debug for TaskEnv {
@@ -69,6 +71,7 @@ pub(crate) async fn run_task(env: TaskEnv, request: LaunchTaskRequest) -> TaskSt
             metrics.shuffle_write_micros = written.shuffle_write_micros;
             metrics.shuffle_bytes_written = written.shuffle_bytes_written;
             metrics.spilled_bytes = written.spilled_bytes;
+            metrics.device = env.hooks.device();
             let filled = reader.take_filled();
             evicted.extend(reader.take_evicted());
             // A block filled early in the task may have been evicted by its own output.

@@ -174,6 +174,7 @@ fn blocks<'a>(
             labels,
             rows,
             dimension,
+            owner: crate::vector::values_buffer(array.as_ref()),
         });
     }
     Ok(out)
@@ -269,8 +270,14 @@ impl Summary {
 }
 
 impl Aggregation {
-    /// The partial of one partition (`partition` seeds the random choices).
-    pub fn partial(&self, batches: &[RecordBatch], partition: usize) -> Result<Vec<f64>> {
+    /// The partial of one partition (`partition` seeds the random choices), with
+    /// `kernel` doing the per-row math of gradients and k-means.
+    pub fn partial(
+        &self,
+        batches: &[RecordBatch],
+        partition: usize,
+        kernel: &dyn Kernel,
+    ) -> Result<Vec<f64>> {
         match self {
             Aggregation::Gradient {
                 loss,
@@ -292,7 +299,7 @@ impl Aggregation {
                         params.len()
                     )));
                 }
-                kernel().gradient(*loss, &blocks, params, &mut out);
+                kernel.gradient(*loss, &blocks, params, &mut out);
                 Ok(out)
             }
             Aggregation::KMeans {
@@ -308,7 +315,7 @@ impl Aggregation {
                         "column '{features}' does not have the centres' {d} features"
                     )));
                 }
-                kernel().kmeans(&blocks, centres, *k, &mut out);
+                kernel.kmeans(&blocks, centres, *k, &mut out);
                 Ok(out)
             }
             Aggregation::Sample {
@@ -747,6 +754,11 @@ impl ExecutionPlan for TreeAggregateExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
+        let kernel = context
+            .session_config()
+            .get_extension::<crate::gpu::KernelExtension>()
+            .map(|k| Arc::clone(&k.0))
+            .unwrap_or_else(kernel);
         let input = self.input.execute(partition, context)?;
         let agg = Arc::clone(&self.agg);
         let merge = self.merge;
@@ -762,7 +774,7 @@ impl ExecutionPlan for TreeAggregateExec {
                     }
                     Ok(acc)
                 } else {
-                    agg.partial(&batches, partition)
+                    agg.partial(&batches, partition, kernel.as_ref())
                 }
             })
             .await?

@@ -284,6 +284,7 @@ mod tests {
             labels,
             rows: labels.len(),
             dimension: d,
+            owner: None,
         }
     }
 

@@ -10,8 +10,8 @@
 //! - [`classification`], [`regression`], [`clustering`]: the models.
 //! - [`evaluation`]: metrics of predictions, computed on the executors.
 //! - [`aggregate`]: partial results per partition and the plan node that merges them in a
-//!   tree; [`kernel`]: the per-partition math (CPU on rayon; a GPU kernel implements the
-//!   same trait).
+//!   tree; [`kernel`]: the per-partition math (CPU on rayon), [`gpu`]: the same math as
+//!   WGSL compute shaders through wgpu, and the choice of device.
 //! - [`optim`]: gradient descent, L-BFGS and OWL-QN on the driver.
 //! - [`frame`]: what mllib needs from a DataFrame; [`vector`]: the vector column type.
 //! - [`persist`]: the on-disk format of saved stages.
@@ -24,6 +24,7 @@ pub mod error;
 pub mod evaluation;
 pub mod feature;
 pub mod frame;
+pub mod gpu;
 pub mod kernel;
 pub mod optim;
 pub mod persist;

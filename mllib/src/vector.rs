@@ -103,6 +103,13 @@ pub fn dense_rows<'a>(array: &'a dyn Array, column: &str) -> Result<(&'a [f32], 
     Ok((&all[start..end], rows, dimension))
 }
 
+/// The Arrow buffer holding a vector array's values.
+pub fn values_buffer(array: &dyn Array) -> Option<&arrow::buffer::Buffer> {
+    let list = array.as_any().downcast_ref::<FixedSizeListArray>()?;
+    let values = list.values().as_any().downcast_ref::<Float32Array>()?;
+    Some(values.values().inner())
+}
+
 /// A vector column from a dense row-major matrix.
 pub fn vectors_from_dense(values: Vec<f32>, dimension: usize) -> Result<ArrayRef> {
     let field = Arc::new(Field::new("item", DataType::Float32, false));
@@ -148,6 +155,9 @@ pub struct DenseBlock<'a> {
     pub rows: usize,
     /// Number of features per row.
     pub dimension: usize,
+    /// The Arrow buffer `features` lies in, when known: a GPU kernel keeps it referenced
+    /// while the features are resident on the device.
+    pub owner: Option<&'a arrow::buffer::Buffer>,
 }
 
 impl<'a> DenseBlock<'a> {
@@ -167,6 +177,7 @@ impl<'a> DenseBlock<'a> {
             },
             rows: end - start,
             dimension: self.dimension,
+            owner: None,
         }
     }
 }

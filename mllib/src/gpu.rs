@@ -1,0 +1,633 @@
+//! The GPU kernel: mllib's per-partition math as WGSL compute shaders (`shaders/`) run
+//! through wgpu on any adapter it finds (Vulkan here; Metal, DX12 or GL with the matching
+//! features), with resident feature buffers and the choice of device per executor.
+//!
+//! - Pipelines are built once per process, when the kernel is created.
+//! - A block's features (and labels) are uploaded the first time a pass reads them and stay
+//!   resident across iterations: a pass sends only the weights and reads back one partial
+//!   per workgroup. A resident entry holds a reference to the Arrow buffer it was uploaded
+//!   from, so its address cannot be reused for other data while the entry lives; entries
+//!   whose block the executor dropped, and the least recently used beyond the budget
+//!   ([`RESIDENT_BUDGET_ENV`], default 2 GiB), are released.
+//! - Blocks larger than the adapter's buffer limits are cut into chunks of rows.
+//! - Sums: a workgroup tree reduction in the shader, then the workgroups' partials added in
+//!   f64 on the host, then across partitions and executors by mllib's tree aggregation.
+//! - A device error or a lost device makes the kernel fall back to the CPU kernel, with a
+//!   warning, instead of failing the job.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use wgpu::util::DeviceExt;
+
+use crate::error::{MlError, Result};
+use crate::kernel::{CpuKernel, Kernel, Loss};
+use crate::vector::DenseBlock;
+
+/// Environment variable: bytes of features a GPU kernel keeps resident (default 2 GiB).
+pub const RESIDENT_BUDGET_ENV: &str = "EMBER_GPU_RESIDENT_BYTES";
+
+/// Most classes the multinomial shader handles (its workgroup memory); more run on the CPU.
+pub const MAX_GPU_CLASSES: usize = 32;
+
+const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+const GRADIENT: &str = include_str!("../../shaders/gradient.wgsl");
+const MULTINOMIAL: &str = include_str!("../../shaders/multinomial.wgsl");
+const KMEANS: &str = include_str!("../../shaders/kmeans.wgsl");
+
+/// Rows per workgroup of each shader (its `WG`).
+const GRADIENT_ROWS: usize = 256;
+const MULTINOMIAL_ROWS: usize = 64;
+const KMEANS_ROWS: usize = 256;
+
+/// Each kernel's full WGSL source: the shared reduction followed by the kernel.
+pub fn shader_sources() -> [(&'static str, String); 3] {
+    [
+        ("gradient", format!("{GRADIENT}\n{REDUCE}")),
+        ("multinomial", format!("{MULTINOMIAL}\n{REDUCE}")),
+        ("kmeans", format!("{KMEANS}\n{REDUCE}")),
+    ]
+}
+
+/// Which kernel an executor runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The GPU adapter when one exists, else the CPU (default).
+    #[default]
+    Auto,
+    /// A GPU adapter; failing to find one is an error.
+    Gpu,
+    /// The CPU kernel on rayon.
+    Cpu,
+}
+
+impl FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "gpu" => Ok(Device::Gpu),
+            "cpu" => Ok(Device::Cpu),
+            other => Err(format!("unknown device '{other}' (expected auto, gpu or cpu)")),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Auto => "auto",
+            Device::Gpu => "gpu",
+            Device::Cpu => "cpu",
+        })
+    }
+}
+
+/// This process's GPU kernel, opened on first use and shared by every executor of the
+/// process (one device, one set of pipelines).
+///
+/// # Errors
+///
+/// No usable adapter (the same error every time).
+pub fn shared_gpu() -> Result<Arc<GpuKernel>> {
+    static GPU: OnceLock<std::result::Result<Arc<GpuKernel>, String>> = OnceLock::new();
+    GPU.get_or_init(|| GpuKernel::new().map(Arc::new).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(gpu_error)
+}
+
+/// The kernel for `device`: the CPU kernel, the shared GPU kernel (opened now, so a
+/// missing adapter is an error at once), or for `auto` a kernel that picks on its first
+/// pass (so processes that never train open no device) and says once when it settles on
+/// the CPU.
+///
+/// # Errors
+///
+/// `Device::Gpu` and no usable adapter.
+pub fn kernel_for(device: Device) -> Result<Arc<dyn Kernel>> {
+    Ok(match device {
+        Device::Cpu => Arc::new(CpuKernel),
+        Device::Gpu => shared_gpu()?,
+        Device::Auto => Arc::new(AutoKernel::default()),
+    })
+}
+
+/// The `auto` device: the GPU when an adapter opens on the first pass, else the CPU.
+#[derive(Debug, Default)]
+pub struct AutoKernel {
+    chosen: OnceLock<Arc<dyn Kernel>>,
+}
+
+impl AutoKernel {
+    fn chosen(&self) -> &Arc<dyn Kernel> {
+        self.chosen.get_or_init(|| match shared_gpu() {
+            Ok(gpu) => gpu,
+            Err(e) => {
+                tracing::warn!("{e}; mllib kernels run on the CPU");
+                Arc::new(CpuKernel)
+            }
+        })
+    }
+}
+
+impl Kernel for AutoKernel {
+    fn device(&self) -> String {
+        match self.chosen.get() {
+            Some(k) => k.device(),
+            None => "auto (GPU if an adapter opens at the first pass, else cpu)".into(),
+        }
+    }
+
+    fn gradient(&self, loss: Loss, blocks: &[DenseBlock<'_>], params: &[f64], out: &mut [f64]) {
+        self.chosen().gradient(loss, blocks, params, out);
+    }
+
+    fn kmeans(&self, blocks: &[DenseBlock<'_>], centres: &[f64], k: usize, out: &mut [f64]) {
+        self.chosen().kmeans(blocks, centres, k, out);
+    }
+}
+
+/// The kernel of an executor's tasks, carried in its session configuration (so executors
+/// of one process may use different devices).
+#[derive(Debug, Clone)]
+pub struct KernelExtension(pub Arc<dyn Kernel>);
+
+/// Pipelines of the three kernels, built once.
+struct Pipelines {
+    gradient: wgpu::ComputePipeline,
+    multinomial: wgpu::ComputePipeline,
+    kmeans: wgpu::ComputePipeline,
+}
+
+/// Features (and labels) of one chunk of a block, on the device.
+struct ResidentChunk {
+    rows: usize,
+    features: wgpu::Buffer,
+    labels: Option<wgpu::Buffer>,
+}
+
+/// A block's chunks on the device, and the Arrow buffer they came from.
+struct Resident {
+    owner: Option<arrow::buffer::Buffer>,
+    chunks: Vec<Arc<ResidentChunk>>,
+    bytes: u64,
+    last_used: u64,
+}
+
+/// The GPU kernel of one process (see the module documentation).
+pub struct GpuKernel {
+    adapter: String,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    pipelines: Pipelines,
+    limits: wgpu::Limits,
+    resident: Mutex<HashMap<(usize, usize, usize), Resident>>,
+    budget: u64,
+    clock: AtomicU64,
+    failed: Arc<AtomicBool>,
+    warned: AtomicBool,
+    max_chunk_rows: std::sync::atomic::AtomicUsize,
+}
+
+impl fmt::Debug for GpuKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuKernel")
+            .field("adapter", &self.adapter)
+            .finish_non_exhaustive()
+    }
+}
+
+fn gpu_error(message: impl Into<String>) -> MlError {
+    MlError::Session(message.into().into())
+}
+
+impl GpuKernel {
+    /// Opens the first adapter wgpu finds (high performance preferred) and builds the
+    /// pipelines.
+    ///
+    /// # Errors
+    ///
+    /// No adapter, or the device or a pipeline cannot be created.
+    pub fn new() -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = futures::executor::block_on(instance.request_adapter(
+            &wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            },
+        ))
+        .map_err(|e| gpu_error(format!("no GPU adapter: {e}")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = futures::executor::block_on(adapter.request_device(
+            &wgpu::DeviceDescriptor {
+                label: Some("ember-mllib"),
+                required_limits: limits.clone(),
+                ..Default::default()
+            },
+        ))
+        .map_err(|e| gpu_error(format!("cannot open {}: {e}", info.name)))?;
+        let failed = Arc::new(AtomicBool::new(false));
+        let on_error = Arc::clone(&failed);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            tracing::warn!(error = %e, "GPU error; mllib falls back to the CPU kernel");
+            on_error.store(true, Ordering::SeqCst);
+        }));
+        let on_lost = Arc::clone(&failed);
+        device.set_device_lost_callback(move |reason, message| {
+            tracing::warn!(?reason, %message, "GPU device lost; mllib falls back to the CPU kernel");
+            on_lost.store(true, Ordering::SeqCst);
+        });
+        let pipeline = |name: &str, source: String| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let [(g, gs), (m, ms), (k, ks)] = shader_sources();
+        let pipelines = Pipelines {
+            gradient: pipeline(g, gs),
+            multinomial: pipeline(m, ms),
+            kmeans: pipeline(k, ks),
+        };
+        if failed.load(Ordering::SeqCst) {
+            return Err(gpu_error(format!("building the shaders on {} failed", info.name)));
+        }
+        let budget = std::env::var(RESIDENT_BUDGET_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2u64 << 30);
+        Ok(Self {
+            adapter: format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type),
+            device,
+            queue,
+            pipelines,
+            limits,
+            resident: Mutex::new(HashMap::new()),
+            budget,
+            clock: AtomicU64::new(0),
+            failed,
+            warned: AtomicBool::new(false),
+            max_chunk_rows: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        })
+    }
+
+    /// The adapter's name, backend and type.
+    pub fn adapter(&self) -> &str {
+        &self.adapter
+    }
+
+    /// Bytes of features and labels resident on the device.
+    pub fn resident_bytes(&self) -> u64 {
+        self.resident
+            .lock()
+            .map(|r| r.values().map(|e| e.bytes).sum())
+            .unwrap_or(0)
+    }
+
+    /// Rows per chunk for `dim` features, so that the features, the labels and the
+    /// partials of `stride` floats per `group_rows` rows fit the adapter's buffer limits.
+    fn chunk_rows(&self, dim: usize, stride: usize, group_rows: usize) -> usize {
+        let max_binding = u64::from(self.limits.max_storage_buffer_binding_size)
+            .min(self.limits.max_buffer_size) as usize;
+        let by_features = max_binding / (dim.max(1) * 4);
+        let by_partials = max_binding / (stride * 4) * group_rows;
+        let by_dispatch = 65_535usize * 65_535 / group_rows.max(1) * group_rows;
+        by_features
+            .min(by_partials)
+            .min(by_dispatch)
+            .min(self.max_chunk_rows.load(Ordering::Relaxed))
+            .max(group_rows)
+            / group_rows
+            * group_rows
+    }
+
+    /// Caps the rows of a chunk below what the adapter's limits allow (to exercise
+    /// chunking on small data); rounded down to whole workgroups, at least one.
+    pub fn set_max_chunk_rows(&self, rows: usize) {
+        self.max_chunk_rows.store(rows, Ordering::Relaxed);
+    }
+
+    /// The resident chunks of `block` (uploaded now if they are not).
+    fn resident_chunks(&self, block: &DenseBlock<'_>, chunk_rows: usize) -> Vec<Arc<ResidentChunk>> {
+        let key = (
+            block.features.as_ptr() as usize,
+            block.features.len(),
+            chunk_rows,
+        );
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        let mut resident = self.resident.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = resident.get_mut(&key) {
+            entry.last_used = tick;
+            return entry.chunks.clone();
+        }
+        let d = block.dimension;
+        let mut chunks = Vec::new();
+        let mut bytes = 0u64;
+        let mut start = 0;
+        while start < block.rows {
+            let end = (start + chunk_rows).min(block.rows);
+            let features = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("features"),
+                contents: f32_bytes(&block.features[start * d..end * d]),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+            bytes += ((end - start) * d * 4) as u64;
+            let labels = (!block.labels.is_empty()).then(|| {
+                let values: Vec<f32> = block.labels[start..end].iter().map(|v| *v as f32).collect();
+                bytes += ((end - start) * 4) as u64;
+                self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("labels"),
+                    contents: f32_bytes(&values),
+                    usage: wgpu::BufferUsages::STORAGE,
+                })
+            });
+            chunks.push(Arc::new(ResidentChunk {
+                rows: end - start,
+                features,
+                labels,
+            }));
+            start = end;
+        }
+        // Release blocks the executor no longer holds, then the least recently used.
+        resident.retain(|_, e| e.owner.as_ref().is_none_or(|b| b.strong_count() > 1));
+        let mut total: u64 = resident.values().map(|e| e.bytes).sum::<u64>() + bytes;
+        while total > self.budget && !resident.is_empty() {
+            let Some(oldest) = resident
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some(e) = resident.remove(&oldest) {
+                total -= e.bytes;
+            }
+        }
+        if block.owner.is_some() {
+            resident.insert(
+                key,
+                Resident {
+                    owner: block.owner.cloned(),
+                    chunks: chunks.clone(),
+                    bytes,
+                    last_used: tick,
+                },
+            );
+        }
+        chunks
+    }
+
+    /// Runs `pipeline` over every chunk of `blocks` (bindings: params, features, [labels],
+    /// `data`, partials) and returns the sum, in f64, of every workgroup's `stride` partials.
+    fn run(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        blocks: &[DenseBlock<'_>],
+        data: &[f32],
+        extra: u32,
+        stride: usize,
+        group_rows: usize,
+        with_labels: bool,
+    ) -> std::result::Result<Vec<f64>, String> {
+        let d = blocks.first().map(|b| b.dimension).unwrap_or(0);
+        let chunk_rows = self.chunk_rows(d, stride, group_rows);
+        let data_buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("weights"),
+            contents: f32_bytes(if data.is_empty() { &[0.0] } else { data }),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("mllib pass") });
+        let mut readbacks = Vec::new();
+        for block in blocks.iter().filter(|b| b.rows > 0) {
+            for chunk in self.resident_chunks(block, chunk_rows) {
+                let groups = chunk.rows.div_ceil(group_rows);
+                let (gx, gy) = (groups.min(65_535), groups.div_ceil(65_535));
+                let out_len = (gx * gy * stride * 4) as u64;
+                let params = [chunk.rows as u32, d as u32, extra, 0u32];
+                let params = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("params"),
+                    contents: u32_bytes(&params),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+                let partials = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("partials"),
+                    size: out_len,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size: out_len,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut entries = vec![
+                    params.as_entire_binding(),
+                    chunk.features.as_entire_binding(),
+                ];
+                if with_labels {
+                    let labels = chunk
+                        .labels
+                        .as_ref()
+                        .ok_or_else(|| "labels were not uploaded".to_string())?;
+                    entries.push(labels.as_entire_binding());
+                }
+                entries.push(data_buffer.as_entire_binding());
+                entries.push(partials.as_entire_binding());
+                let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, resource)| wgpu::BindGroupEntry {
+                        binding: i as u32,
+                        resource,
+                    })
+                    .collect();
+                let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("mllib bindings"),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                });
+                {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("mllib kernel"),
+                        timestamp_writes: None,
+                    });
+                    pass.set_pipeline(pipeline);
+                    pass.set_bind_group(0, &bind, &[]);
+                    pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+                }
+                encoder.copy_buffer_to_buffer(&partials, 0, &readback, 0, out_len);
+                readbacks.push(readback);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+        let mut total = vec![0.0f64; stride];
+        for readback in &readbacks {
+            let slice = readback.slice(..);
+            let (tx, rx) = std::sync::mpsc::channel();
+            slice.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| format!("waiting for the GPU: {e}"))?;
+            rx.recv()
+                .map_err(|e| format!("reading back partials: {e}"))?
+                .map_err(|e| format!("reading back partials: {e}"))?;
+            {
+                let view = slice
+                    .get_mapped_range()
+                    .map_err(|e| format!("reading back partials: {e}"))?;
+                let values: &[f32] = bytes_f32(&view);
+                for group in values.chunks_exact(stride) {
+                    for (t, v) in total.iter_mut().zip(group) {
+                        *t += f64::from(*v);
+                    }
+                }
+            }
+            readback.unmap();
+        }
+        if self.failed.load(Ordering::SeqCst) {
+            return Err("the device reported an error".into());
+        }
+        Ok(total)
+    }
+
+    /// Whether the GPU can still be used; warns once when it cannot.
+    fn usable(&self) -> bool {
+        if self.failed.load(Ordering::SeqCst) {
+            if !self.warned.swap(true, Ordering::SeqCst) {
+                tracing::warn!(adapter = %self.adapter, "GPU unusable; mllib kernels run on the CPU");
+            }
+            false
+        } else {
+            true
+        }
+    }
+
+    fn fall_back(&self, error: &str) {
+        tracing::warn!(adapter = %self.adapter, %error, "GPU pass failed; running it on the CPU");
+        self.failed.store(true, Ordering::SeqCst);
+        self.warned.store(true, Ordering::SeqCst);
+    }
+}
+
+fn f32_bytes(values: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values)) }
+}
+
+fn u32_bytes(values: &[u32]) -> &[u8] {
+    // SAFETY: u32 has no padding and any byte pattern is a valid u8.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values)) }
+}
+
+fn bytes_f32(bytes: &[u8]) -> &[f32] {
+    let (head, values, _) = unsafe {
+        // SAFETY: every bit pattern is a valid f32; align_to only reinterprets the aligned
+        // middle part.
+        bytes.align_to::<f32>()
+    };
+    debug_assert!(head.is_empty(), "mapped GPU memory is aligned");
+    values
+}
+
+impl Kernel for GpuKernel {
+    fn device(&self) -> String {
+        format!("gpu: {}", self.adapter)
+    }
+
+    fn gradient(&self, loss: Loss, blocks: &[DenseBlock<'_>], params: &[f64], out: &mut [f64]) {
+        let Some(d) = blocks.first().map(|b| b.dimension) else {
+            return;
+        };
+        if let Loss::Multinomial { classes } = loss {
+            if classes > MAX_GPU_CLASSES || !self.usable() {
+                return CpuKernel.gradient(loss, blocks, params, out);
+            }
+        } else if !self.usable() {
+            return CpuKernel.gradient(loss, blocks, params, out);
+        }
+        let weights: Vec<f32> = params.iter().map(|v| *v as f32).collect();
+        let result = match loss {
+            Loss::Logistic | Loss::Squared => self
+                .run(
+                    &self.pipelines.gradient,
+                    blocks,
+                    &weights,
+                    u32::from(loss == Loss::Squared),
+                    d + 3,
+                    GRADIENT_ROWS,
+                    true,
+                )
+                .map(|t| t.to_vec()),
+            Loss::Multinomial { classes } => self.run(
+                &self.pipelines.multinomial,
+                blocks,
+                &weights,
+                classes as u32,
+                classes * (d + 1) + 2,
+                MULTINOMIAL_ROWS,
+                true,
+            ),
+        };
+        match result {
+            // Same layout as the CPU kernel: [gradient..., loss, rows].
+            Ok(total) => {
+                for (o, t) in out.iter_mut().zip(&total) {
+                    *o += t;
+                }
+            }
+            Err(e) => {
+                self.fall_back(&e);
+                CpuKernel.gradient(loss, blocks, params, out);
+            }
+        }
+    }
+
+    fn kmeans(&self, blocks: &[DenseBlock<'_>], centres: &[f64], k: usize, out: &mut [f64]) {
+        let Some(d) = blocks.first().map(|b| b.dimension) else {
+            return;
+        };
+        if !self.usable() {
+            return CpuKernel.kmeans(blocks, centres, k, out);
+        }
+        let centres32: Vec<f32> = centres.iter().map(|v| *v as f32).collect();
+        match self.run(
+            &self.pipelines.kmeans,
+            blocks,
+            &centres32,
+            k as u32,
+            k * (d + 1) + 1,
+            KMEANS_ROWS,
+            false,
+        ) {
+            Ok(total) => {
+                for (o, t) in out.iter_mut().zip(&total) {
+                    *o += t;
+                }
+            }
+            Err(e) => {
+                self.fall_back(&e);
+                CpuKernel.kmeans(blocks, centres, k, out);
+            }
+        }
+    }
+}
