@@ -277,7 +277,10 @@ async fn main() -> anyhow::Result<()> {
             "fit (warm, median of {}): {:.3} s, {} iterations, {} passes, converged: {}, tree levels {:?}",
             args.runs, f.fit, f.iterations, f.passes, f.converged, f.tree_levels
         );
-        println!("seconds per iteration: {:.4} (fit time / iterations)", f.per_iteration);
+        println!(
+            "seconds per iteration: {:.4} (fit time / iterations)",
+            f.per_iteration
+        );
         println!(
             "seconds per pass:      {:.4} ({:.2} GB/s of feature reads)",
             f.per_pass,

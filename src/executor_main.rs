@@ -54,15 +54,19 @@ pub struct ExecutorArgs {
 /// # Errors
 ///
 /// `Device::Gpu` and no usable GPU adapter.
-pub fn kernel_hooks(device: ember_mllib::gpu::Device) -> crate::Result<ember_executor::ExecutorHooks> {
+pub fn kernel_hooks(
+    device: ember_mllib::gpu::Device,
+) -> crate::Result<ember_executor::ExecutorHooks> {
     let kernel = ember_mllib::gpu::kernel_for(device)?;
     let probe = std::sync::Arc::clone(&kernel);
     Ok(ember_executor::ExecutorHooks {
-        session: Some(std::sync::Arc::new(move |config: datafusion::prelude::SessionConfig| {
-            config.with_extension(std::sync::Arc::new(ember_mllib::gpu::KernelExtension(
-                std::sync::Arc::clone(&kernel),
-            )))
-        })),
+        session: Some(std::sync::Arc::new(
+            move |config: datafusion::prelude::SessionConfig| {
+                config.with_extension(std::sync::Arc::new(ember_mllib::gpu::KernelExtension(
+                    std::sync::Arc::clone(&kernel),
+                )))
+            },
+        )),
         device: Some(std::sync::Arc::new(move || probe.device())),
     })
 }

@@ -26,7 +26,10 @@ fn adapter_or_skip() -> bool {
 
 async fn features(session: &Session) -> DataFrame {
     let df = session
-        .read_csv(format!("{}/tests/data/breast_cancer.csv", env!("CARGO_MANIFEST_DIR")))
+        .read_csv(format!(
+            "{}/tests/data/breast_cancer.csv",
+            env!("CARGO_MANIFEST_DIR")
+        ))
         .await
         .expect("read");
     let names: Vec<String> = df
@@ -73,10 +76,21 @@ async fn training_on_gpu_executors_gives_the_cpu_model() {
     )
     .await;
     for e in gpu_session.executors() {
-        assert!(e.device.starts_with("gpu: "), "executor {} reports {}", e.id, e.device);
+        assert!(
+            e.device.starts_with("gpu: "),
+            "executor {} reports {}",
+            e.id,
+            e.device
+        );
     }
-    let lr = LogisticRegression::new().reg_param(0.05).tol(1e-9).max_iter(200);
-    let on_cpu = lr.fit(&features(&cpu_session).await).await.expect("cpu fit");
+    let lr = LogisticRegression::new()
+        .reg_param(0.05)
+        .tol(1e-9)
+        .max_iter(200);
+    let on_cpu = lr
+        .fit(&features(&cpu_session).await)
+        .await
+        .expect("cpu fit");
     let gpu_df = features(&gpu_session).await;
     let on_gpu = lr.fit(&gpu_df).await.expect("gpu fit");
     let metrics = gpu_session.last_job_metrics().expect("metrics");
@@ -86,15 +100,28 @@ async fn training_on_gpu_executors_gives_the_cpu_model() {
         metrics.devices
     );
     for (g, c) in on_gpu.coefficients.iter().zip(&on_cpu.coefficients) {
-        assert!((g - c).abs() < 1e-3 * c.abs().max(1.0), "{:?} vs {:?}", on_gpu.coefficients, on_cpu.coefficients);
+        assert!(
+            (g - c).abs() < 1e-3 * c.abs().max(1.0),
+            "{:?} vs {:?}",
+            on_gpu.coefficients,
+            on_cpu.coefficients
+        );
     }
     assert!((on_gpu.intercepts[0] - on_cpu.intercepts[0]).abs() < 1e-3);
 
     let km = KMeans::new().k(2).seed(3).tol(1e-6);
-    let cpu_km = km.fit(&features(&cpu_session).await).await.expect("cpu k-means");
+    let cpu_km = km
+        .fit(&features(&cpu_session).await)
+        .await
+        .expect("cpu k-means");
     let gpu_km = km.fit(&gpu_df).await.expect("gpu k-means");
     for (g, c) in gpu_km.centres.iter().zip(&cpu_km.centres) {
-        assert!((g - c).abs() < 1e-3, "{:?} vs {:?}", gpu_km.centres, cpu_km.centres);
+        assert!(
+            (g - c).abs() < 1e-3,
+            "{:?} vs {:?}",
+            gpu_km.centres,
+            cpu_km.centres
+        );
     }
     let cpu_metrics = cpu_session.last_job_metrics().expect("metrics");
     assert_eq!(cpu_metrics.devices, vec!["cpu".to_string()]);

@@ -74,7 +74,9 @@ impl FromStr for Device {
             "auto" => Ok(Device::Auto),
             "gpu" => Ok(Device::Gpu),
             "cpu" => Ok(Device::Cpu),
-            other => Err(format!("unknown device '{other}' (expected auto, gpu or cpu)")),
+            other => Err(format!(
+                "unknown device '{other}' (expected auto, gpu or cpu)"
+            )),
         }
     }
 }
@@ -215,24 +217,23 @@ impl GpuKernel {
     ///
     /// No adapter, or the device or a pipeline cannot be created.
     pub fn new() -> Result<Self> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = futures::executor::block_on(instance.request_adapter(
-            &wgpu::RequestAdapterOptions {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter =
+            futures::executor::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
                 ..Default::default()
-            },
-        ))
-        .map_err(|e| gpu_error(format!("no GPU adapter: {e}")))?;
+            }))
+            .map_err(|e| gpu_error(format!("no GPU adapter: {e}")))?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let (device, queue) = futures::executor::block_on(adapter.request_device(
-            &wgpu::DeviceDescriptor {
+        let (device, queue) =
+            futures::executor::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("ember-mllib"),
                 required_limits: limits.clone(),
                 ..Default::default()
-            },
-        ))
-        .map_err(|e| gpu_error(format!("cannot open {}: {e}", info.name)))?;
+            }))
+            .map_err(|e| gpu_error(format!("cannot open {}: {e}", info.name)))?;
         let failed = Arc::new(AtomicBool::new(false));
         let on_error = Arc::clone(&failed);
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -265,7 +266,10 @@ impl GpuKernel {
             kmeans: pipeline(k, ks),
         };
         if failed.load(Ordering::SeqCst) {
-            return Err(gpu_error(format!("building the shaders on {} failed", info.name)));
+            return Err(gpu_error(format!(
+                "building the shaders on {} failed",
+                info.name
+            )));
         }
         let budget = std::env::var(RESIDENT_BUDGET_ENV)
             .ok()
@@ -323,7 +327,11 @@ impl GpuKernel {
     }
 
     /// The resident chunks of `block` (uploaded now if they are not).
-    fn resident_chunks(&self, block: &DenseBlock<'_>, chunk_rows: usize) -> Vec<Arc<ResidentChunk>> {
+    fn resident_chunks(
+        &self,
+        block: &DenseBlock<'_>,
+        chunk_rows: usize,
+    ) -> Vec<Arc<ResidentChunk>> {
         let key = (
             block.features.as_ptr() as usize,
             block.features.len(),
@@ -341,20 +349,23 @@ impl GpuKernel {
         let mut start = 0;
         while start < block.rows {
             let end = (start + chunk_rows).min(block.rows);
-            let features = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("features"),
-                contents: f32_bytes(&block.features[start * d..end * d]),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
+            let features = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("features"),
+                    contents: f32_bytes(&block.features[start * d..end * d]),
+                    usage: wgpu::BufferUsages::STORAGE,
+                });
             bytes += ((end - start) * d * 4) as u64;
             let labels = (!block.labels.is_empty()).then(|| {
                 let values: Vec<f32> = block.labels[start..end].iter().map(|v| *v as f32).collect();
                 bytes += ((end - start) * 4) as u64;
-                self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("labels"),
-                    contents: f32_bytes(&values),
-                    usage: wgpu::BufferUsages::STORAGE,
-                })
+                self.device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("labels"),
+                        contents: f32_bytes(&values),
+                        usage: wgpu::BufferUsages::STORAGE,
+                    })
             });
             chunks.push(Arc::new(ResidentChunk {
                 rows: end - start,
@@ -406,14 +417,18 @@ impl GpuKernel {
     ) -> std::result::Result<Vec<f64>, String> {
         let d = blocks.first().map(|b| b.dimension).unwrap_or(0);
         let chunk_rows = self.chunk_rows(d, stride, group_rows);
-        let data_buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("weights"),
-            contents: f32_bytes(if data.is_empty() { &[0.0] } else { data }),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+        let data_buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("weights"),
+                contents: f32_bytes(if data.is_empty() { &[0.0] } else { data }),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
         let mut encoder = self
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("mllib pass") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("mllib pass"),
+            });
         let mut readbacks = Vec::new();
         for block in blocks.iter().filter(|b| b.rows > 0) {
             for chunk in self.resident_chunks(block, chunk_rows) {
@@ -421,11 +436,13 @@ impl GpuKernel {
                 let (gx, gy) = (groups.min(65_535), groups.div_ceil(65_535));
                 let out_len = (gx * gy * stride * 4) as u64;
                 let params = [chunk.rows as u32, d as u32, extra, 0u32];
-                let params = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("params"),
-                    contents: u32_bytes(&params),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
+                let params = self
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("params"),
+                        contents: u32_bytes(&params),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    });
                 let partials = self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("partials"),
                     size: out_len,

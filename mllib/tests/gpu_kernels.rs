@@ -10,8 +10,9 @@ use ember_mllib::vector::DenseBlock;
 #[test]
 fn every_shader_validates() {
     for (name, source) in shader_sources() {
-        let module = naga::front::wgsl::parse_str(&source)
-            .unwrap_or_else(|e| panic!("{name}.wgsl does not parse:\n{}", e.emit_to_string(&source)));
+        let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
+            panic!("{name}.wgsl does not parse:\n{}", e.emit_to_string(&source))
+        });
         naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
             naga::valid::Capabilities::default(),
@@ -56,8 +57,12 @@ impl Rng {
 
 fn data(rows: usize, d: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<f64>) {
     let mut rng = Rng(seed);
-    let x = (0..rows * d).map(|_| (rng.next() * 4.0 - 2.0) as f32).collect();
-    let y = (0..rows).map(|_| ((rng.next() * classes as f64) as usize).min(classes - 1) as f64).collect();
+    let x = (0..rows * d)
+        .map(|_| (rng.next() * 4.0 - 2.0) as f32)
+        .collect();
+    let y = (0..rows)
+        .map(|_| ((rng.next() * classes as f64) as usize).min(classes - 1) as f64)
+        .collect();
     (x, y)
 }
 
@@ -73,7 +78,12 @@ fn block<'a>(x: &'a [f32], y: &'a [f64], d: usize) -> DenseBlock<'a> {
 
 /// ||a - b|| / max(||b||, 1e-12) over the whole partial.
 fn relative(a: &[f64], b: &[f64]) -> f64 {
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     diff / norm.max(1e-12)
 }
@@ -99,7 +109,10 @@ fn gradient_kernels_match_the_cpu() {
             let mut on_gpu = vec![0.0; gradient_len(loss, d)];
             gpu.gradient(loss, &[b], &params, &mut on_gpu);
             let err = relative(&on_gpu, &cpu);
-            assert!(err < 1e-4, "{loss:?} rows={rows} d={d}: relative error {err}\n{on_gpu:?}\n{cpu:?}");
+            assert!(
+                err < 1e-4,
+                "{loss:?} rows={rows} d={d}: relative error {err}\n{on_gpu:?}\n{cpu:?}"
+            );
             assert_eq!(on_gpu[on_gpu.len() - 1], rows as f64, "row count");
         }
     }
@@ -117,7 +130,9 @@ fn kmeans_kernel_matches_the_cpu() {
             };
             let b = DenseBlock { rows, ..b };
             // Centres well apart from each other so no row is near a tie.
-            let centres: Vec<f64> = (0..k * d).map(|i| ((i / d) as f64 * 1.3 - 2.0) + (i % d) as f64 * 0.01).collect();
+            let centres: Vec<f64> = (0..k * d)
+                .map(|i| ((i / d) as f64 * 1.3 - 2.0) + (i % d) as f64 * 0.01)
+                .collect();
             let mut cpu = vec![0.0; kmeans_len(k, d)];
             CpuKernel.kmeans(&[b], &centres, k, &mut cpu);
             let mut on_gpu = vec![0.0; kmeans_len(k, d)];

@@ -33,13 +33,16 @@ pub fn fast_driver() -> DriverConfig {
     }
 }
 
-/// A builder for `n` executors with one core each and the test executor binary.
+/// A builder for `n` executors with one core each and the test executor binary. mllib
+/// kernels run on the CPU (comparisons with f64 references); `tests/gpu.rs` asks for the
+/// GPU itself.
 pub fn builder(n: usize) -> SessionBuilder {
     Session::builder()
         .executors(n)
         .cores_per_executor(1)
         .executor_binary(env!("CARGO_BIN_EXE_ember-executor"))
         .driver_config(fast_driver())
+        .device(ember::mllib::gpu::Device::Cpu)
 }
 
 /// A session of `n` executors in `mode`.
