@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
-use wgpu::util::DeviceExt;
 
 use crate::error::{MlError, Result};
 use crate::kernel::{CpuKernel, Kernel, Loss};
@@ -167,6 +166,17 @@ struct Pipelines {
     kmeans: wgpu::ComputePipeline,
 }
 
+/// One kind of pass: its pipeline, the uniform's third word, the floats each workgroup
+/// writes, the rows a workgroup takes, and whether labels are bound.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    pipeline: &'a wgpu::ComputePipeline,
+    extra: u32,
+    stride: usize,
+    group_rows: usize,
+    with_labels: bool,
+}
+
 /// Features (and labels) of one chunk of a block, on the device.
 struct ResidentChunk {
     rows: usize,
@@ -306,7 +316,9 @@ impl GpuKernel {
     /// Rows per chunk for `dim` features, so that the features, the labels and the
     /// partials of `stride` floats per `group_rows` rows fit the adapter's buffer limits.
     fn chunk_rows(&self, dim: usize, stride: usize, group_rows: usize) -> usize {
-        let max_binding = u64::from(self.limits.max_storage_buffer_binding_size)
+        let max_binding = self
+            .limits
+            .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size) as usize;
         let by_features = max_binding / (dim.max(1) * 4);
         let by_partials = max_binding / (stride * 4) * group_rows;
@@ -318,6 +330,49 @@ impl GpuKernel {
             .max(group_rows)
             / group_rows
             * group_rows
+    }
+
+    /// A buffer holding `bytes` (created unmapped and written through the queue, so a lost
+    /// device reports an error instead of panicking).
+    fn upload(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let size = (bytes.len() as u64).max(4);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&buffer, 0, bytes);
+        }
+        buffer
+    }
+
+    /// Runs a pass, turning a panic inside wgpu (seen on a destroyed device) into an error.
+    fn run_guarded(
+        &self,
+        pass: &Pass<'_>,
+        blocks: &[DenseBlock<'_>],
+        data: &[f32],
+    ) -> std::result::Result<Vec<f64>, String> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err("the device failed earlier".into());
+        }
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run(pass, blocks, data)
+        }))
+        .unwrap_or_else(|_| Err("the GPU runtime panicked".into()))
+    }
+
+    /// Destroys the device, as a driver reset or an unplugged GPU would: later passes run
+    /// on the CPU (to exercise the fallback).
+    pub fn destroy_device(&self) {
+        self.device.destroy();
+    }
+
+    /// Whether passes still run on the device (false once it failed or was lost).
+    pub fn is_usable(&self) -> bool {
+        !self.failed.load(Ordering::SeqCst)
     }
 
     /// Caps the rows of a chunk below what the adapter's limits allow (to exercise
@@ -349,23 +404,16 @@ impl GpuKernel {
         let mut start = 0;
         while start < block.rows {
             let end = (start + chunk_rows).min(block.rows);
-            let features = self
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("features"),
-                    contents: f32_bytes(&block.features[start * d..end * d]),
-                    usage: wgpu::BufferUsages::STORAGE,
-                });
+            let features = self.upload(
+                "features",
+                f32_bytes(&block.features[start * d..end * d]),
+                wgpu::BufferUsages::STORAGE,
+            );
             bytes += ((end - start) * d * 4) as u64;
             let labels = (!block.labels.is_empty()).then(|| {
                 let values: Vec<f32> = block.labels[start..end].iter().map(|v| *v as f32).collect();
                 bytes += ((end - start) * 4) as u64;
-                self.device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("labels"),
-                        contents: f32_bytes(&values),
-                        usage: wgpu::BufferUsages::STORAGE,
-                    })
+                self.upload("labels", f32_bytes(&values), wgpu::BufferUsages::STORAGE)
             });
             chunks.push(Arc::new(ResidentChunk {
                 rows: end - start,
@@ -407,23 +455,24 @@ impl GpuKernel {
     /// `data`, partials) and returns the sum, in f64, of every workgroup's `stride` partials.
     fn run(
         &self,
-        pipeline: &wgpu::ComputePipeline,
+        pass: &Pass<'_>,
         blocks: &[DenseBlock<'_>],
         data: &[f32],
-        extra: u32,
-        stride: usize,
-        group_rows: usize,
-        with_labels: bool,
     ) -> std::result::Result<Vec<f64>, String> {
+        let Pass {
+            pipeline,
+            extra,
+            stride,
+            group_rows,
+            with_labels,
+        } = *pass;
         let d = blocks.first().map(|b| b.dimension).unwrap_or(0);
         let chunk_rows = self.chunk_rows(d, stride, group_rows);
-        let data_buffer = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("weights"),
-                contents: f32_bytes(if data.is_empty() { &[0.0] } else { data }),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
+        let data_buffer = self.upload(
+            "weights",
+            f32_bytes(if data.is_empty() { &[0.0] } else { data }),
+            wgpu::BufferUsages::STORAGE,
+        );
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -436,13 +485,7 @@ impl GpuKernel {
                 let (gx, gy) = (groups.min(65_535), groups.div_ceil(65_535));
                 let out_len = (gx * gy * stride * 4) as u64;
                 let params = [chunk.rows as u32, d as u32, extra, 0u32];
-                let params = self
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("params"),
-                        contents: u32_bytes(&params),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
+                let params = self.upload("params", u32_bytes(&params), wgpu::BufferUsages::UNIFORM);
                 let partials = self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("partials"),
                     size: out_len,
@@ -585,24 +628,28 @@ impl Kernel for GpuKernel {
         let weights: Vec<f32> = params.iter().map(|v| *v as f32).collect();
         let result = match loss {
             Loss::Logistic | Loss::Squared => self
-                .run(
-                    &self.pipelines.gradient,
+                .run_guarded(
+                    &Pass {
+                        pipeline: &self.pipelines.gradient,
+                        extra: u32::from(loss == Loss::Squared),
+                        stride: d + 3,
+                        group_rows: GRADIENT_ROWS,
+                        with_labels: true,
+                    },
                     blocks,
                     &weights,
-                    u32::from(loss == Loss::Squared),
-                    d + 3,
-                    GRADIENT_ROWS,
-                    true,
                 )
                 .map(|t| t.to_vec()),
-            Loss::Multinomial { classes } => self.run(
-                &self.pipelines.multinomial,
+            Loss::Multinomial { classes } => self.run_guarded(
+                &Pass {
+                    pipeline: &self.pipelines.multinomial,
+                    extra: classes as u32,
+                    stride: classes * (d + 1) + 2,
+                    group_rows: MULTINOMIAL_ROWS,
+                    with_labels: true,
+                },
                 blocks,
                 &weights,
-                classes as u32,
-                classes * (d + 1) + 2,
-                MULTINOMIAL_ROWS,
-                true,
             ),
         };
         match result {
@@ -627,14 +674,16 @@ impl Kernel for GpuKernel {
             return CpuKernel.kmeans(blocks, centres, k, out);
         }
         let centres32: Vec<f32> = centres.iter().map(|v| *v as f32).collect();
-        match self.run(
-            &self.pipelines.kmeans,
+        match self.run_guarded(
+            &Pass {
+                pipeline: &self.pipelines.kmeans,
+                extra: k as u32,
+                stride: k * (d + 1) + 1,
+                group_rows: KMEANS_ROWS,
+                with_labels: false,
+            },
             blocks,
             &centres32,
-            k as u32,
-            k * (d + 1) + 1,
-            KMEANS_ROWS,
-            false,
         ) {
             Ok(total) => {
                 for (o, t) in out.iter_mut().zip(&total) {

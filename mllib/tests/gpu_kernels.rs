@@ -170,3 +170,22 @@ fn blocks_larger_than_a_chunk_are_split_and_stay_resident() {
     // Features and labels of all 12 chunks stay on the device between passes.
     assert_eq!(gpu.resident_bytes(), (rows * d * 4 + rows * 4) as u64);
 }
+
+#[test]
+fn a_lost_device_falls_back_to_the_cpu() {
+    let Some(_) = gpu() else { return };
+    let gpu = GpuKernel::new().expect("a device of its own");
+    let (rows, d) = (500, 4);
+    let (x, y) = data(rows, d, 2, 5);
+    let b = block(&x, &y, d);
+    let params = vec![0.1; d + 1];
+    let mut cpu = vec![0.0; gradient_len(Loss::Squared, d)];
+    CpuKernel.gradient(Loss::Squared, &[b], &params, &mut cpu);
+    gpu.destroy_device();
+    for _ in 0..2 {
+        let mut out = vec![0.0; gradient_len(Loss::Squared, d)];
+        gpu.gradient(Loss::Squared, &[b], &params, &mut out);
+        assert_eq!(out, cpu, "the pass ran on the CPU kernel");
+    }
+    assert!(!gpu.is_usable());
+}
