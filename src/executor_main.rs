@@ -40,8 +40,8 @@ pub struct ExecutorArgs {
     /// Executor id; defaults to one made from the bound address.
     #[arg(long)]
     pub id: Option<String>,
-    /// What mllib kernels run on: auto (a GPU adapter when one opens at the first
-    /// training pass, else the CPU), gpu (fail at start without an adapter) or cpu.
+    /// What mllib kernels run on: auto (a hardware GPU adapter when one opens at the first
+    /// training pass, else the CPU), gpu (any adapter; fail at start without one) or cpu.
     #[arg(long, default_value = "auto")]
     pub device: ember_mllib::gpu::Device,
     /// Exit when standard input closes (set by a parent that wants no orphans).

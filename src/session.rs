@@ -152,9 +152,9 @@ impl SessionBuilder {
         self
     }
 
-    /// What the executors run mllib kernels on: `Auto` (default: a GPU adapter when one
-    /// opens at the first training pass, else the CPU), `Gpu` (an executor without an
-    /// adapter fails to start) or `Cpu`.
+    /// What the executors run mllib kernels on: `Auto` (default: a hardware GPU adapter
+    /// when one opens at the first training pass, else the CPU), `Gpu` (any adapter,
+    /// software ones included; an executor without one fails to start) or `Cpu`.
     pub fn device(mut self, device: ember_mllib::gpu::Device) -> Self {
         self.device = device;
         self

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -72,8 +73,8 @@ impl<F: Frame, E: Estimator<F>> DynEstimator<F> for E {
 pub enum PipelineStage<F: Frame> {
     /// Fitted on the output of the stages before it.
     Estimator(Box<dyn DynEstimator<F>>),
-    /// Applied as is.
-    Transformer(Box<dyn Transformer>),
+    /// Applied as is (and shared with the fitted model).
+    Transformer(Arc<dyn Transformer>),
 }
 
 /// A sequence of stages: fitting it fits each estimator on the output of the stages before
@@ -105,7 +106,7 @@ impl<F: Frame> Pipeline<F> {
     /// Appends a transformer.
     pub fn transformer(mut self, transformer: impl Transformer + 'static) -> Self {
         self.stages
-            .push(PipelineStage::Transformer(Box::new(transformer)));
+            .push(PipelineStage::Transformer(Arc::new(transformer)));
         self
     }
 
@@ -121,26 +122,12 @@ impl<F: Frame> Pipeline<F> {
     /// The first stage that fails, named.
     pub async fn fit(&self, df: &F) -> Result<PipelineModel> {
         let mut current = df.clone();
-        let mut fitted: Vec<Box<dyn Transformer>> = Vec::with_capacity(self.stages.len());
+        let mut fitted: Vec<Arc<dyn Transformer>> = Vec::with_capacity(self.stages.len());
         let last = self.stages.len().saturating_sub(1);
         for (i, stage) in self.stages.iter().enumerate() {
-            let transformer = match stage {
-                PipelineStage::Estimator(e) => e.fit_boxed(&current).await?,
-                PipelineStage::Transformer(t) => {
-                    // Stateless stages are shared with the model through their saved form.
-                    let dir = std::env::temp_dir().join(format!(
-                        "ember-pipeline-stage-{}-{i}-{}",
-                        std::process::id(),
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_nanos())
-                            .unwrap_or_default()
-                    ));
-                    t.save(&dir)?;
-                    let copy = persist::load_transformer(&dir);
-                    let _ = std::fs::remove_dir_all(&dir);
-                    copy?
-                }
+            let transformer: Arc<dyn Transformer> = match stage {
+                PipelineStage::Estimator(e) => Arc::from(e.fit_boxed(&current).await?),
+                PipelineStage::Transformer(t) => Arc::clone(t),
             };
             if i < last {
                 current = transform(transformer.as_ref(), &current)?;
@@ -154,17 +141,17 @@ impl<F: Frame> Pipeline<F> {
 /// A fitted pipeline: applies its stages in order.
 #[derive(Debug)]
 pub struct PipelineModel {
-    stages: Vec<Box<dyn Transformer>>,
+    stages: Vec<Arc<dyn Transformer>>,
 }
 
 impl PipelineModel {
     /// A model of the given fitted stages.
-    pub fn new(stages: Vec<Box<dyn Transformer>>) -> Self {
+    pub fn new(stages: Vec<Arc<dyn Transformer>>) -> Self {
         Self { stages }
     }
 
     /// The fitted stages.
-    pub fn stages(&self) -> &[Box<dyn Transformer>] {
+    pub fn stages(&self) -> &[Arc<dyn Transformer>] {
         &self.stages
     }
 
@@ -187,7 +174,9 @@ impl PipelineModel {
             })?;
         let mut stages = Vec::with_capacity(count as usize);
         for i in 0..count {
-            stages.push(persist::load_transformer(&stage_dir(path, i as usize))?);
+            stages.push(Arc::from(persist::load_transformer(&stage_dir(
+                path, i as usize,
+            ))?));
         }
         Ok(Self { stages })
     }

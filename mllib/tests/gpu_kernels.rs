@@ -189,3 +189,17 @@ fn a_lost_device_falls_back_to_the_cpu() {
     }
     assert!(!gpu.is_usable());
 }
+
+#[test]
+fn auto_uses_a_hardware_adapter_only() {
+    let auto = ember_mllib::gpu::AutoKernel::default();
+    assert!(auto.device().starts_with("auto"), "undecided before the first pass");
+    let (x, y) = data(10, 2, 2, 1);
+    let mut out = vec![0.0; gradient_len(Loss::Logistic, 2)];
+    auto.gradient(Loss::Logistic, &[block(&x, &y, 2)], &[0.0; 3], &mut out);
+    assert_eq!(out[out.len() - 1], 10.0);
+    match shared_gpu() {
+        Ok(gpu) if !gpu.is_software() => assert!(auto.device().starts_with("gpu: ")),
+        _ => assert_eq!(auto.device(), "cpu", "no adapter, or only a software one"),
+    }
+}
