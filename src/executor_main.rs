@@ -54,10 +54,13 @@ pub struct ExecutorArgs {
 /// # Errors
 ///
 /// `Device::Gpu` and no usable GPU adapter.
-pub fn kernel_hooks(
+pub async fn kernel_hooks(
     device: ember_mllib::gpu::Device,
 ) -> crate::Result<ember_executor::ExecutorHooks> {
-    let kernel = ember_mllib::gpu::kernel_for(device)?;
+    // Opening a GPU (adapter request, shader compilation) blocks: not on a runtime worker.
+    let kernel = tokio::task::spawn_blocking(move || ember_mllib::gpu::kernel_for(device))
+        .await
+        .map_err(|e| crate::Error::Cluster(format!("opening the mllib kernel: {e}")))??;
     let probe = std::sync::Arc::clone(&kernel);
     Ok(ember_executor::ExecutorHooks {
         session: Some(std::sync::Arc::new(
@@ -116,7 +119,7 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         cores,
         id: args.id.clone(),
         register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
-        hooks: kernel_hooks(args.device)?,
+        hooks: kernel_hooks(args.device).await?,
     })
     .await?;
     // Aborted on return, so the watcher never outlives the executor.

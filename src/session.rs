@@ -193,7 +193,7 @@ impl SessionBuilder {
                 cores,
                 id: Some(format!("exec-{i}")),
                 register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
-                hooks: crate::executor_main::kernel_hooks(self.device)?,
+                hooks: crate::executor_main::kernel_hooks(self.device).await?,
             })
             .await?;
             handles.push(Some(handle));

@@ -193,7 +193,10 @@ fn a_lost_device_falls_back_to_the_cpu() {
 #[test]
 fn auto_uses_a_hardware_adapter_only() {
     let auto = ember_mllib::gpu::AutoKernel::default();
-    assert!(auto.device().starts_with("auto"), "undecided before the first pass");
+    assert!(
+        auto.device().starts_with("auto"),
+        "undecided before the first pass"
+    );
     let (x, y) = data(10, 2, 2, 1);
     let mut out = vec![0.0; gradient_len(Loss::Logistic, 2)];
     auto.gradient(Loss::Logistic, &[block(&x, &y, 2)], &[0.0; 3], &mut out);
