@@ -151,11 +151,13 @@ impl ExecutionPlan for TreeAggregateExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let kernel = context
+        // The executor's kernel; the CPU where none was given (the driver, a bare
+        // executor).
+        let kernel: Arc<dyn Kernel> = context
             .session_config()
             .get_extension::<crate::gpu::KernelExtension>()
             .map(|k| Arc::clone(&k.0))
-            .unwrap_or_else(kernel);
+            .unwrap_or_else(|| Arc::new(CpuKernel));
         let input = self.input.execute(partition, context)?;
         let agg = Arc::clone(&self.agg);
         let merge = self.merge;

@@ -11,7 +11,7 @@ pub use summary::Summary;
 use summary::{summary_partial, SUMMARY_LABEL_FIELDS};
 
 use std::fmt;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 
 use arrow::array::{Array, Float64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -124,25 +124,6 @@ pub enum Aggregation {
         stats: Vec<f64>,
     },
 }
-
-/// The kernel the executors of this process use (CPU unless another was installed).
-pub fn kernel() -> Arc<dyn Kernel> {
-    KERNEL
-        .get_or_init(|| RwLock::new(Arc::new(CpuKernel)))
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-}
-
-/// Installs the kernel this process's tasks use.
-pub fn set_kernel(kernel: Arc<dyn Kernel>) {
-    *KERNEL
-        .get_or_init(|| RwLock::new(Arc::new(CpuKernel)))
-        .write()
-        .unwrap_or_else(|p| p.into_inner()) = kernel;
-}
-
-static KERNEL: OnceLock<RwLock<Arc<dyn Kernel>>> = OnceLock::new();
 
 /// Float64 column `name` of `batch` as a slice.
 fn f64_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a [f64]> {
