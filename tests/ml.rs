@@ -680,6 +680,11 @@ async fn one_table(session: &Session, rows: &str) -> DataFrame {
         .expect("values")
 }
 
+/// The error message of a fit that must fail (`what` names the case).
+async fn fit_error(lr: LogisticRegression, df: &DataFrame, what: &str) -> String {
+    message(lr.fit(df).await.expect_err(what))
+}
+
 fn message(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -700,12 +705,7 @@ async fn bad_input_gets_errors_that_name_the_column() {
         )
         .await,
     );
-    let e = message(
-        LogisticRegression::new()
-            .fit(&nan)
-            .await
-            .expect_err("NaN feature"),
-    );
+    let e = fit_error(LogisticRegression::new(), &nan, "NaN feature").await;
     assert!(e.contains("'features'") && e.contains("NaN"), "{e}");
 
     let inf_label = assemble(
@@ -715,31 +715,20 @@ async fn bad_input_gets_errors_that_name_the_column() {
         )
         .await,
     );
-    let e = message(
-        LogisticRegression::new()
-            .fit(&inf_label)
-            .await
-            .expect_err("inf label"),
-    );
+    let e = fit_error(LogisticRegression::new(), &inf_label, "inf label").await;
     assert!(e.contains("'label'") && e.contains("infinite"), "{e}");
 
     let three = assemble(one_table(&session, "(1.0, 2.0, 0.0), (2.0, 1.0, 2.0)").await);
-    let e = message(
-        LogisticRegression::new()
-            .family(Family::Binomial)
-            .fit(&three)
-            .await
-            .expect_err("label 2 for binary"),
-    );
+    let e = fit_error(
+        LogisticRegression::new().family(Family::Binomial),
+        &three,
+        "label 2 for binary",
+    )
+    .await;
     assert!(e.contains("'label'") && e.contains('2'), "{e}");
 
     let fractional = assemble(one_table(&session, "(1.0, 2.0, 0.5), (2.0, 1.0, 1.0)").await);
-    let e = message(
-        LogisticRegression::new()
-            .fit(&fractional)
-            .await
-            .expect_err("label 0.5"),
-    );
+    let e = fit_error(LogisticRegression::new(), &fractional, "label 0.5").await;
     assert!(e.contains("'label'") && e.contains("fractional"), "{e}");
 
     let strings = session
@@ -754,21 +743,15 @@ async fn bad_input_gets_errors_that_name_the_column() {
     assert!(e.contains("'a'") && e.contains("Utf8"), "{e}");
 
     let not_vector = one_table(&session, "(1.0, 2.0, 0.0)").await;
-    let e = message(
-        LogisticRegression::new()
-            .features_col("a")
-            .fit(&not_vector)
-            .await
-            .expect_err("not a vector"),
-    );
+    let e = fit_error(
+        LogisticRegression::new().features_col("a"),
+        &not_vector,
+        "not a vector",
+    )
+    .await;
     assert!(e.contains("'a'") && e.contains("FixedSizeList"), "{e}");
 
-    let e = message(
-        LogisticRegression::new()
-            .fit(&not_vector)
-            .await
-            .expect_err("missing column"),
-    );
+    let e = fit_error(LogisticRegression::new(), &not_vector, "missing column").await;
     assert!(
         e.contains("'features'") && e.contains("no such column"),
         "{e}"
@@ -780,12 +763,7 @@ async fn bad_input_gets_errors_that_name_the_column() {
             .filter(col("a").gt(lit(5.0)))
             .expect("filter"),
     );
-    let e = message(
-        LogisticRegression::new()
-            .fit(&empty)
-            .await
-            .expect_err("empty"),
-    );
+    let e = fit_error(LogisticRegression::new(), &empty, "empty").await;
     assert!(e.contains("empty"), "{e}");
 
     let two_rows = assemble(one_table(&session, "(1.0, 2.0, 0.0), (2.0, 1.0, 1.0)").await);
@@ -798,13 +776,12 @@ async fn bad_input_gets_errors_that_name_the_column() {
     );
     assert!(e.contains("k = 5") && e.contains("2 rows"), "{e}");
 
-    let e = message(
-        LogisticRegression::new()
-            .reg_param(-1.0)
-            .fit(&two_rows)
-            .await
-            .expect_err("bad param"),
-    );
+    let e = fit_error(
+        LogisticRegression::new().reg_param(-1.0),
+        &two_rows,
+        "bad param",
+    )
+    .await;
     assert!(e.contains("reg_param"), "{e}");
 
     let nulls = one_table(&session, "(1.0, NULL, 0.0), (2.0, 1.0, 1.0)").await;

@@ -398,16 +398,11 @@ impl Transformer for LogisticRegressionModel {
         df: datafusion::dataframe::DataFrame,
     ) -> Result<datafusion::dataframe::DataFrame> {
         let p = &self.params;
-        let d = crate::vector::check_vector_column(df.schema().as_arrow(), &p.features_col)?;
-        if d != self.dimension {
-            return Err(MlError::column(
-                &p.features_col,
-                format!(
-                    "has {d} features; the model was fitted on {}",
-                    self.dimension
-                ),
-            ));
-        }
+        crate::vector::check_fitted_dimension(
+            df.schema().as_arrow(),
+            &p.features_col,
+            self.dimension,
+        )?;
         let binary = self.is_binary();
         let raw = udf::linear(
             column(&p.features_col),

@@ -424,16 +424,11 @@ impl Transformer for KMeansModel {
         df: datafusion::dataframe::DataFrame,
     ) -> Result<datafusion::dataframe::DataFrame> {
         let p = &self.params;
-        let d = crate::vector::check_vector_column(df.schema().as_arrow(), &p.features_col)?;
-        if d != self.dimension {
-            return Err(MlError::column(
-                &p.features_col,
-                format!(
-                    "has {d} features; the model was fitted on {}",
-                    self.dimension
-                ),
-            ));
-        }
+        crate::vector::check_fitted_dimension(
+            df.schema().as_arrow(),
+            &p.features_col,
+            self.dimension,
+        )?;
         let prediction = udf::nearest_centre(
             column(&p.features_col),
             &udf::NearestParams {

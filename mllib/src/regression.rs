@@ -338,16 +338,11 @@ impl Transformer for LinearRegressionModel {
         df: datafusion::dataframe::DataFrame,
     ) -> Result<datafusion::dataframe::DataFrame> {
         let p = &self.params;
-        let d = crate::vector::check_vector_column(df.schema().as_arrow(), &p.features_col)?;
-        if d != self.coefficients.len() {
-            return Err(MlError::column(
-                &p.features_col,
-                format!(
-                    "has {d} features; the model was fitted on {}",
-                    self.coefficients.len()
-                ),
-            ));
-        }
+        crate::vector::check_fitted_dimension(
+            df.schema().as_arrow(),
+            &p.features_col,
+            self.coefficients.len(),
+        )?;
         let prediction = udf::linear(
             column(&p.features_col),
             &udf::LinearParams {

@@ -42,6 +42,20 @@ pub fn check_vector_column(schema: &Schema, column: &str) -> Result<usize> {
     vector_dimension(column, field.data_type())
 }
 
+/// Checks that `schema` has a vector column `column` of the `fitted` dimension a stage
+/// was fitted on.
+pub fn check_fitted_dimension(schema: &Schema, column: &str, fitted: usize) -> Result<()> {
+    let d = check_vector_column(schema, column)?;
+    if d == fitted {
+        Ok(())
+    } else {
+        Err(MlError::column(
+            column,
+            format!("has {d} features; the stage was fitted on {fitted}"),
+        ))
+    }
+}
+
 /// Checks that `schema` has a numeric column `column`.
 pub fn check_numeric_column(schema: &Schema, column: &str) -> Result<()> {
     let field = schema

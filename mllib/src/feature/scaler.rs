@@ -235,16 +235,11 @@ impl Transformer for ScalerModel {
         &self,
         df: datafusion::dataframe::DataFrame,
     ) -> Result<datafusion::dataframe::DataFrame> {
-        let d = check_vector_column(df.schema().as_arrow(), &self.input_col)?;
-        if d != self.scale.len() {
-            return Err(MlError::column(
-                &self.input_col,
-                format!(
-                    "has {d} features; the scaler was fitted on {}",
-                    self.scale.len()
-                ),
-            ));
-        }
+        crate::vector::check_fitted_dimension(
+            df.schema().as_arrow(),
+            &self.input_col,
+            self.scale.len(),
+        )?;
         let expr = udf::affine(
             quoted(&self.input_col),
             &udf::AffineParams {
