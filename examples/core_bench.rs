@@ -1,5 +1,6 @@
-//! Core benchmark: task throughput, block fetch bandwidth, and cached-DataFrame actions on a
-//! local cluster next to single-process DataFusion over the same in-memory data.
+//! Core benchmark: task throughput, concurrent-job throughput, time from cancel to free
+//! slots, block fetch bandwidth, and cached-DataFrame actions on a local cluster next to
+//! single-process DataFusion over the same in-memory data.
 //!
 //! `cargo run --release --example core_bench -- [--rows 10000000]`
 
@@ -100,6 +101,90 @@ async fn main() -> anyhow::Result<()> {
         t.as_secs_f64(),
         tasks as f64 / t.as_secs_f64()
     );
+
+    // 1b. Jobs of a small query, 8 at a time from separate tasks vs one after the other.
+    let jobs = arg("--jobs", 64);
+    let small_schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+    let small_batch = RecordBatch::try_new(
+        small_schema.clone(),
+        vec![Arc::new(Int64Array::from_iter_values(0..1_000))],
+    )?;
+    let small = MemTable::try_new(small_schema, vec![vec![small_batch]; 4])?;
+    session.context().register_table("small", Arc::new(small))?;
+    let small_query = "SELECT count(*), sum(v) FROM small WHERE v % 3 = 0";
+    session.sql(small_query).await?.collect().await?;
+    let started = Instant::now();
+    for _ in 0..jobs {
+        session.sql(small_query).await?.collect().await?;
+    }
+    let sequential = started.elapsed();
+    let started = Instant::now();
+    let streams: Vec<_> = (0..8)
+        .map(|_| {
+            let s = session.clone();
+            tokio::spawn(async move {
+                for _ in 0..jobs / 8 {
+                    s.sql(small_query).await?.collect().await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for stream in streams {
+        stream.await??;
+    }
+    let concurrent = started.elapsed();
+    println!(
+        "small jobs: {jobs} one after the other {:.1} jobs/s; 8 at a time {:.1} jobs/s (x{:.2})",
+        jobs as f64 / sequential.as_secs_f64(),
+        (jobs / 8 * 8) as f64 / concurrent.as_secs_f64(),
+        sequential.as_secs_f64() / concurrent.as_secs_f64() * (jobs / 8 * 8) as f64 / jobs as f64
+    );
+
+    // 1c. From cancel to free slots: a job whose tasks wait 10 s (injected) on a second
+    // cluster is cancelled while its tasks run; time until every executor runs nothing.
+    {
+        let slow = Session::builder()
+            .executors(2)
+            .inject_task_delay(0, Duration::from_secs(10))
+            .inject_task_delay(1, Duration::from_secs(10))
+            .local_cluster()
+            .await?;
+        slow.context()
+            .register_table("small", session.context().table_provider("small").await?)?;
+        let mut events = slow.driver().subscribe();
+        let running = {
+            let slow = slow.clone();
+            tokio::spawn(async move { slow.sql(small_query).await?.collect().await })
+        };
+        loop {
+            if let ember::driver::SchedulerEvent::TaskStarted { .. } = events.recv().await? {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let job = slow.running_jobs().await?[0];
+        let started = Instant::now();
+        slow.cancel_job(job).await?;
+        let answered = started.elapsed();
+        loop {
+            let mut busy = 0;
+            for e in slow.executors() {
+                busy += slow.driver().executor_status(&e.id).await?.running_tasks;
+            }
+            if busy == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let freed = started.elapsed();
+        let _ = running.await?;
+        println!(
+            "cancel: answered in {:.1} ms, every slot free {:.1} ms after the cancel",
+            answered.as_secs_f64() * 1e3,
+            freed.as_secs_f64() * 1e3
+        );
+    }
 
     // 2. Block fetch over loopback gRPC vs an in-process copy of the same bytes.
     let dir = tempfile::tempdir()?;

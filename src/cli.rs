@@ -142,7 +142,15 @@ async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
     }
     for statement in statements {
         let df = session.sql(statement).await?;
-        let batches = df.collect().await?;
+        // Ctrl-C cancels the running query (its tasks stop, its blocks go) and exits.
+        let batches = tokio::select! {
+            batches = df.collect() => batches?,
+            _ = tokio::signal::ctrl_c() => {
+                let cancelled = session.cancel_all().await?;
+                eprintln!("interrupted: {cancelled} query cancelled");
+                std::process::exit(130);
+            }
+        };
         print(&batches, args.format)?;
     }
     Ok(())

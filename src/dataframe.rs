@@ -44,6 +44,9 @@ pub struct DataFrame {
     /// Set on a cached DataFrame: the dataset holding its blocks, and the plan it was
     /// cached from (restored by `unpersist`).
     cached: Option<(DatasetId, Box<datafusion::dataframe::DataFrame>)>,
+    /// What its jobs are called in the snapshot and the event log (the SQL text for a
+    /// query from [`Session::sql`]).
+    description: Option<Arc<str>>,
 }
 
 impl DataFrame {
@@ -52,7 +55,26 @@ impl DataFrame {
             session,
             inner,
             cached: None,
+            description: None,
         }
+    }
+
+    /// Names the jobs this DataFrame runs (in the snapshot, the event log and the UI).
+    pub fn with_description(mut self, text: impl Into<String>) -> Self {
+        self.description = Some(Arc::from(text.into()));
+        self
+    }
+
+    /// The description of a job running `action` on this DataFrame.
+    pub(crate) fn job_description(&self, action: &str) -> ember_driver::JobDescription {
+        let text = match &self.description {
+            Some(text) => format!("{action}: {text}"),
+            None => {
+                let plan = self.inner.logical_plan().display().to_string();
+                format!("{action}: {plan}")
+            }
+        };
+        self.session.job_description(text)
     }
 
     fn derive(&self, inner: datafusion::dataframe::DataFrame) -> Self {
@@ -170,9 +192,16 @@ impl DataFrame {
 
     /// Runs the query on the cluster and returns every row.
     pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
+        self.collect_as("collect").await
+    }
+
+    /// Runs the query as a job described as `action`.
+    async fn collect_as(&self, action: &str) -> Result<Vec<RecordBatch>> {
         let started = std::time::Instant::now();
         let plan = self.inner.clone().create_physical_plan().await?;
-        self.session.run_collect_planned(plan, started).await
+        self.session
+            .run_collect_planned(plan, started, &self.job_description(action))
+            .await
     }
 
     /// Number of rows, counted on the executors.
@@ -181,7 +210,9 @@ impl DataFrame {
             .inner
             .clone()
             .aggregate(vec![], vec![count(lit(1)).alias("count")])?;
-        let batches = self.derive(counted).collect().await?;
+        let mut counted = self.derive(counted);
+        counted.description = self.description.clone();
+        let batches = counted.collect_as("count").await?;
         let total = batches
             .iter()
             .filter(|b| b.num_rows() > 0)
@@ -226,7 +257,11 @@ impl DataFrame {
         let staging = dir.join(format!("_ember_staging_{}", std::process::id()));
         std::fs::create_dir_all(&staging).map_err(|e| EngineError::io(&staging, e))?;
         let plan = self.inner.clone().create_physical_plan().await?;
-        let written = self.session.run_write_parquet(plan, &staging).await;
+        let description = self.job_description(&format!("write_parquet {}", dir.display()));
+        let written = self
+            .session
+            .run_write_parquet(plan, &staging, &description)
+            .await;
         let result = written.and_then(|files| {
             let mut done = Vec::with_capacity(files.len());
             for f in files {
@@ -248,7 +283,7 @@ impl DataFrame {
             return Ok(self);
         }
         let plan = self.inner.clone().create_physical_plan().await?;
-        let (dataset, properties) = self.session.persist(plan)?;
+        let (dataset, properties) = self.session.persist(plan).await?;
         let table = CachedTable {
             dataset,
             properties,
@@ -258,6 +293,7 @@ impl DataFrame {
             session: self.session.clone(),
             inner: df,
             cached: Some((dataset, Box::new(self.inner))),
+            description: self.description.clone(),
         })
     }
 
@@ -267,11 +303,15 @@ impl DataFrame {
     }
 
     /// Drops the cached blocks from every executor and returns the uncached DataFrame.
+    /// Clones of the cached DataFrame and views registered from it keep working: they
+    /// compute the data again when used, without caching it.
     pub async fn unpersist(self) -> Result<Self> {
         match self.cached {
             Some((dataset, original)) => {
-                self.session.driver().remove_dataset(dataset).await;
-                Ok(Self::new(self.session, *original))
+                self.session.driver().unpersist_dataset(dataset).await?;
+                let mut df = Self::new(self.session, *original);
+                df.description = self.description;
+                Ok(df)
             }
             None => Ok(self),
         }

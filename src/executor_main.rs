@@ -47,6 +47,21 @@ pub struct ExecutorArgs {
     /// Exit when standard input closes (set by a parent that wants no orphans).
     #[arg(long)]
     pub exit_on_stdin_close: bool,
+    /// Seconds to keep running while the driver does not answer heartbeats; then stop.
+    #[arg(long, default_value_t = ember_executor::DEFAULT_DRIVER_TIMEOUT.as_secs_f64(), value_parser = parse_seconds)]
+    pub driver_timeout: f64,
+    /// Fault injection for tests of straggler handling: every task waits this many
+    /// milliseconds before it starts.
+    #[arg(long, hide = true)]
+    pub inject_task_delay_ms: Option<u64>,
+}
+
+/// Parses a positive number of seconds.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().trim_end_matches('s').parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 /// The hooks that give an executor mllib's kernel for `device` and report it.
@@ -120,6 +135,10 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         id: args.id.clone(),
         register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
         hooks: kernel_hooks(args.device).await?,
+        driver_timeout: std::time::Duration::from_secs_f64(args.driver_timeout),
+        task_delay: args
+            .inject_task_delay_ms
+            .map(std::time::Duration::from_millis),
     })
     .await?;
     // Aborted on return, so the watcher never outlives the executor.

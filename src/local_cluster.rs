@@ -93,8 +93,12 @@ pub(crate) fn spawn_executor(
     cores: usize,
     memory: usize,
     device: ember_mllib::gpu::Device,
+    task_delay: Option<std::time::Duration>,
 ) -> Result<ChildGuard> {
     let mut cmd = Command::new(&launch.binary);
+    if let Some(delay) = task_delay {
+        cmd.args(["--inject-task-delay-ms", &delay.as_millis().to_string()]);
+    }
     cmd.args([
         "--driver",
         driver,

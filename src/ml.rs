@@ -24,7 +24,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::physical_plan::ExecutionPlan;
 use ember_driver::{DriverError, JobMetrics};
-use ember_engine::lineage::{cut_stages, Dataset, Persistence};
+use ember_engine::lineage::{Dataset, Persistence};
 use ember_mllib::frame::PlanFn;
 
 use crate::dataframe::DataFrame;
@@ -100,15 +100,16 @@ impl Frame for DataFrame {
             .map_err(MlError::from)?;
         let session = self.session();
         let driver = session.driver();
-        let mut next = || driver.next_dataset_id();
-        let mut stages = Vec::new();
-        let cut = cut_stages(plan, &mut next, &mut stages)?;
-        let leaf = Dataset::try_new(next(), partial(cut)?, Persistence::Job)?;
+        let (cut, stages) = driver.plan_stages(plan)?;
+        let leaf = Dataset::try_new(driver.next_dataset_id(), partial(cut)?, Persistence::Job)?;
         let planning = started.elapsed();
         let merge = |input: Arc<dyn ExecutionPlan>| {
             merge(input).map_err(|e| DriverError::Internal(format!("merge plan: {e}")))
         };
-        let (batches, mut metrics) = driver.tree_aggregate(leaf, stages, &merge, fan_in).await?;
+        let description = self.job_description("tree aggregation (mllib)");
+        let (batches, mut metrics) = driver
+            .tree_aggregate(leaf, stages, &merge, fan_in, &description)
+            .await?;
         metrics.planning = planning;
         session.record_metrics(metrics.clone());
         Ok((batches, metrics))

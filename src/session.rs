@@ -10,13 +10,16 @@ use arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{
     CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
 };
-use ember_driver::{DriverConfig, DriverHandle, ExecutorInfo, JobMetrics};
-use ember_engine::lineage::{cut_stages, reads_only_blocks, stage_of, Dataset, Persistence};
+use ember_driver::{
+    AppSnapshot, DriverConfig, DriverHandle, ExecutorInfo, JobDescription, JobMetrics,
+    SchedulingMode,
+};
+use ember_engine::lineage::{Dataset, Persistence};
+use ember_engine::JobId;
 use ember_executor::{ExecutorConfig, ExecutorHandle};
 
 use crate::dataframe::DataFrame;
@@ -78,6 +81,8 @@ impl Drop for Inner {
 #[derive(Debug, Clone)]
 pub struct Session {
     inner: Arc<Inner>,
+    /// The scheduling pool this handle's jobs run in (see [`Session::with_pool`]).
+    pool: Arc<str>,
 }
 
 /// Options for starting a session.
@@ -90,6 +95,8 @@ pub struct SessionBuilder {
     driver: DriverConfig,
     broadcast_threshold: usize,
     device: ember_mllib::gpu::Device,
+    /// Fault injection: (executor index, delay before each of its tasks).
+    task_delays: Vec<(usize, Duration)>,
 }
 
 /// Default size under which a join's build side is sent whole to every task instead of
@@ -106,6 +113,7 @@ impl Default for SessionBuilder {
             driver: DriverConfig::default(),
             broadcast_threshold: DEFAULT_BROADCAST_THRESHOLD,
             device: ember_mllib::gpu::Device::Auto,
+            task_delays: Vec::new(),
         }
     }
 }
@@ -152,6 +160,36 @@ impl SessionBuilder {
         self
     }
 
+    /// How concurrent jobs share the executors' task slots: `Fifo` (default: the oldest
+    /// job first) or `Fair` (round-robin between pools, then jobs; see
+    /// [`Session::with_pool`]).
+    pub fn scheduling_mode(mut self, mode: SchedulingMode) -> Self {
+        self.driver.scheduling_mode = mode;
+        self
+    }
+
+    /// Appends every scheduler event (jobs, stages, tasks, executors, cached datasets) as
+    /// JSON lines to `<dir>/<application id>.jsonl`; replay it with
+    /// [`ember_driver::SnapshotBuilder::replay`].
+    pub fn event_log(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.driver.event_log = Some(dir.into());
+        self
+    }
+
+    /// Fault injection for tests of straggler handling: executor `index` (in start order)
+    /// waits `delay` before each task it runs. May be given for several executors.
+    pub fn inject_task_delay(mut self, index: usize, delay: Duration) -> Self {
+        self.task_delays.push((index, delay));
+        self
+    }
+
+    fn delay_of(&self, index: usize) -> Option<Duration> {
+        self.task_delays
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, delay)| *delay)
+    }
+
     /// What the executors run mllib kernels on: `Auto` (default: a hardware GPU adapter
     /// when one opens at the first training pass, else the CPU), `Gpu` (any adapter,
     /// software ones included; an executor without one fails to start) or `Cpu`.
@@ -194,6 +232,8 @@ impl SessionBuilder {
                 id: Some(format!("exec-{i}")),
                 register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
                 hooks: crate::executor_main::kernel_hooks(self.device).await?,
+                driver_timeout: ember_executor::DEFAULT_DRIVER_TIMEOUT,
+                task_delay: self.delay_of(i),
             })
             .await?;
             handles.push(Some(handle));
@@ -223,6 +263,7 @@ impl SessionBuilder {
                 cores,
                 self.memory,
                 self.device,
+                self.delay_of(i),
             )?);
         }
         // Wait for registrations, noticing at once an executor that died on start.
@@ -382,7 +423,80 @@ impl Session {
                 executors: Mutex::new(executors),
                 last_metrics: Mutex::new(None),
             }),
+            pool: Arc::from(ember_driver::DEFAULT_POOL),
         })
+    }
+
+    /// A handle on the same session whose jobs run in scheduling pool `pool`: under
+    /// [`SchedulingMode::Fair`] pools share task slots round-robin, whatever number of
+    /// jobs each runs.
+    pub fn with_pool(&self, pool: &str) -> Session {
+        Session {
+            inner: Arc::clone(&self.inner),
+            pool: Arc::from(pool),
+        }
+    }
+
+    /// A job description in this handle's pool.
+    pub(crate) fn job_description(&self, text: String) -> JobDescription {
+        JobDescription {
+            text,
+            pool: self.pool.to_string(),
+        }
+    }
+
+    /// What the driver is doing and has done: jobs (with their stages and tasks),
+    /// executors and cached datasets.
+    ///
+    /// # Errors
+    ///
+    /// The driver's scheduler has stopped.
+    pub async fn snapshot(&self) -> Result<AppSnapshot> {
+        Ok(self.inner.driver.snapshot().await?)
+    }
+
+    /// Ids of the jobs running now, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// The driver's scheduler has stopped.
+    pub async fn running_jobs(&self) -> Result<Vec<JobId>> {
+        Ok(self
+            .snapshot()
+            .await?
+            .jobs
+            .iter()
+            .filter(|j| j.status == ember_driver::JobStatus::Running)
+            .map(|j| j.job)
+            .collect())
+    }
+
+    /// Cancels a running job: its tasks stop on the executors, its slots free up, its
+    /// job-scoped blocks and spill files are removed, and its caller gets a "cancelled"
+    /// error. Resolves once none of its tasks runs. Returns whether it was running.
+    ///
+    /// # Errors
+    ///
+    /// The driver's scheduler has stopped.
+    pub async fn cancel_job(&self, job: JobId) -> Result<bool> {
+        Ok(self
+            .inner
+            .driver
+            .cancel_job(job, "cancelled by the session")
+            .await?)
+    }
+
+    /// Cancels every running job; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The driver's scheduler has stopped.
+    pub async fn cancel_all(&self) -> Result<usize> {
+        Ok(self
+            .inner
+            .driver
+            .cancel_all("cancelled by the session")
+            .await?)
     }
 
     /// DataFusion's context: the catalog and planner this session uses.
@@ -508,6 +622,7 @@ impl Session {
                     copy.input.as_ref().clone(),
                 );
                 DataFrame::new(self.clone(), input)
+                    .with_description(query)
                     .write_parquet(&copy.output_url)
                     .await?;
                 let rows = self
@@ -523,7 +638,7 @@ impl Session {
                 "EXPLAIN ANALYZE: run the query and read Session::last_job_metrics() instead"
                     .into(),
             )),
-            _ => Ok(DataFrame::new(self.clone(), df)),
+            _ => Ok(DataFrame::new(self.clone(), df).with_description(query)),
         }
     }
 
@@ -646,29 +761,26 @@ impl Session {
     /// Runs a DataFusion physical plan on the cluster: it is cut into stages at its
     /// exchanges, the stages run on the executors and the final fragment on the driver.
     pub async fn collect_plan(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
-        self.run_collect(plan).await
-    }
-
-    /// Cuts `plan` into stages and runs it; the final fragment runs on the driver.
-    pub(crate) async fn run_collect(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-    ) -> Result<Vec<RecordBatch>> {
-        self.run_collect_planned(plan, std::time::Instant::now())
+        let description = self.job_description(format!(
+            "collect: {}",
+            datafusion::physical_plan::displayable(plan.as_ref()).one_line()
+        ));
+        self.run_collect_planned(plan, std::time::Instant::now(), &description)
             .await
     }
 
-    /// Like [`Session::run_collect`], for a plan whose planning began at `planning_started`.
+    /// Cuts `plan` into stages and runs it (the final fragment on the driver), for a plan
+    /// whose planning began at `planning_started`.
     pub(crate) async fn run_collect_planned(
         &self,
         plan: Arc<dyn ExecutionPlan>,
         planning_started: std::time::Instant,
+        description: &JobDescription,
     ) -> Result<Vec<RecordBatch>> {
         let driver = &self.inner.driver;
-        let mut next = || driver.next_dataset_id();
-        let (root, stages) = job_stages(plan, &mut next)?;
+        let job = driver.plan_job(plan)?;
         let planning = planning_started.elapsed();
-        let (batches, mut metrics) = driver.collect(root, stages).await?;
+        let (batches, mut metrics) = driver.collect(job.root, job.stages, description).await?;
         metrics.planning = planning;
         self.record_metrics(metrics);
         Ok(batches)
@@ -676,18 +788,12 @@ impl Session {
 
     /// Ember's stages for `plan`, as [`DataFrame::explain`] prints them.
     pub(crate) fn explain_stages(&self, plan: Arc<dyn ExecutionPlan>) -> Result<String> {
-        let mut id = 0u64;
-        let mut next = || {
-            id += 1;
-            ember_engine::DatasetId(id)
-        };
-        let (root, stages) = job_stages(plan, &mut next)?;
-        Ok(describe_stages(&root, &stages))
+        Ok(ember_driver::planner::explain_stages(plan)?)
     }
 
     /// Makes `plan` a cached dataset (with its inner exchanges cut into job-scoped ones)
     /// and returns it with the plan's properties.
-    pub(crate) fn persist(
+    pub(crate) async fn persist(
         &self,
         plan: Arc<dyn ExecutionPlan>,
     ) -> Result<(
@@ -695,16 +801,14 @@ impl Session {
         datafusion::physical_plan::PlanProperties,
     )> {
         let driver = &self.inner.driver;
-        let mut next = || driver.next_dataset_id();
-        let mut stages = Vec::new();
-        let plan = cut_stages(plan, &mut next, &mut stages)?;
+        let (plan, stages) = driver.plan_stages(plan)?;
         let properties = plan.properties().as_ref().clone();
-        let dataset = Dataset::try_new(next(), plan, Persistence::Cached)?;
+        let dataset = Dataset::try_new(driver.next_dataset_id(), plan, Persistence::Cached)?;
         let id = dataset.id();
         for s in stages {
             driver.register_dataset(s);
         }
-        driver.register_dataset(dataset);
+        driver.register_cached_dataset(dataset).await;
         Ok((id, properties))
     }
 
@@ -713,81 +817,17 @@ impl Session {
         &self,
         plan: Arc<dyn ExecutionPlan>,
         dir: &Path,
+        description: &JobDescription,
     ) -> Result<Vec<std::path::PathBuf>> {
         let driver = &self.inner.driver;
-        let mut next = || driver.next_dataset_id();
-        let mut stages = Vec::new();
-        let plan = cut_stages(plan, &mut next, &mut stages)?;
-        let dataset = Dataset::try_new(next(), plan, Persistence::Job)?;
-        let (files, metrics) = driver.write_parquet(dataset, stages, dir).await?;
+        let (plan, stages) = driver.plan_stages(plan)?;
+        let dataset = Dataset::try_new(driver.next_dataset_id(), plan, Persistence::Job)?;
+        let (files, metrics) = driver
+            .write_parquet(dataset, stages, dir, description)
+            .await?;
         self.record_metrics(metrics);
         Ok(files)
     }
-}
-
-/// Cuts a query's physical plan into the datasets a job computes and the final fragment the
-/// driver runs. The driver runs the final fragment itself only when it merges blocks into
-/// one stream (a final aggregation, a global limit or sort); any per-partition work left at
-/// the top runs as one more stage on the executors.
-fn job_stages(
-    plan: Arc<dyn ExecutionPlan>,
-    next: &mut dyn FnMut() -> ember_engine::DatasetId,
-) -> Result<(Arc<dyn ExecutionPlan>, Vec<Dataset>)> {
-    let mut stages = Vec::new();
-    let mut root = cut_stages(plan, next, &mut stages)?;
-    if root.output_partitioning().partition_count() > 1 || !reads_only_blocks(&root) {
-        root = stage_of(root, next, &mut stages, Persistence::Job)?;
-    }
-    if root.output_partitioning().partition_count() > 1 {
-        root = Arc::new(CoalescePartitionsExec::new(root));
-    }
-    Ok((root, stages))
-}
-
-/// Ember's stages in the order they run, then the driver's final fragment.
-fn describe_stages(root: &Arc<dyn ExecutionPlan>, stages: &[Dataset]) -> String {
-    use datafusion::physical_plan::displayable;
-    use std::fmt::Write;
-    let mut out = format!("Ember stages ({}):\n", stages.len());
-    for (i, stage) in stages.iter().enumerate() {
-        let deps: Vec<String> = stage
-            .dependencies()
-            .iter()
-            .map(|d| d.0.to_string())
-            .collect();
-        let _ = writeln!(
-            out,
-            "Stage {} (dataset {}): {} tasks{}{}",
-            i + 1,
-            stage.id().0,
-            stage.partitions(),
-            match stage.reduce_partitions() {
-                Some(r) => format!(", shuffle write into {r} partitions"),
-                None => String::new(),
-            },
-            if deps.is_empty() {
-                String::new()
-            } else {
-                format!(", reads datasets {}", deps.join(", "))
-            },
-        );
-        let _ = write!(
-            out,
-            "{}",
-            indent(&displayable(stage.plan().as_ref()).indent(true).to_string())
-        );
-    }
-    let _ = writeln!(out, "Driver (final fragment):");
-    let _ = write!(
-        out,
-        "{}",
-        indent(&displayable(root.as_ref()).indent(true).to_string())
-    );
-    out
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
 /// Checks that a user-given path exists, so a typo is reported with the path.

@@ -199,6 +199,8 @@ async fn executor_that_cannot_reach_its_driver_fails_to_start_with_the_address()
         id: None,
         register_timeout: std::time::Duration::from_millis(300),
         hooks: Default::default(),
+        driver_timeout: ember::executor::DEFAULT_DRIVER_TIMEOUT,
+        task_delay: None,
     })
     .await
     .expect_err("no driver there");

@@ -1,21 +1,21 @@
-//! DAG scheduler: runs a job by materializing the datasets it reads, stage by stage, one
-//! task per missing partition, then running the job's final fragment on the driver.
-//!
-//! A stage computes the missing partitions of one dataset:
+//! DAG scheduler: a job's own walk over its lineage. It materializes the datasets the job
+//! reads, stage by stage (one task per missing partition, handed to the scheduler loop),
+//! then runs the job's final fragment on the driver.
 //!
 //! ```text
 //!   dependencies materialized? --no--> materialize them first (recursively)
 //!        | yes
-//!   launch a task per missing partition (preferring the executor holding its input)
-//!        |-- success ------------------> record the block's location
-//!        |-- executor unreachable -----> executor lost, its blocks forgotten, task requeued
-//!        |-- runtime failure ----------> requeued until the task's attempt limit
-//!        |-- plan / input error -------> job fails
-//!        '-- input block missing ------> stage ends; the lost input is recomputed and the
-//!                                        stage resubmitted (up to the stage attempt limit)
+//!   submit the stage to the scheduler loop, await its report
+//!        |-- complete ----------------> record the blocks' locations
+//!        |-- input block missing -----> the lost input is recomputed and the stage
+//!        |                              resubmitted (up to the stage attempt limit)
+//!        |-- failed / cancelled ------> the job ends with the error
 //! ```
+//!
+//! Task placement, retries, speculation, executor loss and cancellation belong to the
+//! loop (`scheduler`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,24 +29,23 @@ use ember_engine::block_read::BlockReadExec;
 use ember_engine::block_read::{task_context_with_reader, BlockReader};
 use ember_engine::lineage::{all_block_reads, block_dependencies, Dataset, Persistence};
 use ember_engine::plan_codec::encode_plan;
-use ember_engine::proto::{
-    task_output, task_status, BlockLocation, FailureKind, LaunchTaskRequest, ShuffleWrite,
-    StoreBlock, TaskFailure, TaskOutput, WriteParquet,
-};
-use ember_engine::rpc::transport_error;
-use ember_engine::{BlockId, DatasetId, EngineError, ExecutorId, StageId};
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use ember_engine::proto::{BlockLocation, LaunchTaskRequest};
+use ember_engine::{BlockId, DatasetId, EngineError, ExecutorId, JobId};
 
 use crate::block_fetch::DriverBlockReader;
 use crate::error::{DriverError, Result};
+use crate::events::JobStatus;
 use crate::metrics::JobMetrics;
-use crate::registry::ExecutorInfo;
-use crate::Driver;
+use crate::scheduler::{OutputKind, StageEnd, StageSpec};
+use crate::{Driver, JobDescription};
 
-/// Bookkeeping of one running job.
+/// Bookkeeping of one running job. Dropped before [`Driver::end_job`] (the caller stopped
+/// waiting), it cancels the job's tasks and removes its blocks in the background.
 #[derive(Debug)]
 pub(crate) struct Job {
+    pub(crate) id: JobId,
+    driver: Arc<Driver>,
+    ended: bool,
     pub(crate) metrics: JobMetrics,
     /// Datasets made for this job alone: dropped from the lineage graph when it ends.
     pub(crate) temporary: Vec<DatasetId>,
@@ -55,6 +54,36 @@ pub(crate) struct Job {
     /// Cached datasets whose resident blocks were already counted as cache hits.
     cache_counted: Vec<DatasetId>,
     started: Instant,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let driver = Arc::clone(&self.driver);
+        let job = self.id;
+        let mut datasets = self.materialized.clone();
+        datasets.extend(self.temporary.iter().copied());
+        driver
+            .scheduler
+            .cancel_now(job, "the caller stopped waiting for the job".into());
+        runtime.spawn(async move {
+            let reason = "the caller stopped waiting for the job".to_string();
+            let _ = driver.scheduler.cancel(Some(job), reason.clone()).await;
+            driver.drop_blocks(&datasets).await;
+            for d in &datasets {
+                driver.forget_dataset(*d);
+            }
+            driver
+                .scheduler
+                .job_ended(job, JobStatus::Cancelled, Some(reason))
+                .await;
+        });
+    }
 }
 
 /// Where a stage's output goes.
@@ -83,13 +112,6 @@ impl From<DriverError> for StageFailure {
     fn from(e: DriverError) -> Self {
         StageFailure::Fatal(e)
     }
-}
-
-/// The outcome of one task attempt, as the scheduler sees it.
-enum Attempt {
-    Succeeded(ember_engine::proto::TaskSuccess),
-    Failed(TaskFailure),
-    Unreachable(EngineError),
 }
 
 /// Resubmission budget of one dataset (or of the driver's final fragment).
@@ -138,15 +160,27 @@ pub fn part_file_name(partition: u32) -> String {
 }
 
 impl Driver {
-    pub(crate) fn new_job(&self, temporary: Vec<Dataset>) -> Job {
+    /// Registers a job and its temporary datasets with the scheduler.
+    pub(crate) async fn new_job(
+        self: &Arc<Self>,
+        temporary: Vec<Dataset>,
+        description: &JobDescription,
+    ) -> Job {
         let mut ids = Vec::with_capacity(temporary.len());
         for d in temporary {
             ids.push(d.id());
             self.register_dataset(d);
         }
+        let id = self.next_job_id();
+        self.scheduler
+            .job_started(id, description.text.clone(), description.pool.clone())
+            .await;
         Job {
+            id,
+            driver: Arc::clone(self),
+            ended: false,
             metrics: JobMetrics {
-                job: Some(self.next_job_id()),
+                job: Some(id),
                 ..JobMetrics::default()
             },
             temporary: ids,
@@ -156,7 +190,10 @@ impl Driver {
         }
     }
 
-    pub(crate) async fn end_job(&self, job: &mut Job) {
+    /// Ends a job: drops its job-scoped blocks and temporary datasets and tells the
+    /// scheduler how it went.
+    pub(crate) async fn end_job<T>(&self, job: &mut Job, result: &Result<T>) {
+        job.ended = true;
         let mut drop: Vec<DatasetId> = job.materialized.clone();
         for d in &job.temporary {
             if !drop.contains(d) {
@@ -164,10 +201,21 @@ impl Driver {
             }
         }
         self.drop_blocks(&drop).await;
+        for d in &drop {
+            self.forget_dataset_blocks(*d);
+        }
         for d in &job.temporary {
-            self.lineage.remove(d);
+            self.forget_dataset(*d);
         }
         job.metrics.duration = job.started.elapsed();
+        let (status, error) = match result {
+            Ok(_) => (JobStatus::Succeeded, None),
+            Err(DriverError::Cancelled { reason, .. }) => {
+                (JobStatus::Cancelled, Some(reason.clone()))
+            }
+            Err(e) => (JobStatus::Failed, Some(e.to_string())),
+        };
+        self.scheduler.job_ended(job.id, status, error).await;
     }
 
     /// Runs `root` (a fragment whose leaves read blocks) on the driver after materializing
@@ -176,16 +224,17 @@ impl Driver {
     /// # Errors
     ///
     /// A task failed for good (the error names stage, partition, executor and cause), no
-    /// executor was available, or inputs kept getting lost.
+    /// executor was available, inputs kept getting lost, or the job was cancelled.
     pub async fn collect(
         self: &Arc<Self>,
         root: Arc<dyn ExecutionPlan>,
         temporary: Vec<Dataset>,
+        description: &JobDescription,
     ) -> Result<(Vec<RecordBatch>, JobMetrics)> {
-        let mut job = self.new_job(temporary);
+        let mut job = self.new_job(temporary, description).await;
         let result = self.collect_in(&mut job, root).await;
-        self.end_job(&mut job).await;
-        result.map(|batches| (batches, job.metrics))
+        self.end_job(&mut job, &result).await;
+        result.map(|batches| (batches, job.metrics.clone()))
     }
 
     pub(crate) async fn collect_in(
@@ -232,12 +281,13 @@ impl Driver {
         dataset: Dataset,
         temporary: Vec<Dataset>,
         dir: &Path,
+        description: &JobDescription,
     ) -> Result<(Vec<PathBuf>, JobMetrics)> {
         let id = dataset.id();
         let partitions = dataset.partitions();
         let mut all = temporary;
         all.push(dataset);
-        let mut job = self.new_job(all);
+        let mut job = self.new_job(all, description).await;
         let result = self
             .run_until_done(
                 &mut job,
@@ -246,12 +296,12 @@ impl Driver {
                 StageOutput::Parquet(dir.to_path_buf()),
             )
             .await;
-        self.end_job(&mut job).await;
+        self.end_job(&mut job, &result).await;
         result?;
         let files = (0..partitions as u32)
             .map(|p| dir.join(part_file_name(p)))
             .collect();
-        Ok((files, job.metrics))
+        Ok((files, job.metrics.clone()))
     }
 
     fn task_context(&self, reader: Arc<dyn BlockReader>) -> Arc<TaskContext> {
@@ -376,14 +426,19 @@ impl Driver {
             self.locations.remove_if_at(block, executor);
             false
         } else {
-            if self.lose_executor(executor, "block fetch failed") {
+            if self
+                .scheduler
+                .executor_lost(executor.clone(), "a block fetch from it failed".into())
+                .await
+            {
                 job.metrics.executors_lost += 1;
             }
             true
         }
     }
 
-    /// Runs one stage: a task for each of `partitions` of `dataset`.
+    /// Runs one stage: a task for each of `partitions` of `dataset`, placed, retried and
+    /// speculated by the scheduler loop.
     async fn run_stage(
         self: &Arc<Self>,
         job: &mut Job,
@@ -394,9 +449,7 @@ impl Driver {
     ) -> Result<(), StageFailure> {
         let stage = self.next_stage_id();
         let stage_started = Instant::now();
-        let tasks_before = job.metrics.tasks_run;
         job.metrics.stages_run += 1;
-        let job_id = job.metrics.job.map(|j| j.0).unwrap_or_default();
         let inputs = self.input_locations(&plan)?;
         let encoded = encode_plan(plan).map_err(DriverError::from)?;
         let narrow: Vec<DatasetId> = dataset
@@ -409,154 +462,118 @@ impl Driver {
             .copied()
             .collect();
         let grouped = grouped_reads(dataset.plan());
+        let preferred = partitions
+            .iter()
+            .map(|p| self.preferred_executors(*p, &narrow, &grouped))
+            .collect();
+        let output_kind = match output {
+            StageOutput::Store if dataset.reduce_partitions().is_some() => OutputKind::Shuffle,
+            StageOutput::Store => OutputKind::Store {
+                cached: dataset.persistence() == Persistence::Cached,
+            },
+            StageOutput::Parquet(dir) => OutputKind::Parquet(dir.clone()),
+        };
         tracing::debug!(%stage, dataset = %dataset.id(), tasks = partitions.len(), "stage submitted");
-
-        let mut pending: VecDeque<(u32, u32)> = partitions.iter().map(|p| (*p, 0)).collect();
-        let mut busy: HashMap<ExecutorId, u32> = HashMap::new();
-        let mut running = FuturesUnordered::new();
-        let mut waited_since: Option<Instant> = None;
-        loop {
-            // Launch while there are free slots.
-            while let Some(&(partition, attempts)) = pending.front() {
-                let alive = self.registry.alive();
-                let Some(executor) =
-                    choose_executor(&alive, &busy, partition, &narrow, &grouped, self)
-                else {
-                    break;
-                };
-                pending.pop_front();
-                *busy.entry(executor.id.clone()).or_default() += 1;
-                job.metrics.tasks_run += 1;
-                if dataset.reads_source() {
-                    job.metrics.source_partitions_read += 1;
-                }
-                let request = LaunchTaskRequest {
-                    job_id,
+        let report = self
+            .scheduler
+            .run_stage(StageSpec {
+                job: job.id,
+                stage,
+                dataset: dataset.id(),
+                partitions: partitions.to_vec(),
+                preferred,
+                template: LaunchTaskRequest {
+                    job_id: job.id.0,
                     stage_id: stage.0,
-                    partition,
-                    attempt: attempts,
+                    partition: 0,
+                    attempt: 0,
                     dataset: dataset.id().0,
-                    plan: encoded.clone(),
-                    inputs: inputs.clone(),
-                    output: Some(task_output_for(dataset, output, partition)),
-                };
-                let driver = Arc::clone(self);
-                running.push(async move {
-                    let attempt = driver.launch(&executor, request).await;
-                    (partition, attempts, executor.id, attempt)
+                    plan: encoded,
+                    inputs,
+                    output: None,
+                    task_id: 0,
+                },
+                output: output_kind,
+            })
+            .await?;
+        job.metrics.tasks_run += report.attempts;
+        job.metrics.task_failures += report.failures;
+        job.metrics.executors_lost += report.executors_lost;
+        if dataset.reads_source() {
+            job.metrics.source_partitions_read += report.attempts;
+        }
+        for done in report.done {
+            self.record_success(job, dataset, done.partition, output, done.success);
+        }
+        match report.end {
+            StageEnd::Complete => {
+                job.metrics.stages.push(crate::metrics::StageTiming {
+                    dataset: dataset.id(),
+                    shuffle: dataset.reduce_partitions().is_some(),
+                    tasks: report.attempts,
+                    wall: stage_started.elapsed(),
                 });
+                Ok(())
             }
-            if running.is_empty() {
-                if pending.is_empty() {
-                    let tasks = job.metrics.tasks_run - tasks_before;
-                    let shuffle = dataset.reduce_partitions().is_some();
-                    job.metrics.stages.push(crate::metrics::StageTiming {
-                        dataset: dataset.id(),
-                        shuffle,
-                        tasks,
-                        wall: stage_started.elapsed(),
-                    });
-                    let _ = self.events.send(crate::SchedulerEvent::StageCompleted {
-                        job: job.metrics.job.unwrap_or(ember_engine::JobId(0)),
-                        stage,
-                        dataset: dataset.id(),
-                        shuffle,
-                        tasks,
-                    });
-                    return Ok(());
-                }
-                // Nothing running and nothing could be placed: no executor is alive.
-                let since = *waited_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.config.executor_wait {
-                    return Err(DriverError::NoExecutors {
-                        waited: since.elapsed(),
-                    }
-                    .into());
-                }
-                let left = self.config.executor_wait - since.elapsed();
-                self.registry.wait_for(1, left).await;
-                continue;
-            }
-            waited_since = None;
-            let Some((partition, attempts, executor, attempt)) = running.next().await else {
-                continue;
-            };
-            if let Some(n) = busy.get_mut(&executor) {
-                *n = n.saturating_sub(1);
-            }
-            let give_up = |attempts: u32, user_error: bool, message: String| -> StageFailure {
-                task_failed(
-                    stage,
-                    dataset.id(),
-                    partition,
-                    &executor,
-                    attempts,
-                    user_error,
-                    message,
-                )
-                .into()
-            };
-            let cause = match attempt {
-                Attempt::Succeeded(success) => {
-                    self.record_success(job, dataset, partition, &executor, output, success);
-                    continue;
-                }
-                Attempt::Unreachable(e) => {
-                    job.metrics.task_failures += 1;
-                    if self.lose_executor(&executor, "task launch failed") {
-                        job.metrics.executors_lost += 1;
-                    }
-                    e.to_string()
-                }
-                Attempt::Failed(failure) => {
-                    job.metrics.task_failures += 1;
-                    let kind = FailureKind::try_from(failure.kind).unwrap_or(FailureKind::Internal);
-                    match kind {
-                        FailureKind::FetchFailed => {
-                            let block = failure
-                                .missing_block
-                                .map(BlockId::from)
-                                .unwrap_or(BlockId::new(DatasetId(0), 0));
-                            return Err(StageFailure::FetchFailed {
-                                block,
-                                executor: ExecutorId(failure.missing_block_executor),
-                                reason: failure.message,
-                            });
-                        }
-                        FailureKind::Cancelled => {
-                            pending.push_back((partition, attempts));
-                            continue;
-                        }
-                        FailureKind::Plan | FailureKind::Internal => {
-                            return Err(give_up(
-                                attempts + 1,
-                                kind == FailureKind::Plan,
-                                failure.message,
-                            ));
-                        }
-                        FailureKind::Execution | FailureKind::ResourcesExhausted => {
-                            tracing::warn!(%stage, partition, executor = %executor, error = %failure.message, "task failed; retrying");
-                            failure.message
-                        }
-                    }
-                }
-            };
-            let attempts = attempts + 1;
-            if attempts >= self.config.max_task_attempts {
-                return Err(give_up(attempts, false, cause));
-            }
-            pending.push_back((partition, attempts));
+            StageEnd::FetchFailed {
+                block,
+                executor,
+                reason,
+            } => Err(StageFailure::FetchFailed {
+                block,
+                executor,
+                reason,
+            }),
+            StageEnd::Failed(e) => Err(StageFailure::Fatal(e)),
+            StageEnd::Cancelled(reason) => Err(StageFailure::Fatal(DriverError::Cancelled {
+                job: job.id,
+                reason,
+            })),
         }
     }
 
-    /// Records a successful task: its block's location, blocks it filled or evicted, and
-    /// what it read.
+    /// Executors to prefer for `partition`: the holder of its narrow input, then the one
+    /// holding most of a grouped read's inputs.
+    fn preferred_executors(
+        &self,
+        partition: u32,
+        narrow: &[DatasetId],
+        grouped: &[BlockReadExec],
+    ) -> Vec<ExecutorId> {
+        let mut preferred = Vec::new();
+        for dep in narrow {
+            if let Some(holder) = self.locations.get(BlockId::new(*dep, partition)) {
+                if !preferred.contains(&holder) {
+                    preferred.push(holder);
+                }
+            }
+        }
+        for read in grouped {
+            let mut held: HashMap<ExecutorId, usize> = HashMap::new();
+            for p in read.inputs_of(partition as usize) {
+                if let Some(holder) = self.locations.get(BlockId::new(read.dataset(), p)) {
+                    *held.entry(holder).or_default() += 1;
+                }
+            }
+            let mut by_count: Vec<(usize, ExecutorId)> =
+                held.into_iter().map(|(e, n)| (n, e)).collect();
+            by_count.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            for (_, e) in by_count {
+                if !preferred.contains(&e) {
+                    preferred.push(e);
+                }
+            }
+        }
+        preferred
+    }
+
+    /// Counts what a successful task computed and read (the scheduler loop already
+    /// recorded where its blocks live).
     fn record_success(
         &self,
         job: &mut Job,
         dataset: &Dataset,
         partition: u32,
-        executor: &ExecutorId,
         output: &StageOutput,
         success: ember_engine::proto::TaskSuccess,
     ) {
@@ -565,21 +582,15 @@ impl Driver {
             if self.computed.insert(block, ()).is_some() {
                 job.metrics.partitions_recomputed += 1;
             }
-            self.locations.insert(block, executor.clone());
         }
         if matches!(output, StageOutput::Parquet(_)) {
             job.metrics.rows_written += success.rows;
-        }
-        for evicted in &success.evicted {
-            self.locations
-                .remove_if_at(BlockId::from(evicted), executor);
         }
         for filled in &success.filled {
             let block = BlockId::from(filled);
             if self.computed.insert(block, ()).is_some() {
                 job.metrics.partitions_recomputed += 1;
             }
-            self.locations.insert(block, executor.clone());
         }
         if let Some(m) = success.metrics {
             job.metrics.blocks_read_local += m.blocks_read_local as usize;
@@ -634,68 +645,6 @@ impl Driver {
         }
         Ok(inputs)
     }
-
-    async fn launch(&self, executor: &ExecutorInfo, request: LaunchTaskRequest) -> Attempt {
-        let mut client = match self.pool.executor(&executor.address) {
-            Ok(c) => c,
-            Err(e) => return Attempt::Unreachable(e),
-        };
-        match tokio::time::timeout(self.config.task_timeout, client.launch_task(request)).await {
-            Err(_) => Attempt::Unreachable(transport_error(
-                &executor.address,
-                tonic::Status::deadline_exceeded("task ran past the task timeout"),
-            )),
-            Ok(Err(status)) => Attempt::Unreachable(transport_error(&executor.address, status)),
-            Ok(Ok(resp)) => match resp.into_inner().result {
-                Some(task_status::Result::Success(s)) => Attempt::Succeeded(s),
-                Some(task_status::Result::Failure(f)) => Attempt::Failed(f),
-                None => Attempt::Failed(TaskFailure {
-                    kind: FailureKind::Internal as i32,
-                    message: "executor sent an empty task status".into(),
-                    missing_block: None,
-                    missing_block_executor: String::new(),
-                }),
-            },
-        }
-    }
-}
-
-fn task_failed(
-    stage: StageId,
-    dataset: DatasetId,
-    partition: u32,
-    executor: &ExecutorId,
-    attempts: u32,
-    user_error: bool,
-    message: String,
-) -> DriverError {
-    DriverError::TaskFailed {
-        stage,
-        dataset,
-        partition,
-        executor: executor.clone(),
-        attempts,
-        user_error,
-        message,
-    }
-}
-
-fn task_output_for(dataset: &Dataset, output: &StageOutput, partition: u32) -> TaskOutput {
-    let kind = match output {
-        StageOutput::Store if dataset.reduce_partitions().is_some() => {
-            task_output::Kind::Shuffle(ShuffleWrite {})
-        }
-        StageOutput::Store => task_output::Kind::Store(StoreBlock {
-            cached: dataset.persistence() == Persistence::Cached,
-        }),
-        StageOutput::Parquet(dir) => task_output::Kind::WriteParquet(WriteParquet {
-            path: dir
-                .join(part_file_name(partition))
-                .to_string_lossy()
-                .into_owned(),
-        }),
-    };
-    TaskOutput { kind: Some(kind) }
 }
 
 /// The grouped block reads of `plan` (each output partition reads a fixed set of parent
@@ -713,50 +662,4 @@ fn grouped_reads(plan: &Arc<dyn ExecutionPlan>) -> Vec<BlockReadExec> {
         Ok(TreeNodeRecursion::Continue)
     });
     found
-}
-
-/// Picks where partition `partition` runs: the executor holding its narrow input (or most
-/// of a grouped read's inputs) if it has a free slot, else the least loaded executor with a
-/// free slot.
-fn choose_executor(
-    alive: &[ExecutorInfo],
-    busy: &HashMap<ExecutorId, u32>,
-    partition: u32,
-    narrow: &[DatasetId],
-    grouped: &[BlockReadExec],
-    driver: &Driver,
-) -> Option<ExecutorInfo> {
-    let load = |e: &ExecutorInfo| busy.get(&e.id).copied().unwrap_or(0);
-    for dep in narrow {
-        if let Some(holder) = driver.locations.get(BlockId::new(*dep, partition)) {
-            if let Some(e) = alive.iter().find(|e| e.id == holder && load(e) < e.cores) {
-                return Some(e.clone());
-            }
-        }
-    }
-    for read in grouped {
-        let mut held: HashMap<ExecutorId, usize> = HashMap::new();
-        for p in read.inputs_of(partition as usize) {
-            if let Some(holder) = driver.locations.get(BlockId::new(read.dataset(), p)) {
-                *held.entry(holder).or_default() += 1;
-            }
-        }
-        let best = alive
-            .iter()
-            .filter(|e| load(e) < e.cores)
-            .filter_map(|e| held.get(&e.id).map(|n| (n, e)))
-            .max_by_key(|(n, _)| **n);
-        if let Some((_, e)) = best {
-            return Some(e.clone());
-        }
-    }
-    alive
-        .iter()
-        .filter(|e| load(e) < e.cores)
-        .min_by(|a, b| {
-            let la = load(a) as f64 / a.cores as f64;
-            let lb = load(b) as f64 / b.cores as f64;
-            la.total_cmp(&lb)
-        })
-        .cloned()
 }

@@ -51,6 +51,14 @@ pub enum DriverError {
         /// Why the last attempt failed.
         last_cause: String,
     },
+    /// The job was cancelled (by `cancel_job`, `cancel_all`, or its caller dropping it).
+    #[error("{job} cancelled: {reason}")]
+    Cancelled {
+        /// The job.
+        job: ember_engine::JobId,
+        /// Why.
+        reason: String,
+    },
     /// A bug in Ember.
     #[error("internal error (this is a bug in Ember): {0}")]
     Internal(String),

@@ -1,17 +1,19 @@
-//! DriverService: the gRPC surface executors call (register, heartbeat). Handlers only
-//! update the registry and block locations.
+//! DriverService: the gRPC surface executors call (register, heartbeat, task status).
+//! Handlers only translate messages into scheduler events.
 
 use std::sync::Arc;
 
 use ember_engine::proto::driver_service_server::DriverService;
 use ember_engine::proto::{
     HeartbeatRequest, HeartbeatResponse, RegisterExecutorRequest, RegisterExecutorResponse,
+    TaskStatusAck, TaskStatusReport,
 };
 use ember_engine::{BlockId, ExecutorId};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::registry::{ExecutorInfo, ExecutorState};
+use crate::scheduler::Heartbeat;
 use crate::Driver;
 
 /// The driver's gRPC service.
@@ -33,20 +35,21 @@ impl DriverService for DriverServiceImpl {
             ));
         }
         let id = ExecutorId(r.executor_id);
-        // A re-registering executor may hold blocks the driver already wrote off; they are
-        // never read again, so drop them to free its memory.
-        self.driver.locations.remove_executor(&id);
-        self.driver.registry.register(ExecutorInfo {
-            id,
-            address: r.address,
-            cores: r.cores.max(1),
-            memory_bytes: r.memory_bytes,
-            used_bytes: 0,
-            pid: r.pid,
-            last_heartbeat: Instant::now(),
-            state: ExecutorState::Alive,
-            device: r.device,
-        });
+        self.driver
+            .scheduler
+            .register(ExecutorInfo {
+                id,
+                address: r.address,
+                cores: r.cores.max(1),
+                memory_bytes: r.memory_bytes,
+                used_bytes: 0,
+                pid: r.pid,
+                last_heartbeat: Instant::now(),
+                state: ExecutorState::Alive,
+                device: r.device,
+            })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(RegisterExecutorResponse {
             heartbeat_interval_ms: self.driver.config.heartbeat_interval.as_millis() as u64,
         }))
@@ -57,13 +60,34 @@ impl DriverService for DriverServiceImpl {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let r = request.into_inner();
-        let id = ExecutorId(r.executor_id);
-        let known = self.driver.registry.heartbeat(&id, r.used_bytes);
-        for block in &r.evicted {
-            self.driver
-                .locations
-                .remove_if_at(BlockId::from(block), &id);
-        }
+        let known = self
+            .driver
+            .scheduler
+            .heartbeat(Heartbeat {
+                executor: ExecutorId(r.executor_id),
+                used_bytes: r.used_bytes,
+                blocks: r.blocks,
+                disk_bytes: r.disk_bytes,
+                running: r.running_task_ids,
+                evicted: r.evicted.iter().map(BlockId::from).collect(),
+            })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(HeartbeatResponse { reregister: !known }))
+    }
+
+    async fn report_task_status(
+        &self,
+        request: Request<TaskStatusReport>,
+    ) -> Result<Response<TaskStatusAck>, Status> {
+        let r = request.into_inner();
+        let status = r
+            .status
+            .ok_or_else(|| Status::invalid_argument("task status report without a status"))?;
+        self.driver
+            .scheduler
+            .task_status(ExecutorId(r.executor_id), r.task_id, status)
+            .await;
+        Ok(Response::new(TaskStatusAck {}))
     }
 }

@@ -3,10 +3,16 @@
 //!
 //! # Layout
 //!
-//! - [`registry`]: executors, their liveness and heartbeats.
+//! - [`scheduler`]: the loop that owns jobs, stages, task attempts and executors: task
+//!   placement (FIFO or FAIR), retries, speculation, exclusion, cancellation, executor loss.
+//! - [`planner`]: cuts DataFusion physical plans into stages and the driver's fragment.
+//! - `dag_scheduler`: a job's walk over its lineage, one stage at a time; recomputes lost
+//!   inputs.
+//! - [`registry`]: the published view of the executors (written by the loop).
 //! - [`block_locations`]: which executor holds which block.
-//! - `dag_scheduler`: turns a job into stages and tasks, retries, recomputes lost blocks.
-//! - `grpc`: the DriverService executors call.
+//! - [`events`], [`snapshot`]: what the scheduler reports, the event log, and the state
+//!   folded from events.
+//! - `grpc`: the DriverService executors call (register, heartbeat, task status).
 //! - `block_fetch`: block reads for the fragment the driver runs itself.
 //! - [`metrics`]: per-job counters.
 //! - [`error`]: the error type, [`DriverError`].
@@ -18,22 +24,31 @@ pub mod block_locations;
 mod dag_scheduler;
 /// The driver's error type.
 pub mod error;
+/// Scheduler events and the event log.
+pub mod events;
 mod grpc;
 /// Per-job counters.
 pub mod metrics;
+/// Cutting physical plans into stages.
+pub mod planner;
 /// Executors known to the driver.
 pub mod registry;
+/// The scheduler loop.
+pub mod scheduler;
+/// State folded from scheduler events.
+pub mod snapshot;
 mod tree_aggregate;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use datafusion::prelude::SessionContext;
-use ember_engine::lineage::Dataset;
+use ember_engine::lineage::{Dataset, Persistence};
 use ember_engine::proto::driver_service_server::DriverServiceServer;
 use ember_engine::proto::{RemoveBlocksRequest, ShutdownRequest};
 use ember_engine::rpc::{self, ChannelPool, CONTROL_TIMEOUT, MAX_MESSAGE_BYTES};
@@ -44,8 +59,35 @@ use tokio::task::JoinHandle;
 
 pub use block_locations::BlockLocations;
 pub use error::{DriverError, Result};
+pub use events::{JobStatus, SchedulerEvent, StageStatus, TaskEndStatus, TaskFigures};
 pub use metrics::{JobMetrics, StageTiming};
 pub use registry::{ExecutorInfo, ExecutorRegistry, ExecutorState};
+pub use scheduler::{Exclusion, SchedulingMode, Speculation};
+pub use snapshot::{AppSnapshot, SnapshotBuilder};
+
+use crate::scheduler::SchedulerHandle;
+
+/// What a job is, for the snapshot, the event log and FAIR scheduling.
+#[derive(Debug, Clone)]
+pub struct JobDescription {
+    /// What it runs: the SQL text, or the action.
+    pub text: String,
+    /// The pool it shares task slots in under [`SchedulingMode::Fair`].
+    pub pool: String,
+}
+
+impl JobDescription {
+    /// A job described by `text`, in the default pool.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            pool: DEFAULT_POOL.to_string(),
+        }
+    }
+}
+
+/// The pool jobs run in unless told otherwise.
+pub const DEFAULT_POOL: &str = "default";
 
 /// Tunables of the driver.
 #[derive(Debug, Clone)]
@@ -58,10 +100,19 @@ pub struct DriverConfig {
     pub max_task_attempts: u32,
     /// Times one dataset may be resubmitted after losing its inputs.
     pub max_stage_attempts: u32,
-    /// Longest a single task may run.
+    /// Longest a task attempt may run before it is stopped and tried again (counted as a
+    /// failure).
     pub task_timeout: Duration,
     /// How long a job waits for an executor when none is alive.
     pub executor_wait: Duration,
+    /// How jobs share task slots.
+    pub scheduling_mode: SchedulingMode,
+    /// Speculative copies of stragglers.
+    pub speculation: Speculation,
+    /// Excluding executors whose tasks keep failing or straggling.
+    pub exclusion: Exclusion,
+    /// Where to append the JSON-lines event log (`<dir>/<app id>.jsonl`); none when unset.
+    pub event_log: Option<PathBuf>,
 }
 
 impl Default for DriverConfig {
@@ -73,17 +124,24 @@ impl Default for DriverConfig {
             max_stage_attempts: 4,
             task_timeout: Duration::from_secs(3600),
             executor_wait: Duration::from_secs(30),
+            scheduling_mode: SchedulingMode::Fifo,
+            speculation: Speculation::default(),
+            exclusion: Exclusion::default(),
+            event_log: None,
         }
     }
 }
 
-/// The driver's state, shared by the scheduler, the gRPC service and the heartbeat monitor.
+/// The driver: the lineage graph, the published executor and block views, and the way
+/// into the scheduler loop that owns everything that changes while jobs run.
 pub struct Driver {
     address: SocketAddr,
+    app: String,
     config: DriverConfig,
-    registry: ExecutorRegistry,
-    locations: BlockLocations,
+    registry: Arc<ExecutorRegistry>,
+    locations: Arc<BlockLocations>,
     pool: ChannelPool,
+    scheduler: SchedulerHandle,
     lineage: DashMap<DatasetId, Arc<Dataset>>,
     /// Blocks computed at least once, to tell a first computation from a recomputation.
     computed: DashMap<BlockId, ()>,
@@ -91,26 +149,6 @@ pub struct Driver {
     next_job: AtomicU64,
     next_stage: AtomicU32,
     session: SessionContext,
-    events: tokio::sync::broadcast::Sender<SchedulerEvent>,
-}
-
-/// What the scheduler reports as jobs run (for monitoring, and for tests that act at a
-/// given point of a job).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SchedulerEvent {
-    /// Every task of a stage succeeded.
-    StageCompleted {
-        /// The job.
-        job: JobId,
-        /// The stage.
-        stage: StageId,
-        /// The dataset whose partitions the stage computed.
-        dataset: DatasetId,
-        /// Whether the stage was the map side of a shuffle.
-        shuffle: bool,
-        /// Tasks the stage ran.
-        tasks: usize,
-    },
 }
 
 impl std::fmt::Debug for Driver {
@@ -123,13 +161,13 @@ impl std::fmt::Debug for Driver {
     }
 }
 
-/// A running driver: its gRPC server and heartbeat monitor stop when this is dropped.
+/// A running driver: its gRPC server and scheduler loop stop when this is dropped.
 #[derive(Debug)]
 pub struct DriverHandle {
     driver: Arc<Driver>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
-    monitor: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
 }
 
 impl Deref for DriverHandle {
@@ -143,7 +181,7 @@ impl Drop for DriverHandle {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
         self.server.abort();
-        self.monitor.abort();
+        self.scheduler.abort();
     }
 }
 
@@ -181,12 +219,6 @@ impl DriverHandle {
         }
     }
 
-    /// Scheduler events from now on. A receiver that falls more than 256 events behind
-    /// loses the oldest.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SchedulerEvent> {
-        self.events.subscribe()
-    }
-
     /// The address cannot be bound.
     pub async fn start(bind: SocketAddr, config: DriverConfig) -> Result<Self> {
         let listener = TcpListener::bind(bind)
@@ -195,19 +227,31 @@ impl DriverHandle {
         let address = listener
             .local_addr()
             .map_err(|e| EngineError::io(bind.to_string(), e))?;
+        let registry = Arc::new(ExecutorRegistry::new());
+        let locations = Arc::new(BlockLocations::new());
+        let pool = ChannelPool::new();
+        let app = format!("app-{}-{}", events::now_ms(), std::process::id());
+        let (scheduler, loop_task) = SchedulerHandle::start(
+            config.clone(),
+            Arc::clone(&registry),
+            Arc::clone(&locations),
+            Arc::new(scheduler::GrpcBackend { pool: pool.clone() }),
+            app.clone(),
+        )?;
         let driver = Arc::new(Driver {
             address,
+            app,
             config,
-            registry: ExecutorRegistry::new(),
-            locations: BlockLocations::new(),
-            pool: ChannelPool::new(),
+            registry,
+            locations,
+            pool,
+            scheduler,
             lineage: DashMap::new(),
             computed: DashMap::new(),
             next_dataset: AtomicU64::new(1),
             next_job: AtomicU64::new(1),
             next_stage: AtomicU32::new(1),
             session: SessionContext::new(),
-            events: tokio::sync::broadcast::channel(256).0,
         });
         let (shutdown, _) = watch::channel(false);
         let mut stop = shutdown.subscribe();
@@ -226,25 +270,13 @@ impl DriverHandle {
                 tracing::error!(error = %e, "driver server failed");
             }
         });
-        let monitor = tokio::spawn(heartbeat_monitor(Arc::clone(&driver)));
-        tracing::info!(%address, "driver started");
+        tracing::info!(%address, app = %driver.app, "driver started");
         Ok(Self {
             driver,
             shutdown,
             server,
-            monitor,
+            scheduler: loop_task,
         })
-    }
-}
-
-/// Declares executors lost when their heartbeats stop.
-async fn heartbeat_monitor(driver: Arc<Driver>) {
-    let mut ticker = tokio::time::interval(driver.config.heartbeat_interval);
-    loop {
-        ticker.tick().await;
-        for id in driver.registry.expired(driver.config.executor_timeout) {
-            driver.lose_executor(&id, "missed heartbeats");
-        }
     }
 }
 
@@ -277,11 +309,76 @@ impl Driver {
         StageId(self.next_stage.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The application's id (the event log's file name).
+    pub fn app_id(&self) -> &str {
+        &self.app
+    }
+
+    /// Scheduler events from now on (every job, stage, task and executor change). A
+    /// receiver that falls more than 1024 events behind loses the oldest.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SchedulerEvent> {
+        self.scheduler.subscribe()
+    }
+
+    /// What the driver is doing and has done: jobs with their stages and tasks, executors,
+    /// cached datasets.
+    ///
+    /// # Errors
+    ///
+    /// The scheduler loop has stopped.
+    pub async fn snapshot(&self) -> Result<AppSnapshot> {
+        self.scheduler.snapshot().await
+    }
+
+    /// Cancels a running job: its tasks are stopped on the executors and its job-scoped
+    /// blocks removed; the job's caller gets [`DriverError::Cancelled`]. Resolves once no
+    /// task of it runs. Returns whether the job was running.
+    ///
+    /// # Errors
+    ///
+    /// The scheduler loop has stopped.
+    pub async fn cancel_job(&self, job: JobId, reason: &str) -> Result<bool> {
+        Ok(self.scheduler.cancel(Some(job), reason.to_string()).await? > 0)
+    }
+
+    /// Cancels every running job; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The scheduler loop has stopped.
+    pub async fn cancel_all(&self, reason: &str) -> Result<usize> {
+        self.scheduler.cancel(None, reason.to_string()).await
+    }
+
     /// Adds a dataset to the lineage graph.
     pub fn register_dataset(&self, dataset: Dataset) -> Arc<Dataset> {
         let dataset = Arc::new(dataset);
         self.lineage.insert(dataset.id(), Arc::clone(&dataset));
         dataset
+    }
+
+    /// Adds a cached dataset to the lineage graph and reports it in the snapshot.
+    pub async fn register_cached_dataset(&self, dataset: Dataset) -> Arc<Dataset> {
+        let partitions = dataset.partitions();
+        let dataset = self.register_dataset(dataset);
+        self.scheduler
+            .dataset_event(SchedulerEvent::DatasetCached {
+                dataset: dataset.id(),
+                partitions,
+                time_ms: events::now_ms(),
+            })
+            .await;
+        dataset
+    }
+
+    /// Drops a dataset from the lineage graph (its blocks are removed separately).
+    fn forget_dataset(&self, id: DatasetId) {
+        self.lineage.remove(&id);
+    }
+
+    /// Forgets which blocks of `id` were ever computed.
+    fn forget_dataset_blocks(&self, id: DatasetId) {
+        self.computed.retain(|block, _| block.dataset != id);
     }
 
     /// A dataset of the lineage graph.
@@ -292,10 +389,41 @@ impl Driver {
             .ok_or_else(|| DriverError::Internal(format!("{id} is not in the lineage graph")))
     }
 
+    /// Unpersists a cached dataset: its blocks leave every executor, and it stays in the
+    /// lineage graph as a job-scoped dataset, so plans still reading it (clones of a cached
+    /// DataFrame, views) compute it again per job instead of failing.
+    ///
+    /// # Errors
+    ///
+    /// The dataset is not in the lineage graph.
+    pub async fn unpersist_dataset(&self, id: DatasetId) -> Result<()> {
+        let dataset = self.dataset(id)?;
+        if dataset.persistence() == Persistence::Cached {
+            let demoted = Dataset::try_new(id, Arc::clone(dataset.plan()), Persistence::Job)?;
+            self.lineage.insert(id, Arc::new(demoted));
+        }
+        self.drop_blocks(&[id]).await;
+        self.forget_dataset_blocks(id);
+        self.scheduler
+            .dataset_event(SchedulerEvent::DatasetUnpersisted {
+                dataset: id,
+                time_ms: events::now_ms(),
+            })
+            .await;
+        Ok(())
+    }
+
     /// Drops a dataset's blocks from every executor and the dataset from the lineage graph.
     pub async fn remove_dataset(&self, id: DatasetId) {
         self.drop_blocks(&[id]).await;
+        self.forget_dataset_blocks(id);
         self.lineage.remove(&id);
+        self.scheduler
+            .dataset_event(SchedulerEvent::DatasetUnpersisted {
+                dataset: id,
+                time_ms: events::now_ms(),
+            })
+            .await;
     }
 
     /// Removes every block of `datasets` from the executors holding them.
@@ -330,18 +458,13 @@ impl Driver {
         futures::future::join_all(calls).await;
     }
 
-    /// Declares an executor lost: it gets no more tasks and every block it held is
-    /// forgotten, to be recomputed from lineage when next needed.
-    pub fn lose_executor(&self, id: &ExecutorId, reason: &str) -> bool {
-        if !self.registry.mark_lost(id) {
-            return false;
-        }
-        let lost = self.locations.remove_executor(id);
-        if let Some(info) = self.registry.get(id) {
-            self.pool.forget(&info.address);
-        }
-        tracing::warn!(executor = %id.0, blocks = lost.len(), reason, "executor lost");
-        true
+    /// Declares an executor lost: it gets no more tasks, every block it held is forgotten
+    /// (to be recomputed from lineage when next needed) and its running tasks run again
+    /// elsewhere. Returns whether it was alive until now.
+    pub async fn lose_executor(&self, id: &ExecutorId, reason: &str) -> bool {
+        self.scheduler
+            .executor_lost(id.clone(), reason.to_string())
+            .await
     }
 
     /// Asks every live executor to shut down.
@@ -351,7 +474,9 @@ impl Driver {
                 let _ = tokio::time::timeout(CONTROL_TIMEOUT, client.shutdown(ShutdownRequest {}))
                     .await;
             }
-            self.registry.mark_lost(&e.id);
+            self.scheduler
+                .executor_lost(e.id.clone(), "shut down by the driver".into())
+                .await;
         });
         futures::future::join_all(calls).await;
     }

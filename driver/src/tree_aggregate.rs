@@ -41,14 +41,15 @@ impl Driver {
         temporary: Vec<Dataset>,
         merge: &MergePlan<'_>,
         fan_in: usize,
+        description: &crate::JobDescription,
     ) -> Result<(Vec<RecordBatch>, JobMetrics)> {
         let leaf_id = leaf.id();
         let mut all = temporary;
         all.push(leaf);
-        let mut job = self.new_job(all);
+        let mut job = self.new_job(all, description).await;
         let result = self.tree_in(&mut job, leaf_id, merge, fan_in.max(2)).await;
-        self.end_job(&mut job).await;
-        result.map(|batches| (batches, job.metrics))
+        self.end_job(&mut job, &result).await;
+        result.map(|batches| (batches, job.metrics.clone()))
     }
 
     async fn tree_in(

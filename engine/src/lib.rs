@@ -12,6 +12,7 @@
 //! - [`lineage`]: datasets and the cutting of physical plans into them.
 //! - [`rpc`]: channels with deadlines, the channel pool and the block fetch.
 //! - [`proto`]: the generated driver <-> executor protocol.
+//! - [`failure`]: what the scheduler does about each kind of task failure.
 //! - [`error`]: the error type, [`EngineError`].
 #![warn(missing_docs)]
 
@@ -29,6 +30,8 @@ pub mod codec;
 pub mod error;
 /// Plan extensions registered per process.
 pub mod extension;
+/// Task failure classes and the scheduler's reaction to each.
+pub mod failure;
 /// Newtype identifiers.
 pub mod ids;
 /// Datasets and plan cutting.

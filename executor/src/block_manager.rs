@@ -349,6 +349,20 @@ impl BlockManager {
         std::mem::take(&mut *self.evicted.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Puts back evictions taken with [`BlockManager::take_evicted`] that could not be
+    /// reported (the heartbeat carrying them failed), so the next report includes them.
+    pub fn restore_evicted(&self, blocks: Vec<BlockId>) {
+        if blocks.is_empty() {
+            return;
+        }
+        let mut evicted = self.evicted.lock().unwrap_or_else(|p| p.into_inner());
+        for b in blocks {
+            if !evicted.contains(&b) {
+                evicted.push(b);
+            }
+        }
+    }
+
     /// Bytes held.
     pub fn used_bytes(&self) -> usize {
         self.used.load(Ordering::Acquire)
@@ -453,6 +467,10 @@ mod tests {
         assert!(bm.get(block(0)).is_some());
         assert_eq!(bm.take_evicted(), vec![block(1)]);
         assert!(bm.take_evicted().is_empty());
+        // A heartbeat that failed puts its evictions back for the next one.
+        bm.restore_evicted(vec![block(1)]);
+        bm.restore_evicted(vec![block(1)]);
+        assert_eq!(bm.take_evicted(), vec![block(1)]);
         assert!(bm.used_bytes() <= bm.limit());
     }
 

@@ -22,6 +22,14 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+impl<T> AbortOnDrop<T> {
+    /// Asks the task to stop at its next await point. Awaiting the handle afterwards
+    /// returns once the task is gone (or with its output, when it finished first).
+    pub(crate) fn abort(&self) {
+        self.0.abort();
+    }
+}
+
 impl<T> Future for AbortOnDrop<T> {
     type Output = Result<T, tokio::task::JoinError>;
 

@@ -31,9 +31,10 @@ pub enum ExecutorError {
     /// A task message was incomplete.
     #[error("malformed task: {0}")]
     MalformedTask(String),
-    /// The executor is shutting down and aborted the task.
-    #[error("task cancelled: executor shutting down")]
-    Cancelled,
+    /// The task was stopped before it finished: the executor is shutting down, or the
+    /// driver cancelled it (job cancelled, a speculative copy won).
+    #[error("task cancelled: {0}")]
+    Cancelled(String),
 }
 
 impl ExecutorError {
@@ -42,12 +43,22 @@ impl ExecutorError {
     /// Runtime failures and lost inputs are retried; plan and input errors can never
     /// succeed; a cancelled task is retried without counting against its limit.
     pub fn is_retryable(&self) -> bool {
+        self.kind().is_retryable()
+    }
+
+    /// The failure's class, which decides the scheduler's reaction
+    /// ([`FailureKind::reaction`]).
+    pub fn kind(&self) -> FailureKind {
         match self {
-            ExecutorError::Engine(e) => {
-                !e.is_user_error() && !matches!(e, EngineError::Internal(_))
+            ExecutorError::Engine(EngineError::FetchFailed { .. }) => FailureKind::FetchFailed,
+            ExecutorError::Engine(EngineError::Internal(_)) | ExecutorError::MalformedTask(_) => {
+                FailureKind::Internal
             }
-            ExecutorError::MemoryLimit { .. } | ExecutorError::Cancelled => true,
-            ExecutorError::MalformedTask(_) => false,
+            ExecutorError::Engine(e) if e.is_user_error() => FailureKind::Plan,
+            ExecutorError::Engine(EngineError::ResourcesExhausted(_))
+            | ExecutorError::MemoryLimit { .. } => FailureKind::ResourcesExhausted,
+            ExecutorError::Cancelled(_) => FailureKind::Cancelled,
+            ExecutorError::Engine(_) => FailureKind::Execution,
         }
     }
 
@@ -59,24 +70,14 @@ impl ExecutorError {
             missing_block: None,
             missing_block_executor: String::new(),
         };
-        let kind = match self {
-            ExecutorError::Engine(EngineError::FetchFailed {
-                block, executor, ..
-            }) => {
-                failure.missing_block = Some((*block).into());
-                failure.missing_block_executor = executor.0.clone();
-                FailureKind::FetchFailed
-            }
-            ExecutorError::Engine(EngineError::Internal(_)) | ExecutorError::MalformedTask(_) => {
-                FailureKind::Internal
-            }
-            ExecutorError::Engine(e) if e.is_user_error() => FailureKind::Plan,
-            ExecutorError::Engine(EngineError::ResourcesExhausted(_))
-            | ExecutorError::MemoryLimit { .. } => FailureKind::ResourcesExhausted,
-            ExecutorError::Cancelled => FailureKind::Cancelled,
-            ExecutorError::Engine(_) => FailureKind::Execution,
-        };
-        failure.kind = kind as i32;
+        if let ExecutorError::Engine(EngineError::FetchFailed {
+            block, executor, ..
+        }) = self
+        {
+            failure.missing_block = Some((*block).into());
+            failure.missing_block_executor = executor.0.clone();
+        }
+        failure.kind = self.kind() as i32;
         failure
     }
 }
@@ -119,7 +120,9 @@ mod tests {
         );
         assert!(mem.is_retryable());
         assert_eq!(
-            ExecutorError::Cancelled.to_task_failure().kind,
+            ExecutorError::Cancelled("shutdown".into())
+                .to_task_failure()
+                .kind,
             FailureKind::Cancelled as i32
         );
 

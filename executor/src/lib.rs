@@ -5,7 +5,8 @@
 //! - [`block_manager`]: blocks, byte accounting, LRU eviction.
 //! - `block_reader`: a task's view of blocks (local first, else fetched from a peer).
 //! - `task_runner`: decode, execute, store or write a task's output.
-//! - `service`: the gRPC ExecutorService.
+//! - `service`: the gRPC ExecutorService (tasks run apart from the call that launched them).
+//! - `reporter`: delivers each task's outcome to the driver.
 //! - `compute`: the runtime tasks run on, apart from RPCs.
 //! - [`error`]: [`ExecutorError`] and how the scheduler should react to it.
 //!
@@ -19,6 +20,7 @@ mod block_reader;
 mod compute;
 /// The executor's error type.
 pub mod error;
+mod reporter;
 mod service;
 mod task_runner;
 
@@ -52,9 +54,10 @@ use crate::task_runner::TaskEnv;
 /// default: long enough for a driver that is still starting.
 pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// An executor whose driver has not answered a heartbeat for this long assumes the driver
-/// is gone and exits, so executors never outlive the application that started them.
-const DRIVER_LOST_AFTER: Duration = Duration::from_secs(30);
+/// By default, an executor whose driver has not answered a heartbeat for this long assumes
+/// the driver is gone and stops, so executors never outlive the application that started
+/// them (see [`ExecutorConfig::driver_timeout`]).
+pub const DEFAULT_DRIVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The share of an executor's memory limit that holds blocks (cached partitions, shuffle
 /// outputs); the rest is the operators' pool.
@@ -92,6 +95,12 @@ pub struct ExecutorConfig {
     pub register_timeout: Duration,
     /// What the process that starts the executor adds to it (kernels of its extensions).
     pub hooks: ExecutorHooks,
+    /// How long the executor keeps running while its driver does not answer heartbeats
+    /// (default [`DEFAULT_DRIVER_TIMEOUT`]); then it stops.
+    pub driver_timeout: Duration,
+    /// Fault injection for tests of straggler handling: every task waits this long before
+    /// it starts. `None` in normal operation.
+    pub task_delay: Option<Duration>,
 }
 
 /// Adds a configuration value to an executor's DataFusion session.
@@ -269,6 +278,14 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     )
     .await?;
 
+    let tasks = Arc::new(dashmap::DashMap::new());
+    let reporter = Arc::new(reporter::StatusReporter {
+        channel: driver_channel.clone(),
+        executor_id: id.0.clone(),
+        give_up_after: config.driver_timeout,
+        shutdown: shutdown.subscribe(),
+    });
+    let running = Arc::new(AtomicU32::new(0));
     let service = ExecutorServiceImpl {
         env: TaskEnv {
             executor_id: id.clone(),
@@ -278,9 +295,12 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
             hooks: config.hooks.clone(),
         },
         compute: Arc::clone(&compute),
-        running: Arc::new(AtomicU32::new(0)),
+        running: Arc::clone(&running),
+        tasks: Arc::clone(&tasks),
+        reporter,
         cores: cores as u32,
         shutdown: shutdown.clone(),
+        task_delay: config.task_delay,
     };
     let mut stop = shutdown.subscribe();
     let server = tokio::spawn(async move {
@@ -297,14 +317,17 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
             tracing::error!(error = %e, "executor server failed");
         }
     });
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        driver_channel,
-        config.driver.clone(),
+    let heartbeat = tokio::spawn(heartbeat_loop(Heartbeats {
+        channel: driver_channel,
+        driver: config.driver.clone(),
         registration,
         interval,
-        Arc::clone(&blocks),
-        shutdown.clone(),
-    ));
+        driver_timeout: config.driver_timeout,
+        blocks: Arc::clone(&blocks),
+        tasks,
+        running,
+        shutdown: shutdown.clone(),
+    }));
     tracing::info!(executor = %id, %address, driver = %config.driver, "executor started");
     Ok(ExecutorHandle {
         id,
@@ -365,46 +388,68 @@ async fn register(
     }
 }
 
-async fn heartbeat_loop(
+/// What the heartbeat loop reads and reports.
+struct Heartbeats {
     channel: Channel,
     driver: String,
     registration: RegisterExecutorRequest,
     interval: Duration,
+    driver_timeout: Duration,
     blocks: Arc<BlockManager>,
+    tasks: Arc<dashmap::DashMap<u64, tokio::sync::oneshot::Sender<String>>>,
+    running: Arc<AtomicU32>,
     shutdown: watch::Sender<bool>,
-) {
+}
+
+/// Heartbeats to the driver until the executor stops; stops the executor when the driver
+/// has not answered for `driver_timeout`.
+async fn heartbeat_loop(h: Heartbeats) {
     let mut last_ok = Instant::now();
-    let mut ticker = tokio::time::interval(interval);
-    let mut stop = shutdown.subscribe();
+    let mut ticker = tokio::time::interval(h.interval);
+    let mut stop = h.shutdown.subscribe();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let evicted = blocks.take_evicted();
+        let evicted = h.blocks.take_evicted();
         let request = HeartbeatRequest {
-            executor_id: registration.executor_id.clone(),
-            used_bytes: blocks.used_bytes() as u64,
-            running_tasks: 0,
+            executor_id: h.registration.executor_id.clone(),
+            used_bytes: h.blocks.used_bytes() as u64,
+            running_tasks: h.running.load(std::sync::atomic::Ordering::Relaxed),
             evicted: evicted.iter().map(|b| (*b).into()).collect(),
+            running_task_ids: h.tasks.iter().map(|t| *t.key()).collect(),
+            blocks: h.blocks.len() as u32,
+            disk_bytes: h.blocks.disk_bytes() as u64,
         };
-        let mut client = driver_client(&channel);
+        let mut client = driver_client(&h.channel);
         match tokio::time::timeout(CONTROL_TIMEOUT, client.heartbeat(request)).await {
             Ok(Ok(resp)) => {
                 last_ok = Instant::now();
                 if resp.into_inner().reregister {
-                    tracing::warn!(%driver, "driver asked this executor to register again");
-                    if let Err(e) =
-                        register(&channel, &driver, &registration, DEFAULT_REGISTER_TIMEOUT).await
+                    tracing::warn!(driver = %h.driver, "driver asked this executor to register again");
+                    if let Err(e) = register(
+                        &h.channel,
+                        &h.driver,
+                        &h.registration,
+                        DEFAULT_REGISTER_TIMEOUT,
+                    )
+                    .await
                     {
                         tracing::warn!(error = %e, "re-registration failed");
                     }
                 }
             }
             _ => {
-                if last_ok.elapsed() > DRIVER_LOST_AFTER {
-                    tracing::error!(%driver, "driver unreachable; executor stopping");
-                    shutdown.send_replace(true);
+                // The driver has not heard of these evictions: report them next time.
+                h.blocks.restore_evicted(evicted);
+                if last_ok.elapsed() > h.driver_timeout {
+                    tracing::error!(
+                        driver = %h.driver,
+                        timeout = ?h.driver_timeout,
+                        "driver unreachable; executor stopping"
+                    );
+                    h.shutdown.send_replace(true);
                     return;
                 }
             }

@@ -5,21 +5,25 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use dashmap::DashMap;
 use ember_engine::codec::encode_chunks;
 use ember_engine::proto::executor_service_server::ExecutorService;
 use ember_engine::proto::{
-    BlockChunk, ExecutorStatus, FetchBlockRequest, LaunchTaskRequest, RemoveBlocksRequest,
-    RemoveBlocksResponse, ShutdownRequest, ShutdownResponse, StatusRequest, TaskStatus,
+    BlockChunk, CancelTaskRequest, CancelTaskResponse, ExecutorStatus, FetchBlockRequest,
+    LaunchTaskRequest, LaunchTaskResponse, RemoveBlocksRequest, RemoveBlocksResponse,
+    ShutdownRequest, ShutdownResponse, StatusRequest, TaskStatus,
 };
 use ember_engine::{BlockId, DatasetId};
 use futures::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::compute::ComputeRuntime;
 use crate::error::ExecutorError;
+use crate::reporter::StatusReporter;
 use crate::task_runner::{run_task, TaskEnv};
 
 /// Chunks encoded ahead of the network while a block is being sent. Two in flight keep the
@@ -32,8 +36,13 @@ pub(crate) struct ExecutorServiceImpl {
     pub(crate) env: TaskEnv,
     pub(crate) compute: Arc<ComputeRuntime>,
     pub(crate) running: Arc<AtomicU32>,
+    /// Tasks accepted and not yet ended, by task id: sending a reason stops one.
+    pub(crate) tasks: Arc<DashMap<u64, oneshot::Sender<String>>>,
+    pub(crate) reporter: Arc<StatusReporter>,
     pub(crate) cores: u32,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Fault injection for tests of straggler handling: every task waits this long first.
+    pub(crate) task_delay: Option<Duration>,
 }
 
 impl ExecutorServiceImpl {
@@ -64,21 +73,46 @@ impl ExecutorService for ExecutorServiceImpl {
     async fn launch_task(
         &self,
         request: Request<LaunchTaskRequest>,
-    ) -> Result<Response<TaskStatus>, Status> {
+    ) -> Result<Response<LaunchTaskResponse>, Status> {
         self.ensure_running()?;
         let request = request.into_inner();
+        let task_id = request.task_id;
+        let (cancel, cancelled) = oneshot::channel::<String>();
+        if self.tasks.insert(task_id, cancel).is_some() {
+            tracing::warn!(
+                task_id,
+                "task id launched twice; the earlier copy is orphaned"
+            );
+        }
         self.running.fetch_add(1, Ordering::Relaxed);
-        let _guard = RunningGuard(Arc::clone(&self.running));
-        let env = self.env.clone();
-        let mut shutdown = self.shutdown.subscribe();
-        // Dropping the handle (the driver gave up on the call) aborts the task.
-        let task = self.compute.spawn(run_task(env, request));
-        let status = tokio::select! {
-            joined = task => joined.unwrap_or_else(|e| failed(&ExecutorError::Engine(
-                ember_engine::EngineError::Internal(format!("task panicked: {e}"))))),
-            _ = shutdown.wait_for(|stop| *stop) => failed(&ExecutorError::Cancelled),
-        };
-        Ok(Response::new(status))
+        let guard = RunningGuard(Arc::clone(&self.running));
+        let this = self.clone();
+        // The task runs apart from this call: the driver learns how it ended from the
+        // status report, so a long task never holds an RPC open.
+        tokio::spawn(async move {
+            let _guard = guard;
+            let status = this.run(request, cancelled).await;
+            this.tasks.remove(&task_id);
+            this.reporter.report(task_id, status).await;
+        });
+        Ok(Response::new(LaunchTaskResponse {}))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<CancelTaskRequest>,
+    ) -> Result<Response<CancelTaskResponse>, Status> {
+        let request = request.into_inner();
+        let mut cancelled = 0;
+        for id in request.task_ids {
+            if let Some((_, stop)) = self.tasks.remove(&id) {
+                cancelled += u32::from(stop.send(request.reason.clone()).is_ok());
+            }
+        }
+        if cancelled > 0 {
+            tracing::debug!(cancelled, reason = %request.reason, "tasks cancelled");
+        }
+        Ok(Response::new(CancelTaskResponse { cancelled }))
     }
 
     type FetchBlockStream = Pin<Box<dyn Stream<Item = Result<BlockChunk, Status>> + Send>>;
@@ -157,6 +191,51 @@ impl ExecutorService for ExecutorServiceImpl {
         self.shutdown.send_replace(true);
         Ok(Response::new(ShutdownResponse {}))
     }
+}
+
+impl ExecutorServiceImpl {
+    /// Runs one task on the compute runtime until it ends, is cancelled by the driver, or
+    /// the executor shuts down. A stopped task is awaited until it is really gone, so
+    /// nothing it would have stored appears after its status is reported.
+    async fn run(
+        &self,
+        request: LaunchTaskRequest,
+        cancelled: oneshot::Receiver<String>,
+    ) -> TaskStatus {
+        let env = self.env.clone();
+        let delay = self.task_delay;
+        let mut task = self.compute.spawn(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            run_task(env, request).await
+        });
+        let mut shutdown = self.shutdown.subscribe();
+        // A dropped sender (the task left the map on its own) is not a cancellation.
+        let cancelled = async move {
+            match cancelled.await {
+                Ok(reason) => reason,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let reason = tokio::select! {
+            joined = &mut task => return joined.unwrap_or_else(panicked),
+            reason = cancelled => reason,
+            _ = shutdown.wait_for(|stop| *stop) => "executor shutting down".to_string(),
+        };
+        task.abort();
+        match task.await {
+            // It finished before the abort took effect: its real outcome stands.
+            Ok(status) => status,
+            Err(_) => failed(&ExecutorError::Cancelled(reason)),
+        }
+    }
+}
+
+fn panicked(e: tokio::task::JoinError) -> TaskStatus {
+    failed(&ExecutorError::Engine(ember_engine::EngineError::Internal(
+        format!("task panicked: {e}"),
+    )))
 }
 
 fn failed(e: &ExecutorError) -> TaskStatus {

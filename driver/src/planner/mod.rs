@@ -1,0 +1,132 @@
+//! Planner: cuts a DataFusion physical plan into Ember's stages (datasets of the lineage
+//! graph) and the final fragment the driver runs, and describes the cut for `EXPLAIN`.
+
+use std::sync::Arc;
+
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use ember_engine::lineage::{cut_stages, reads_only_blocks, stage_of, Dataset, Persistence};
+use ember_engine::DatasetId;
+
+use crate::error::Result;
+use crate::Driver;
+
+/// A query cut for the cluster: the stages a job computes and the fragment the driver runs
+/// over their blocks.
+#[derive(Debug)]
+pub struct JobPlan {
+    /// The driver's final fragment (its leaves read blocks).
+    pub root: Arc<dyn ExecutionPlan>,
+    /// The datasets the job computes, in dependency order.
+    pub stages: Vec<Dataset>,
+}
+
+impl Driver {
+    /// Cuts `plan` into a job, with dataset ids from this driver.
+    ///
+    /// # Errors
+    ///
+    /// A node of the plan cannot be cut (a bug, or an operator Ember cannot distribute).
+    pub fn plan_job(&self, plan: Arc<dyn ExecutionPlan>) -> Result<JobPlan> {
+        let mut next = || self.next_dataset_id();
+        let (root, stages) = job_stages(plan, &mut next)?;
+        Ok(JobPlan { root, stages })
+    }
+
+    /// Cuts `plan` for caching: its inner exchanges become job-scoped stages; returns the
+    /// plan over them and the stages.
+    ///
+    /// # Errors
+    ///
+    /// As [`Driver::plan_job`].
+    pub fn plan_stages(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Vec<Dataset>)> {
+        let mut next = || self.next_dataset_id();
+        let mut stages = Vec::new();
+        let plan = cut_stages(plan, &mut next, &mut stages)?;
+        Ok((plan, stages))
+    }
+}
+
+/// Ember's stages for `plan` as `EXPLAIN` prints them (dataset ids numbered from 1, not
+/// taken from any driver).
+///
+/// # Errors
+///
+/// As [`Driver::plan_job`].
+pub fn explain_stages(plan: Arc<dyn ExecutionPlan>) -> Result<String> {
+    let mut id = 0u64;
+    let mut next = || {
+        id += 1;
+        DatasetId(id)
+    };
+    let (root, stages) = job_stages(plan, &mut next)?;
+    Ok(describe_stages(&root, &stages))
+}
+
+/// Cuts a query's physical plan into the datasets a job computes and the final fragment the
+/// driver runs. The driver runs the final fragment itself only when it merges blocks into
+/// one stream (a final aggregation, a global limit or sort); any per-partition work left at
+/// the top runs as one more stage on the executors.
+pub fn job_stages(
+    plan: Arc<dyn ExecutionPlan>,
+    next: &mut dyn FnMut() -> DatasetId,
+) -> Result<(Arc<dyn ExecutionPlan>, Vec<Dataset>)> {
+    let mut stages = Vec::new();
+    let mut root = cut_stages(plan, next, &mut stages)?;
+    if root.output_partitioning().partition_count() > 1 || !reads_only_blocks(&root) {
+        root = stage_of(root, next, &mut stages, Persistence::Job)?;
+    }
+    if root.output_partitioning().partition_count() > 1 {
+        root = Arc::new(CoalescePartitionsExec::new(root));
+    }
+    Ok((root, stages))
+}
+
+/// Ember's stages in the order they run, then the driver's final fragment.
+pub fn describe_stages(root: &Arc<dyn ExecutionPlan>, stages: &[Dataset]) -> String {
+    use datafusion::physical_plan::displayable;
+    use std::fmt::Write;
+    let mut out = format!("Ember stages ({}):\n", stages.len());
+    for (i, stage) in stages.iter().enumerate() {
+        let deps: Vec<String> = stage
+            .dependencies()
+            .iter()
+            .map(|d| d.0.to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "Stage {} (dataset {}): {} tasks{}{}",
+            i + 1,
+            stage.id().0,
+            stage.partitions(),
+            match stage.reduce_partitions() {
+                Some(r) => format!(", shuffle write into {r} partitions"),
+                None => String::new(),
+            },
+            if deps.is_empty() {
+                String::new()
+            } else {
+                format!(", reads datasets {}", deps.join(", "))
+            },
+        );
+        let _ = write!(
+            out,
+            "{}",
+            indent(&displayable(stage.plan().as_ref()).indent(true).to_string())
+        );
+    }
+    let _ = writeln!(out, "Driver (final fragment):");
+    let _ = write!(
+        out,
+        "{}",
+        indent(&displayable(root.as_ref()).indent(true).to_string())
+    );
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}

@@ -1,0 +1,1478 @@
+//! The scheduler's state and its event handlers. Everything here runs on the loop's one
+//! task: plain structs, no locks, no awaits on the network (RPCs are spawned and report
+//! back as events).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_engine::failure::Reaction;
+use ember_engine::proto::{
+    task_output, task_status, FailureKind, ShuffleWrite, StoreBlock, TaskFailure, TaskOutput,
+    TaskStatus, WriteParquet,
+};
+use ember_engine::{BlockId, DatasetId, ExecutorId, JobId, StageId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::backend::{Backend, LaunchError};
+use super::{
+    Event, Heartbeat, OutputKind, SchedulingMode, StageEnd, StageReport, StageSpec, TaskDone,
+    TaskId,
+};
+use crate::block_locations::BlockLocations;
+use crate::error::{DriverError, Result};
+use crate::events::{now_ms, EventLog, SchedulerEvent, StageStatus, TaskEndStatus, TaskFigures};
+use crate::registry::{ExecutorInfo, ExecutorRegistry};
+use crate::snapshot::SnapshotBuilder;
+use crate::DriverConfig;
+
+/// A job, as the loop sees it.
+///
+/// ```text
+///   JobStarted ──► Running ──CancelJob──► Cancelling ──(no task left)──► cancel waiters told
+///                     │                        │
+///                     └──────── JobEnded ──────┴──► Succeeded | Failed | Cancelled (removed)
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Job {
+    /// Its stages may launch tasks.
+    Running,
+    /// Cancelled: its stages launch nothing more and end once their running tasks stop.
+    Cancelling(String),
+}
+
+/// A stage attempt.
+///
+/// ```text
+///   SubmitStage ──► Running ──every partition done, nothing running──► Complete
+///                     │
+///                     ├─ fetch failure ───────────┐
+///                     ├─ task failed for good ────┼──► Aborting(cause) ──nothing running──►
+///                     ├─ job cancelled ───────────┤        Failed | Cancelled
+///                     └─ no executor for too long ┘   (the job resubmits after a fetch
+///                                                      failure, once the input is rebuilt)
+/// ```
+#[derive(Debug)]
+pub(crate) enum Stage {
+    /// Launching tasks for its pending partitions.
+    Running,
+    /// Stopped: launches nothing, reports once its running attempts are gone.
+    Aborting(StageEnd),
+}
+
+/// A task attempt.
+///
+/// ```text
+///   launched ──► Launching ──accepted──► Running ──status──► Succeeded | Failed (removed)
+///                    │                      │
+///                    │ refused: executor     ├─ cancel (job cancelled, another attempt
+///                    │ lost, task requeued   │  won, ran past the task timeout)
+///                    ▼                      ▼
+///                 Killed ◄──status──── Killing(reason)
+///                    ▲
+///                    └── executor lost (heartbeats stopped), or its status never came
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum TaskAttempt {
+    /// The launch RPC is in flight.
+    Launching,
+    /// The executor accepted it.
+    Running,
+    /// Asked to stop; its slot is held until the executor says it ended.
+    Killing(String),
+}
+
+/// One task attempt.
+#[derive(Debug)]
+struct Attempt {
+    stage: StageId,
+    job: JobId,
+    /// Index into the stage's partitions.
+    index: usize,
+    partition: u32,
+    executor: ExecutorId,
+    state: TaskAttempt,
+    started: Instant,
+    speculative: bool,
+    /// Since when the executor's heartbeats no longer list it as running.
+    absent_since: Option<Instant>,
+}
+
+/// One partition of a stage.
+#[derive(Debug)]
+struct Part {
+    partition: u32,
+    preferred: Vec<ExecutorId>,
+    /// Failed attempts that count against the attempt limit.
+    failures: u32,
+    /// Attempts launched.
+    launched: u32,
+    running: Vec<TaskId>,
+    done: bool,
+    queued: bool,
+    speculated: bool,
+    /// Executors where an attempt failed.
+    failed_on: Vec<ExecutorId>,
+}
+
+/// A running stage attempt.
+#[derive(Debug)]
+struct StageRun {
+    job: JobId,
+    dataset: DatasetId,
+    template: ember_engine::proto::LaunchTaskRequest,
+    output: OutputKind,
+    parts: Vec<Part>,
+    pending: VecDeque<usize>,
+    speculative: VecDeque<usize>,
+    /// Run times of the successful attempts, for speculation.
+    durations: Vec<Duration>,
+    done: BTreeMap<usize, TaskDone>,
+    attempts: usize,
+    failures: usize,
+    lost: BTreeSet<ExecutorId>,
+    state: Stage,
+    reply: Option<oneshot::Sender<StageReport>>,
+    starved_since: Option<Instant>,
+}
+
+impl StageRun {
+    fn running(&self) -> bool {
+        self.parts.iter().any(|p| !p.running.is_empty())
+    }
+
+    fn shuffle(&self) -> bool {
+        self.output == OutputKind::Shuffle
+    }
+
+    fn abort(&mut self, end: StageEnd) {
+        if matches!(self.state, Stage::Running) {
+            self.state = Stage::Aborting(end);
+            self.pending.clear();
+            self.speculative.clear();
+        }
+    }
+
+    fn requeue(&mut self, index: usize) {
+        let part = &mut self.parts[index];
+        if matches!(self.state, Stage::Running)
+            && !part.done
+            && part.running.is_empty()
+            && !part.queued
+        {
+            part.queued = true;
+            self.pending.push_back(index);
+        }
+    }
+}
+
+/// One job.
+#[derive(Debug)]
+struct JobState {
+    pool: String,
+    state: Job,
+    running_tasks: usize,
+    stages: Vec<StageId>,
+}
+
+/// One executor.
+#[derive(Debug)]
+struct Exec {
+    info: ExecutorInfo,
+    alive: bool,
+    last_heartbeat: Instant,
+    running: BTreeSet<TaskId>,
+    strikes: VecDeque<(Instant, String)>,
+    excluded_until: Option<Instant>,
+}
+
+impl Exec {
+    fn free_slots(&self, now: Instant) -> u32 {
+        if !self.alive || self.excluded_until.is_some_and(|t| t > now) {
+            return 0;
+        }
+        self.info.cores.saturating_sub(self.running.len() as u32)
+    }
+}
+
+/// Where events go: subscribers, the snapshot, the event log.
+struct Sink {
+    broadcast: broadcast::Sender<SchedulerEvent>,
+    snapshot: SnapshotBuilder,
+    log: Option<EventLog>,
+}
+
+impl Sink {
+    fn emit(&mut self, event: SchedulerEvent) {
+        self.snapshot.apply(&event);
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.append(&event) {
+                tracing::error!(path = %log.path().display(), error = %e, "event log write failed; logging stops");
+                self.log = None;
+            }
+        }
+        let _ = self.broadcast.send(event);
+    }
+}
+
+/// The scheduler: owns every job, stage, task attempt and executor.
+pub(crate) struct Scheduler {
+    config: DriverConfig,
+    registry: Arc<ExecutorRegistry>,
+    locations: Arc<BlockLocations>,
+    backend: Backend,
+    /// RPCs in flight (launches report back as events; cancels report nothing). Owned
+    /// here, so they stop with the loop.
+    rpcs: JoinSet<Option<Event>>,
+    /// Callers of `cancel` waiting until their jobs have no task left.
+    cancel_waiters: Vec<(BTreeSet<JobId>, usize, oneshot::Sender<usize>)>,
+    sink: Sink,
+    executors: BTreeMap<ExecutorId, Exec>,
+    jobs: BTreeMap<JobId, JobState>,
+    stages: BTreeMap<StageId, StageRun>,
+    attempts: HashMap<TaskId, Attempt>,
+    next_task: TaskId,
+    /// Cached datasets (their blocks are reported in the snapshot).
+    cached: BTreeSet<DatasetId>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        config: DriverConfig,
+        registry: Arc<ExecutorRegistry>,
+        locations: Arc<BlockLocations>,
+        backend: Backend,
+        broadcast: broadcast::Sender<SchedulerEvent>,
+        app: String,
+    ) -> Result<Self> {
+        let log =
+            match &config.event_log {
+                Some(dir) => Some(EventLog::create(dir, &app).map_err(|e| {
+                    DriverError::Engine(ember_engine::EngineError::io(dir.clone(), e))
+                })?),
+                None => None,
+            };
+        let mut sink = Sink {
+            broadcast,
+            snapshot: SnapshotBuilder::new(),
+            log,
+        };
+        sink.emit(SchedulerEvent::ApplicationStarted {
+            app,
+            time_ms: now_ms(),
+        });
+        Ok(Self {
+            config,
+            registry,
+            locations,
+            backend,
+            rpcs: JoinSet::new(),
+            cancel_waiters: Vec::new(),
+            sink,
+            executors: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            stages: BTreeMap::new(),
+            attempts: HashMap::new(),
+            next_task: 1,
+            cached: BTreeSet::new(),
+        })
+    }
+
+    /// How often the loop looks at the clock: heartbeat expiry, speculation, starvation.
+    fn tick_interval(&self) -> Duration {
+        (self.config.heartbeat_interval / 2)
+            .clamp(Duration::from_millis(20), Duration::from_millis(200))
+    }
+
+    /// Reads events until every sender is gone.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        let mut ticker = tokio::time::interval(self.tick_interval());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Some(event) => self.handle(event),
+                    None => return,
+                },
+                Some(done) = self.rpcs.join_next(), if !self.rpcs.is_empty() => {
+                    if let Ok(Some(event)) = done {
+                        self.handle(event);
+                    }
+                }
+                _ = ticker.tick() => self.tick(Instant::now()),
+            }
+        }
+    }
+
+    /// Applies the results of RPCs that have finished (for tests that drive the loop by
+    /// hand).
+    #[cfg(test)]
+    pub(crate) fn finished_rpcs(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Some(done) = self.rpcs.try_join_next() {
+            if let Ok(Some(event)) = done {
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    /// Applies one event.
+    pub(crate) fn handle(&mut self, event: Event) {
+        match event {
+            Event::JobStarted {
+                job,
+                description,
+                pool,
+            } => self.job_started(job, description, pool),
+            Event::JobEnded { job, status, error } => {
+                self.jobs.remove(&job);
+                self.job_drained(job);
+                self.sink.emit(SchedulerEvent::JobEnded {
+                    job,
+                    status,
+                    error,
+                    time_ms: now_ms(),
+                });
+            }
+            Event::SubmitStage { spec, reply } => self.submit_stage(spec, reply),
+            Event::CancelJob { job, reason, reply } => self.cancel_jobs(job, reason, reply),
+            Event::Launched { task, result } => self.launched(task, result),
+            Event::TaskStatus {
+                executor,
+                task,
+                status,
+            } => self.task_status(&executor, task, status),
+            Event::ExecutorRegistered { info, reply } => {
+                self.register(info);
+                let _ = reply.send(());
+            }
+            Event::Heartbeat { beat, reply } => {
+                let known = self.heartbeat(beat);
+                let _ = reply.send(known);
+            }
+            Event::ExecutorLost {
+                executor,
+                reason,
+                reply,
+            } => {
+                let was_alive = self.executor_lost(&executor, &reason);
+                if let Some(reply) = reply {
+                    let _ = reply.send(was_alive);
+                }
+            }
+            Event::Dataset { event } => {
+                match &event {
+                    SchedulerEvent::DatasetCached { dataset, .. } => {
+                        self.cached.insert(*dataset);
+                    }
+                    SchedulerEvent::DatasetUnpersisted { dataset, .. } => {
+                        self.cached.remove(dataset);
+                    }
+                    _ => {}
+                }
+                self.sink.emit(event);
+            }
+            Event::Snapshot { reply } => {
+                let _ = reply.send(self.sink.snapshot.snapshot());
+            }
+        }
+        self.schedule(Instant::now());
+    }
+
+    fn job_started(&mut self, job: JobId, description: String, pool: String) {
+        self.jobs.insert(
+            job,
+            JobState {
+                pool: pool.clone(),
+                state: Job::Running,
+                running_tasks: 0,
+                stages: Vec::new(),
+            },
+        );
+        self.sink.emit(SchedulerEvent::JobStarted {
+            job,
+            description,
+            pool,
+            time_ms: now_ms(),
+        });
+    }
+
+    fn submit_stage(&mut self, spec: StageSpec, reply: oneshot::Sender<StageReport>) {
+        let job_state = self.jobs.get_mut(&spec.job);
+        let cancelled = match job_state.as_ref().map(|j| &j.state) {
+            Some(Job::Running) => None,
+            Some(Job::Cancelling(reason)) => Some(reason.clone()),
+            None => Some(format!("{} is not running", spec.job)),
+        };
+        if let Some(reason) = cancelled {
+            let _ = reply.send(StageReport {
+                done: Vec::new(),
+                attempts: 0,
+                failures: 0,
+                executors_lost: 0,
+                end: StageEnd::Cancelled(reason),
+            });
+            return;
+        }
+        if let Some(j) = job_state {
+            j.stages.push(spec.stage);
+        }
+        let parts: Vec<Part> = spec
+            .partitions
+            .iter()
+            .zip(
+                spec.preferred
+                    .into_iter()
+                    .chain(std::iter::repeat(Vec::new())),
+            )
+            .map(|(p, preferred)| Part {
+                partition: *p,
+                preferred,
+                failures: 0,
+                launched: 0,
+                running: Vec::new(),
+                done: false,
+                queued: true,
+                speculated: false,
+                failed_on: Vec::new(),
+            })
+            .collect();
+        let stage = StageRun {
+            job: spec.job,
+            dataset: spec.dataset,
+            template: spec.template,
+            output: spec.output,
+            pending: (0..parts.len()).collect(),
+            parts,
+            speculative: VecDeque::new(),
+            durations: Vec::new(),
+            done: BTreeMap::new(),
+            attempts: 0,
+            failures: 0,
+            lost: BTreeSet::new(),
+            state: Stage::Running,
+            reply: Some(reply),
+            starved_since: None,
+        };
+        self.sink.emit(SchedulerEvent::StageSubmitted {
+            job: spec.job,
+            stage: spec.stage,
+            dataset: spec.dataset,
+            tasks: stage.parts.len(),
+            shuffle: stage.shuffle(),
+            time_ms: now_ms(),
+        });
+        self.stages.insert(spec.stage, stage);
+        self.maybe_finish(spec.stage);
+    }
+
+    /// Places pending tasks on free slots, stage by stage in the scheduling mode's order,
+    /// one task at a time (so FAIR sees each launch).
+    fn schedule(&mut self, now: Instant) {
+        loop {
+            if !self.executors.values().any(|e| e.free_slots(now) > 0) {
+                return;
+            }
+            let mut order: Vec<(StageId, (usize, usize, u64, u32))> = self
+                .stages
+                .iter()
+                .filter(|(_, s)| {
+                    matches!(s.state, Stage::Running)
+                        && !(s.pending.is_empty() && s.speculative.is_empty())
+                })
+                .map(|(id, s)| (*id, self.order_key(s.job, *id)))
+                .collect();
+            if order.is_empty() {
+                return;
+            }
+            order.sort_by_key(|(_, key)| *key);
+            let mut placed = false;
+            for (stage, _) in order {
+                if self.place_one(stage, now) {
+                    placed = true;
+                    break;
+                }
+            }
+            if !placed {
+                return;
+            }
+        }
+    }
+
+    /// Sort key of a stage: FIFO by job then stage; FAIR by the running tasks of its pool,
+    /// then of its job.
+    fn order_key(&self, job: JobId, stage: StageId) -> (usize, usize, u64, u32) {
+        match self.config.scheduling_mode {
+            SchedulingMode::Fifo => (0, 0, job.0, stage.0),
+            SchedulingMode::Fair => {
+                let pool = self.jobs.get(&job).map(|j| j.pool.as_str()).unwrap_or("");
+                let pool_running: usize = self
+                    .jobs
+                    .values()
+                    .filter(|j| j.pool == pool)
+                    .map(|j| j.running_tasks)
+                    .sum();
+                let job_running = self.jobs.get(&job).map_or(0, |j| j.running_tasks);
+                (pool_running, job_running, job.0, stage.0)
+            }
+        }
+    }
+
+    /// Launches one task of `stage` if an executor has room: a pending partition first,
+    /// else a speculative copy (never on an executor already running that partition).
+    fn place_one(&mut self, stage_id: StageId, now: Instant) -> bool {
+        let Some(stage) = self.stages.get_mut(&stage_id) else {
+            return false;
+        };
+        while stage.pending.front().is_some_and(|i| stage.parts[*i].done) {
+            if let Some(i) = stage.pending.pop_front() {
+                stage.parts[i].queued = false;
+            }
+        }
+        let mut chosen = None;
+        for (position, &index) in stage.pending.iter().enumerate() {
+            let part = &stage.parts[index];
+            if part.done {
+                continue;
+            }
+            // A partition does not run again where it failed while another executor could
+            // take it (it waits for one instead).
+            let elsewhere = !part.failed_on.is_empty()
+                && self
+                    .executors
+                    .values()
+                    .any(|e| e.alive && !part.failed_on.contains(&e.info.id));
+            let avoid: &[ExecutorId] = if elsewhere { &part.failed_on } else { &[] };
+            if let Some(executor) = pick(&self.executors, &part.preferred, avoid, now) {
+                chosen = Some((position, index, executor));
+                break;
+            }
+            if avoid.is_empty() {
+                // No free slot anywhere.
+                return false;
+            }
+        }
+        if let Some((position, index, executor)) = chosen {
+            stage.pending.remove(position);
+            stage.parts[index].queued = false;
+            self.launch(stage_id, index, executor, false, now);
+            return true;
+        }
+        while let Some(&index) = stage.speculative.front() {
+            let part = &stage.parts[index];
+            if part.done || part.running.is_empty() {
+                stage.speculative.pop_front();
+                continue;
+            }
+            let busy: Vec<ExecutorId> = part
+                .running
+                .iter()
+                .filter_map(|t| self.attempts.get(t).map(|a| a.executor.clone()))
+                .collect();
+            let Some(executor) = pick(&self.executors, &[], &busy, now) else {
+                return false;
+            };
+            stage.speculative.pop_front();
+            self.launch(stage_id, index, executor, true, now);
+            return true;
+        }
+        false
+    }
+
+    fn launch(
+        &mut self,
+        stage_id: StageId,
+        index: usize,
+        executor: ExecutorId,
+        speculative: bool,
+        now: Instant,
+    ) {
+        let Some(stage) = self.stages.get_mut(&stage_id) else {
+            return;
+        };
+        let Some(exec) = self.executors.get_mut(&executor) else {
+            return;
+        };
+        let task = self.next_task;
+        self.next_task += 1;
+        let part = &mut stage.parts[index];
+        let number = part.launched;
+        part.launched += 1;
+        part.running.push(task);
+        stage.attempts += 1;
+        let mut request = stage.template.clone();
+        request.partition = part.partition;
+        request.attempt = number;
+        request.task_id = task;
+        request.output = Some(task_output(&stage.output, stage.dataset, part.partition));
+        exec.running.insert(task);
+        let address = exec.info.address.clone();
+        if let Some(job) = self.jobs.get_mut(&stage.job) {
+            job.running_tasks += 1;
+        }
+        self.attempts.insert(
+            task,
+            Attempt {
+                stage: stage_id,
+                job: stage.job,
+                index,
+                partition: part.partition,
+                executor: executor.clone(),
+                state: TaskAttempt::Launching,
+                started: now,
+                speculative,
+                absent_since: None,
+            },
+        );
+        self.sink.emit(SchedulerEvent::TaskStarted {
+            job: stage.job,
+            stage: stage_id,
+            task,
+            partition: part.partition,
+            attempt: number,
+            executor,
+            speculative,
+            time_ms: now_ms(),
+        });
+        let launch = self.backend.launch(address, request);
+        self.rpcs.spawn(async move {
+            let result = launch.await;
+            Some(Event::Launched { task, result })
+        });
+    }
+
+    fn launched(&mut self, task: TaskId, result: std::result::Result<(), LaunchError>) {
+        let Some(attempt) = self.attempts.get_mut(&task) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                if attempt.state == TaskAttempt::Launching {
+                    attempt.state = TaskAttempt::Running;
+                }
+            }
+            Err(LaunchError::Unreachable(reason)) => {
+                let executor = attempt.executor.clone();
+                self.executor_lost(&executor, &format!("task launch failed: {reason}"));
+            }
+            Err(LaunchError::NotAccepted(reason)) => {
+                // Tried again elsewhere, not counted: nothing ran.
+                self.end_attempt(task, TaskEndStatus::Killed, Some(reason), None, true);
+            }
+        }
+    }
+
+    /// Removes an attempt from every index, emits its end, and (when `requeue`) queues its
+    /// partition again. Returns the attempt.
+    fn end_attempt(
+        &mut self,
+        task: TaskId,
+        status: TaskEndStatus,
+        reason: Option<String>,
+        figures: Option<TaskFigures>,
+        requeue: bool,
+    ) -> Option<Attempt> {
+        let attempt = self.attempts.remove(&task)?;
+        if let Some(exec) = self.executors.get_mut(&attempt.executor) {
+            exec.running.remove(&task);
+        }
+        if let Some(job) = self.jobs.get_mut(&attempt.job) {
+            job.running_tasks = job.running_tasks.saturating_sub(1);
+        }
+        if self
+            .jobs
+            .get(&attempt.job)
+            .is_none_or(|j| j.running_tasks == 0)
+        {
+            self.job_drained(attempt.job);
+        }
+        if let Some(stage) = self.stages.get_mut(&attempt.stage) {
+            stage.parts[attempt.index].running.retain(|t| *t != task);
+            if status == TaskEndStatus::Failed {
+                stage.failures += 1;
+            }
+            if requeue {
+                stage.requeue(attempt.index);
+            }
+        }
+        self.sink.emit(SchedulerEvent::TaskEnded {
+            job: attempt.job,
+            stage: attempt.stage,
+            task,
+            partition: attempt.partition,
+            executor: attempt.executor.clone(),
+            status,
+            reason,
+            figures,
+            time_ms: now_ms(),
+        });
+        let stage = attempt.stage;
+        self.maybe_finish(stage);
+        Some(attempt)
+    }
+
+    fn task_status(&mut self, executor: &ExecutorId, task: TaskId, status: TaskStatus) {
+        let Some(attempt) = self.attempts.get(&task) else {
+            return;
+        };
+        if &attempt.executor != executor {
+            tracing::warn!(task, %executor, "status from an executor that does not run the task");
+            return;
+        }
+        if let TaskAttempt::Killing(reason) = &attempt.state {
+            let reason = reason.clone();
+            self.end_attempt(task, TaskEndStatus::Killed, Some(reason), None, false);
+            return;
+        }
+        let stage_id = attempt.stage;
+        let index = attempt.index;
+        let started = attempt.started;
+        let speculative = attempt.speculative;
+        match status.result {
+            Some(task_status::Result::Success(success)) => {
+                self.task_succeeded(task, stage_id, index, started, speculative, success)
+            }
+            Some(task_status::Result::Failure(failure)) => {
+                self.task_failed(task, stage_id, index, failure)
+            }
+            None => self.task_failed(
+                task,
+                stage_id,
+                index,
+                TaskFailure {
+                    kind: FailureKind::Internal as i32,
+                    message: "executor sent an empty task status".into(),
+                    missing_block: None,
+                    missing_block_executor: String::new(),
+                },
+            ),
+        }
+    }
+
+    fn task_succeeded(
+        &mut self,
+        task: TaskId,
+        stage_id: StageId,
+        index: usize,
+        started: Instant,
+        speculative: bool,
+        success: ember_engine::proto::TaskSuccess,
+    ) {
+        let now = Instant::now();
+        let Some(stage) = self.stages.get_mut(&stage_id) else {
+            self.end_attempt(
+                task,
+                TaskEndStatus::Killed,
+                Some("its stage ended".into()),
+                None,
+                false,
+            );
+            return;
+        };
+        let executor = self.attempts[&task].executor.clone();
+        if stage.parts[index].done {
+            self.end_attempt(
+                task,
+                TaskEndStatus::Killed,
+                Some("another attempt of this partition finished first".into()),
+                None,
+                false,
+            );
+            return;
+        }
+        let part = &mut stage.parts[index];
+        part.done = true;
+        let partition = part.partition;
+        let losers: Vec<TaskId> = part
+            .running
+            .iter()
+            .copied()
+            .filter(|t| *t != task)
+            .collect();
+        let mut strikes: Vec<(ExecutorId, String)> = part
+            .failed_on
+            .iter()
+            .filter(|e| **e != executor)
+            .map(|e| {
+                (
+                    e.clone(),
+                    format!("a task failed here and then succeeded on {executor}"),
+                )
+            })
+            .collect();
+        stage.durations.push(now.saturating_duration_since(started));
+        let figures = figures_of(&success);
+        let cached = matches!(stage.output, OutputKind::Store { cached: true });
+        let dataset = stage.dataset;
+        // Where the output lives, known the moment the task reports it (a shuffle's map
+        // output is located by its map partition).
+        if !matches!(stage.output, OutputKind::Parquet(_)) {
+            self.locations
+                .insert(BlockId::new(dataset, partition), executor.clone());
+        }
+        for filled in &success.filled {
+            self.locations
+                .insert(BlockId::from(filled), executor.clone());
+        }
+        for evicted in &success.evicted {
+            self.locations
+                .remove_if_at(BlockId::from(evicted), &executor);
+        }
+        let mut cached_blocks: Vec<(BlockId, u64)> = Vec::new();
+        if cached {
+            cached_blocks.push((BlockId::new(dataset, partition), success.bytes));
+        }
+        for filled in &success.filled {
+            cached_blocks.push((BlockId::from(filled), 0));
+        }
+        stage.done.insert(
+            index,
+            TaskDone {
+                partition,
+                executor: executor.clone(),
+                success,
+            },
+        );
+        for loser in &losers {
+            if let Some(a) = self.attempts.get(loser) {
+                if speculative && !a.speculative {
+                    strikes.push((
+                        a.executor.clone(),
+                        "a straggler here was beaten by a speculative copy".into(),
+                    ));
+                }
+            }
+        }
+        self.kill(&losers, "another attempt of this partition finished first");
+        for (executor, reason) in strikes {
+            self.strike(&executor, reason, now);
+        }
+        for (block, bytes) in cached_blocks {
+            if self.cached.contains(&block.dataset) {
+                self.sink.emit(SchedulerEvent::BlockCached {
+                    dataset: block.dataset,
+                    partition: block.partition,
+                    executor: executor.clone(),
+                    bytes,
+                    time_ms: now_ms(),
+                });
+            }
+        }
+        self.end_attempt(task, TaskEndStatus::Success, None, Some(figures), false);
+    }
+
+    fn task_failed(&mut self, task: TaskId, stage_id: StageId, index: usize, failure: TaskFailure) {
+        let kind = FailureKind::try_from(failure.kind).unwrap_or(FailureKind::Internal);
+        let Some(stage) = self.stages.get_mut(&stage_id) else {
+            self.end_attempt(
+                task,
+                TaskEndStatus::Failed,
+                Some(failure.message),
+                None,
+                false,
+            );
+            return;
+        };
+        let executor = self.attempts[&task].executor.clone();
+        let partition = stage.parts[index].partition;
+        let earlier_failures = stage.parts[index].failures;
+        let mut requeue = false;
+        let status = match kind.reaction() {
+            // Stopped (the executor is shutting down): nothing is wrong with the task.
+            Reaction::Requeue => {
+                requeue = true;
+                TaskEndStatus::Killed
+            }
+            Reaction::RecomputeInput => {
+                let block = failure
+                    .missing_block
+                    .map(BlockId::from)
+                    .unwrap_or(BlockId::new(DatasetId(0), 0));
+                stage.abort(StageEnd::FetchFailed {
+                    block,
+                    executor: ExecutorId(failure.missing_block_executor.clone()),
+                    reason: failure.message.clone(),
+                });
+                TaskEndStatus::Failed
+            }
+            Reaction::Fail => {
+                stage.abort(StageEnd::Failed(DriverError::TaskFailed {
+                    stage: stage_id,
+                    dataset: stage.dataset,
+                    partition,
+                    executor: executor.clone(),
+                    attempts: earlier_failures + 1,
+                    user_error: kind == FailureKind::Plan,
+                    message: failure.message.clone(),
+                }));
+                TaskEndStatus::Failed
+            }
+            Reaction::Retry => {
+                let part = &mut stage.parts[index];
+                part.failures += 1;
+                part.failed_on.push(executor.clone());
+                let failures = part.failures;
+                if failures >= self.config.max_task_attempts {
+                    stage.abort(StageEnd::Failed(DriverError::TaskFailed {
+                        stage: stage_id,
+                        dataset: stage.dataset,
+                        partition,
+                        executor: executor.clone(),
+                        attempts: failures,
+                        user_error: false,
+                        message: failure.message.clone(),
+                    }));
+                } else {
+                    tracing::warn!(stage = %stage_id, partition, %executor, error = %failure.message, "task failed; retrying");
+                    requeue = true;
+                }
+                TaskEndStatus::Failed
+            }
+        };
+        let aborting = matches!(stage.state, Stage::Aborting(_));
+        if aborting {
+            let others: Vec<TaskId> = stage
+                .parts
+                .iter()
+                .flat_map(|p| p.running.iter().copied())
+                .filter(|t| *t != task)
+                .collect();
+            self.kill(&others, "its stage stopped");
+        }
+        self.end_attempt(task, status, Some(failure.message), None, requeue);
+    }
+
+    /// Asks executors to stop `tasks` (grouped per executor); their slots stay held until
+    /// each reports that it ended.
+    fn kill(&mut self, tasks: &[TaskId], reason: &str) {
+        let mut by_executor: BTreeMap<ExecutorId, Vec<TaskId>> = BTreeMap::new();
+        for task in tasks {
+            if let Some(a) = self.attempts.get_mut(task) {
+                if matches!(a.state, TaskAttempt::Killing(_)) {
+                    continue;
+                }
+                a.state = TaskAttempt::Killing(reason.to_string());
+                by_executor
+                    .entry(a.executor.clone())
+                    .or_default()
+                    .push(*task);
+            }
+        }
+        for (executor, tasks) in by_executor {
+            let Some(exec) = self.executors.get(&executor).filter(|e| e.alive) else {
+                continue;
+            };
+            let cancel = self
+                .backend
+                .cancel(exec.info.address.clone(), tasks, reason.to_string());
+            self.rpcs.spawn(async move {
+                cancel.await;
+                None
+            });
+        }
+    }
+
+    /// Reports a stage to its job once nothing of it runs and it is complete or aborted.
+    fn maybe_finish(&mut self, stage_id: StageId) {
+        let Some(stage) = self.stages.get(&stage_id) else {
+            return;
+        };
+        if stage.running() {
+            return;
+        }
+        if matches!(stage.state, Stage::Running) && !stage.parts.iter().all(|p| p.done) {
+            return;
+        }
+        let Some(mut stage) = self.stages.remove(&stage_id) else {
+            return;
+        };
+        let end = match std::mem::replace(&mut stage.state, Stage::Running) {
+            Stage::Running => StageEnd::Complete,
+            Stage::Aborting(end) => end,
+        };
+        let status = match &end {
+            StageEnd::Complete => StageStatus::Complete,
+            StageEnd::Cancelled(_) => StageStatus::Cancelled,
+            _ => StageStatus::Failed,
+        };
+        if let Some(job) = self.jobs.get_mut(&stage.job) {
+            job.stages.retain(|s| *s != stage_id);
+        }
+        self.sink.emit(SchedulerEvent::StageCompleted {
+            job: stage.job,
+            stage: stage_id,
+            dataset: stage.dataset,
+            shuffle: stage.shuffle(),
+            tasks: stage.attempts,
+            status,
+            time_ms: now_ms(),
+        });
+        if let Some(reply) = stage.reply.take() {
+            let _ = reply.send(StageReport {
+                done: stage.done.into_values().collect(),
+                attempts: stage.attempts,
+                failures: stage.failures,
+                executors_lost: stage.lost.len(),
+                end,
+            });
+        }
+    }
+
+    fn cancel_jobs(
+        &mut self,
+        job: Option<JobId>,
+        reason: String,
+        reply: Option<oneshot::Sender<usize>>,
+    ) {
+        let targets: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(id, j)| job.is_none_or(|want| want == **id) && j.state == Job::Running)
+            .map(|(id, _)| *id)
+            .collect();
+        let count = targets.len();
+        let mut waiting = Vec::new();
+        for id in &targets {
+            let Some(j) = self.jobs.get_mut(id) else {
+                continue;
+            };
+            j.state = Job::Cancelling(reason.clone());
+            tracing::info!(job = %id, %reason, "job cancelled");
+            let stages = j.stages.clone();
+            if j.running_tasks > 0 {
+                waiting.push(*id);
+            }
+            let mut running = Vec::new();
+            for s in &stages {
+                if let Some(stage) = self.stages.get_mut(s) {
+                    stage.abort(StageEnd::Cancelled(reason.clone()));
+                    running.extend(stage.parts.iter().flat_map(|p| p.running.iter().copied()));
+                }
+            }
+            self.kill(&running, &format!("job cancelled: {reason}"));
+            for s in stages {
+                self.maybe_finish(s);
+            }
+        }
+        if let Some(reply) = reply {
+            if waiting.is_empty() {
+                let _ = reply.send(count);
+            } else {
+                self.cancel_waiters
+                    .push((waiting.into_iter().collect(), count, reply));
+            }
+        }
+    }
+
+    /// A job has no task left: callers waiting for its cancellation may be answered.
+    fn job_drained(&mut self, job: JobId) {
+        let mut i = 0;
+        while i < self.cancel_waiters.len() {
+            self.cancel_waiters[i].0.remove(&job);
+            if self.cancel_waiters[i].0.is_empty() {
+                let (_, count, reply) = self.cancel_waiters.swap_remove(i);
+                let _ = reply.send(count);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn register(&mut self, info: ExecutorInfo) {
+        let id = info.id.clone();
+        if self.executors.get(&id).is_some_and(|e| e.alive) {
+            self.executor_lost(&id, "registered again (restarted)");
+        }
+        // Blocks it held in an earlier life are never read again.
+        self.locations.remove_executor(&id);
+        self.registry.register(info.clone());
+        self.sink.emit(SchedulerEvent::ExecutorAdded {
+            executor: id.clone(),
+            address: info.address.clone(),
+            cores: info.cores,
+            memory_bytes: info.memory_bytes,
+            device: info.device.clone(),
+            time_ms: now_ms(),
+        });
+        self.executors.insert(
+            id,
+            Exec {
+                info,
+                alive: true,
+                last_heartbeat: Instant::now(),
+                running: BTreeSet::new(),
+                strikes: VecDeque::new(),
+                excluded_until: None,
+            },
+        );
+    }
+
+    fn heartbeat(&mut self, beat: Heartbeat) -> bool {
+        let now = Instant::now();
+        let Some(exec) = self.executors.get_mut(&beat.executor).filter(|e| e.alive) else {
+            return false;
+        };
+        exec.last_heartbeat = now;
+        exec.info.used_bytes = beat.used_bytes;
+        self.registry.heartbeat(&beat.executor, beat.used_bytes);
+        self.sink.snapshot.executor_heartbeat(
+            &beat.executor,
+            beat.used_bytes,
+            beat.blocks,
+            beat.disk_bytes,
+        );
+        let running: BTreeSet<TaskId> = beat.running.iter().copied().collect();
+        for task in &exec.running {
+            if let Some(a) = self.attempts.get_mut(task) {
+                if a.state != TaskAttempt::Running {
+                    continue;
+                }
+                if running.contains(task) {
+                    a.absent_since = None;
+                } else {
+                    a.absent_since.get_or_insert(now);
+                }
+            }
+        }
+        for block in beat.evicted {
+            if self.locations.remove_if_at(block, &beat.executor)
+                && self.cached.contains(&block.dataset)
+            {
+                self.sink.emit(SchedulerEvent::BlockUncached {
+                    dataset: block.dataset,
+                    partition: block.partition,
+                    time_ms: now_ms(),
+                });
+            }
+        }
+        true
+    }
+
+    /// Declares an executor lost: no more tasks, its blocks forgotten, its running tasks
+    /// and the partitions it computed for running stages queued again. Returns whether
+    /// it was alive until now.
+    fn executor_lost(&mut self, id: &ExecutorId, reason: &str) -> bool {
+        let Some(exec) = self.executors.get_mut(id).filter(|e| e.alive) else {
+            return false;
+        };
+        exec.alive = false;
+        exec.excluded_until = None;
+        let running: Vec<TaskId> = exec.running.iter().copied().collect();
+        let address = exec.info.address.clone();
+        self.registry.mark_lost(id);
+        self.backend.forget(&address);
+        let lost_blocks = self.locations.remove_executor(id);
+        tracing::warn!(executor = %id, blocks = lost_blocks.len(), reason, "executor lost");
+        self.sink.emit(SchedulerEvent::ExecutorRemoved {
+            executor: id.clone(),
+            reason: reason.to_string(),
+            time_ms: now_ms(),
+        });
+        for block in lost_blocks {
+            if self.cached.contains(&block.dataset) {
+                self.sink.emit(SchedulerEvent::BlockUncached {
+                    dataset: block.dataset,
+                    partition: block.partition,
+                    time_ms: now_ms(),
+                });
+            }
+        }
+        // Partitions running stages already computed there are gone with it (files
+        // written to a shared directory stay).
+        let mut touched = Vec::new();
+        for (sid, stage) in &mut self.stages {
+            let before = stage.lost.len();
+            let keep_done = matches!(stage.output, OutputKind::Parquet(_));
+            if !keep_done && matches!(stage.state, Stage::Running) {
+                let lost: Vec<usize> = stage
+                    .done
+                    .iter()
+                    .filter(|(_, d)| &d.executor == id)
+                    .map(|(i, _)| *i)
+                    .collect();
+                for i in lost {
+                    stage.done.remove(&i);
+                    stage.parts[i].done = false;
+                    stage.parts[i].speculated = false;
+                    stage.requeue(i);
+                    stage.lost.insert(id.clone());
+                }
+            }
+            if stage.parts.iter().any(|p| {
+                p.running
+                    .iter()
+                    .any(|t| self.attempts.get(t).is_some_and(|a| &a.executor == id))
+            }) {
+                stage.lost.insert(id.clone());
+            }
+            if stage.lost.len() != before {
+                touched.push(*sid);
+            }
+        }
+        for task in running {
+            self.end_attempt(
+                task,
+                TaskEndStatus::Killed,
+                Some(format!("executor {id} lost: {reason}")),
+                None,
+                true,
+            );
+        }
+        true
+    }
+
+    /// Counts a strike against an executor; enough within the window exclude it, unless
+    /// it is the last executor taking tasks.
+    fn strike(&mut self, id: &ExecutorId, reason: String, now: Instant) {
+        let config = self.config.exclusion;
+        let others = self
+            .executors
+            .values()
+            .filter(|e| &e.info.id != id && e.alive && e.excluded_until.is_none_or(|t| t <= now))
+            .count();
+        let Some(exec) = self.executors.get_mut(id).filter(|e| e.alive) else {
+            return;
+        };
+        exec.strikes.push_back((now, reason.clone()));
+        while exec
+            .strikes
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > config.window)
+        {
+            exec.strikes.pop_front();
+        }
+        if exec.strikes.len() < config.max_strikes || others == 0 {
+            return;
+        }
+        let reasons: Vec<String> = exec.strikes.drain(..).map(|(_, r)| r).collect();
+        let reason = format!("{} strikes: {}", reasons.len(), reasons.join("; "));
+        exec.excluded_until = Some(now + config.duration);
+        tracing::warn!(executor = %id, %reason, for_ = ?config.duration, "executor excluded");
+        self.sink.emit(SchedulerEvent::ExecutorExcluded {
+            executor: id.clone(),
+            reason,
+            until_ms: now_ms() + config.duration.as_millis() as u64,
+            time_ms: now_ms(),
+        });
+    }
+
+    /// Looks at the clock: silent executors, ended exclusions, stragglers, forgotten
+    /// statuses, tasks past their timeout, stages with no executor to run on.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        let silent: Vec<(ExecutorId, Duration)> = self
+            .executors
+            .values()
+            .filter(|e| e.alive)
+            .map(|e| {
+                (
+                    e.info.id.clone(),
+                    now.saturating_duration_since(e.last_heartbeat),
+                )
+            })
+            .filter(|(_, since)| *since > self.config.executor_timeout)
+            .collect();
+        for (id, since) in silent {
+            self.executor_lost(
+                &id,
+                &format!("no heartbeat for {:.1} s", since.as_secs_f64()),
+            );
+        }
+        let included: Vec<ExecutorId> = self
+            .executors
+            .values_mut()
+            .filter(|e| e.excluded_until.is_some_and(|t| t <= now))
+            .map(|e| {
+                e.excluded_until = None;
+                e.info.id.clone()
+            })
+            .collect();
+        for executor in included {
+            self.sink.emit(SchedulerEvent::ExecutorIncluded {
+                executor,
+                time_ms: now_ms(),
+            });
+        }
+        // Attempts whose status never came: the executor no longer lists them.
+        let forgotten: Vec<TaskId> = self
+            .attempts
+            .iter()
+            .filter(|(_, a)| {
+                a.absent_since.is_some_and(|t| {
+                    now.saturating_duration_since(t) > self.config.executor_timeout
+                })
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for task in forgotten {
+            self.end_attempt(
+                task,
+                TaskEndStatus::Killed,
+                Some("the executor stopped listing it and never reported its end".into()),
+                None,
+                true,
+            );
+        }
+        self.timeouts(now);
+        if self.config.speculation.enabled {
+            self.speculate(now);
+        }
+        self.starvation(now);
+        self.schedule(now);
+    }
+
+    fn timeouts(&mut self, now: Instant) {
+        let limit = self.config.task_timeout;
+        let late: Vec<TaskId> = self
+            .attempts
+            .iter()
+            .filter(|(_, a)| {
+                matches!(a.state, TaskAttempt::Running | TaskAttempt::Launching)
+                    && now.saturating_duration_since(a.started) > limit
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for task in late {
+            let (stage_id, index, executor) = {
+                let a = &self.attempts[&task];
+                (a.stage, a.index, a.executor.clone())
+            };
+            let message = format!("ran past the task timeout of {limit:?}");
+            self.kill(&[task], &message);
+            let max = self.config.max_task_attempts;
+            if let Some(stage) = self.stages.get_mut(&stage_id) {
+                let part = &mut stage.parts[index];
+                part.failures += 1;
+                part.failed_on.push(executor.clone());
+                let (partition, failures) = (part.partition, part.failures);
+                if failures >= max {
+                    stage.abort(StageEnd::Failed(DriverError::TaskFailed {
+                        stage: stage_id,
+                        dataset: stage.dataset,
+                        partition,
+                        executor,
+                        attempts: failures,
+                        user_error: false,
+                        message,
+                    }));
+                } else {
+                    part.queued = true;
+                    stage.pending.push_back(index);
+                }
+            }
+        }
+    }
+
+    /// Marks stragglers for a speculative copy.
+    fn speculate(&mut self, now: Instant) {
+        let s = self.config.speculation;
+        for stage in self.stages.values_mut() {
+            if !matches!(stage.state, Stage::Running) || stage.durations.is_empty() {
+                continue;
+            }
+            let total = stage.parts.len();
+            if (stage.durations.len() as f64) < s.quantile * total as f64 {
+                continue;
+            }
+            let mut sorted = stage.durations.clone();
+            sorted.sort();
+            let median = sorted[sorted.len() / 2];
+            let threshold = median.mul_f64(s.multiplier).max(s.min_runtime);
+            for (i, part) in stage.parts.iter_mut().enumerate() {
+                if part.done || part.speculated || part.running.len() != 1 {
+                    continue;
+                }
+                let Some(a) = self.attempts.get(&part.running[0]) else {
+                    continue;
+                };
+                if a.state == TaskAttempt::Running
+                    && now.saturating_duration_since(a.started) > threshold
+                {
+                    part.speculated = true;
+                    stage.speculative.push_back(i);
+                    tracing::info!(partition = part.partition, executor = %a.executor, ?threshold, "straggler: launching a speculative copy");
+                }
+            }
+        }
+    }
+
+    /// Aborts stages that have waited for any executor longer than `executor_wait`.
+    fn starvation(&mut self, now: Instant) {
+        let any_alive = self.executors.values().any(|e| e.alive);
+        let wait = self.config.executor_wait;
+        let mut ended = Vec::new();
+        for (id, stage) in &mut self.stages {
+            if any_alive || stage.pending.is_empty() || !matches!(stage.state, Stage::Running) {
+                stage.starved_since = None;
+                continue;
+            }
+            let since = *stage.starved_since.get_or_insert(now);
+            let waited = now.saturating_duration_since(since);
+            if waited >= wait {
+                stage.abort(StageEnd::Failed(DriverError::NoExecutors { waited }));
+                ended.push(*id);
+            }
+        }
+        for id in ended {
+            self.maybe_finish(id);
+        }
+    }
+}
+
+/// The executor for a task: the first preferred one with a free slot, else the least
+/// loaded with a free slot; never one of `avoid`.
+fn pick(
+    executors: &BTreeMap<ExecutorId, Exec>,
+    preferred: &[ExecutorId],
+    avoid: &[ExecutorId],
+    now: Instant,
+) -> Option<ExecutorId> {
+    for p in preferred {
+        if let Some(e) = executors.get(p) {
+            if e.free_slots(now) > 0 && !avoid.contains(p) {
+                return Some(p.clone());
+            }
+        }
+    }
+    executors
+        .values()
+        .filter(|e| e.free_slots(now) > 0 && !avoid.contains(&e.info.id))
+        .min_by(|a, b| {
+            let la = a.running.len() as f64 / a.info.cores.max(1) as f64;
+            let lb = b.running.len() as f64 / b.info.cores.max(1) as f64;
+            la.total_cmp(&lb)
+        })
+        .map(|e| e.info.id.clone())
+}
+
+/// The output message of partition `partition`'s task.
+fn task_output(output: &OutputKind, _dataset: DatasetId, partition: u32) -> TaskOutput {
+    let kind = match output {
+        OutputKind::Shuffle => task_output::Kind::Shuffle(ShuffleWrite {}),
+        OutputKind::Store { cached } => task_output::Kind::Store(StoreBlock { cached: *cached }),
+        OutputKind::Parquet(dir) => task_output::Kind::WriteParquet(WriteParquet {
+            path: dir
+                .join(crate::dag_scheduler::part_file_name(partition))
+                .to_string_lossy()
+                .into_owned(),
+        }),
+    };
+    TaskOutput { kind: Some(kind) }
+}
+
+fn figures_of(success: &ember_engine::proto::TaskSuccess) -> TaskFigures {
+    let m = success.metrics.clone().unwrap_or_default();
+    TaskFigures {
+        rows: success.rows,
+        output_bytes: success.bytes,
+        blocks_read_local: m.blocks_read_local,
+        blocks_read_remote: m.blocks_read_remote,
+        bytes_fetched: m.bytes_fetched,
+        shuffle_bytes_written: m.shuffle_bytes_written,
+        spilled_bytes: m.spilled_bytes,
+        run_ms: m.run_micros / 1000,
+        fetch_ms: m.fetch_micros / 1000,
+    }
+}

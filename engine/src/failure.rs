@@ -1,0 +1,58 @@
+//! Task failure classes: the one place that says what the scheduler does about each kind
+//! of task failure. Executors classify their errors into a `FailureKind`; the driver's
+//! scheduler loop acts on [`FailureKind::reaction`].
+
+use crate::proto::FailureKind;
+
+/// What the scheduler does about a failed task attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaction {
+    /// Run the task again (possibly elsewhere), counting the failure against its attempt
+    /// limit: a runtime failure that another attempt may not meet.
+    Retry,
+    /// Run the task again without counting it: it was stopped, not broken.
+    Requeue,
+    /// An input block could not be read: its producer is recomputed, then the stage runs
+    /// again.
+    RecomputeInput,
+    /// Another attempt cannot succeed (a plan or input error, a bug): the job fails.
+    Fail,
+}
+
+impl FailureKind {
+    /// How the scheduler reacts to a task that failed this way. Never "the executor is
+    /// lost": only missed heartbeats, refused connections and failed fetches say that.
+    pub fn reaction(self) -> Reaction {
+        match self {
+            FailureKind::Execution | FailureKind::ResourcesExhausted => Reaction::Retry,
+            FailureKind::Cancelled => Reaction::Requeue,
+            FailureKind::FetchFailed => Reaction::RecomputeInput,
+            FailureKind::Plan | FailureKind::Internal => Reaction::Fail,
+        }
+    }
+
+    /// Whether another attempt of the task may succeed.
+    pub fn is_retryable(self) -> bool {
+        self.reaction() != Reaction::Fail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plan_errors_and_bugs_fail_the_job() {
+        assert_eq!(FailureKind::Plan.reaction(), Reaction::Fail);
+        assert_eq!(FailureKind::Internal.reaction(), Reaction::Fail);
+        assert_eq!(FailureKind::Execution.reaction(), Reaction::Retry);
+        assert_eq!(FailureKind::ResourcesExhausted.reaction(), Reaction::Retry);
+        assert_eq!(FailureKind::Cancelled.reaction(), Reaction::Requeue);
+        assert_eq!(
+            FailureKind::FetchFailed.reaction(),
+            Reaction::RecomputeInput
+        );
+        assert!(FailureKind::FetchFailed.is_retryable());
+        assert!(!FailureKind::Plan.is_retryable());
+    }
+}

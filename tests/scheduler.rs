@@ -1,0 +1,487 @@
+//! The driver as a shared service on real executors: concurrent jobs, FAIR scheduling,
+//! cancellation (by id and by dropping the future), a hung (SIGSTOP) executor, a straggler
+//! beaten by its speculative copy, the event log, unpersist with live clones, and a
+//! standalone executor that stops when its driver goes away.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::Int64Array;
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use common::{datafusion_answer, sorted_rows, write_orders, Mode};
+use datafusion::datasource::MemTable;
+use ember::driver::{JobStatus, SchedulerEvent, SchedulingMode, TaskEndStatus};
+use ember::prelude::*;
+
+/// Registers `name`: `partitions` in-memory partitions of `rows` rows (`v` = 0..rows).
+fn register_numbers(session: &Session, name: &str, partitions: usize, rows: i64) {
+    let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![Arc::new(Int64Array::from((0..rows).collect::<Vec<_>>()))],
+    )
+    .expect("batch");
+    let table = MemTable::try_new(schema, vec![vec![batch]; partitions]).expect("table");
+    session
+        .context()
+        .register_table(name, Arc::new(table))
+        .expect("register");
+}
+
+fn count_of(batches: &[RecordBatch]) -> i64 {
+    batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64")
+                .value(0)
+        })
+        .sum()
+}
+
+/// Polls every executor until none runs a task and none holds a block, or `within` passes.
+async fn wait_until_idle(session: &Session, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut busy = Vec::new();
+        for e in session.executors() {
+            let status = session
+                .driver()
+                .executor_status(&e.id)
+                .await
+                .map_err(|err| err.to_string())?;
+            if status.running_tasks > 0 || status.blocks > 0 || status.disk_bytes > 0 {
+                busy.push(format!(
+                    "{}: {} running, {} blocks, {} spilled bytes",
+                    e.id, status.running_tasks, status.blocks, status.disk_bytes
+                ));
+            }
+        }
+        if busy.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(busy.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_sql_jobs_share_the_cluster_and_answer_right() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 4, 2_000);
+    let session = common::session(Mode::Processes, 2).await;
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    let queries: Vec<String> = (0..8)
+        .map(|i| match i % 4 {
+            0 => format!("SELECT region, count(*), sum(amount) FROM orders WHERE id % 8 = {i} GROUP BY region"),
+            1 => format!("SELECT count(*) FROM orders WHERE amount > {i}"),
+            2 => format!("SELECT id FROM orders WHERE id % 997 = {i} ORDER BY id"),
+            _ => format!("SELECT a.region, count(*) FROM orders a JOIN orders b ON a.id = b.id + {i} GROUP BY a.region"),
+        })
+        .collect();
+    let runs: Vec<_> = queries
+        .iter()
+        .map(|q| {
+            let session = session.clone();
+            let q = q.clone();
+            tokio::spawn(async move {
+                let df = session.sql(&q).await.expect("plan");
+                df.collect().await.expect("concurrent job")
+            })
+        })
+        .collect();
+    for (q, run) in queries.iter().zip(runs) {
+        let ours = run.await.expect("join");
+        let theirs = datafusion_answer(dir.path(), q).await;
+        assert_eq!(sorted_rows(&ours), sorted_rows(&theirs), "{q}");
+    }
+    let snapshot = session.snapshot().await.expect("snapshot");
+    let succeeded = snapshot
+        .jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Succeeded)
+        .count();
+    assert!(succeeded >= 8, "{succeeded} jobs succeeded");
+    assert!(snapshot
+        .jobs
+        .iter()
+        .any(|j| j.description.contains("WHERE amount > 1")));
+    // Nothing of those jobs is left behind.
+    wait_until_idle(&session, Duration::from_secs(2))
+        .await
+        .expect("idle after the jobs");
+}
+
+/// Every task waits 400 ms (injected); the long job has 8 tasks for 2 slots, the short one
+/// a single task and is submitted just after. Under FAIR it gets the first slot that frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_scheduling_finishes_a_short_job_behind_a_long_one_first() {
+    let delay = Duration::from_millis(400);
+    let builder = common::builder(2)
+        .scheduling_mode(SchedulingMode::Fair)
+        .inject_task_delay(0, delay)
+        .inject_task_delay(1, delay);
+    let session = common::start(Mode::InProcess, builder).await;
+    register_numbers(&session, "long_t", 8, 1_000);
+    register_numbers(&session, "short_t", 1, 10);
+    let long = {
+        let session = session.with_pool("etl");
+        tokio::spawn(async move {
+            let df = session
+                .sql("SELECT count(*) FROM long_t WHERE v % 2 = 0")
+                .await
+                .expect("plan");
+            let batches = df.collect().await.expect("long job");
+            (count_of(&batches), Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let short = session
+        .with_pool("adhoc")
+        .sql("SELECT count(*) FROM short_t WHERE v % 2 = 0")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("short job");
+    let short_done = Instant::now();
+    let (long_count, long_done) = long.await.expect("join");
+    assert_eq!(count_of(&short), 5);
+    assert_eq!(long_count, 4_000);
+    assert!(
+        short_done < long_done,
+        "the short job finished {:?} after the long one",
+        short_done - long_done
+    );
+}
+
+/// A query whose tasks take a second each (injected) is cancelled once its first shuffle
+/// map stage is done: its caller gets a cancellation error, and within 2 s no executor
+/// runs a task of it or holds a block of it. Dropping a job's future does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_query_frees_slots_and_removes_its_blocks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 2, 2_000);
+    let delay = Duration::from_millis(1_000);
+    let builder = common::builder(2)
+        .broadcast_join_threshold(0)
+        .inject_task_delay(0, delay)
+        .inject_task_delay(1, delay);
+    let session = common::start(Mode::Processes, builder).await;
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    let sql =
+        "SELECT a.region, count(*) FROM orders a JOIN orders b ON a.id = b.id GROUP BY a.region";
+
+    let mut events = session.driver().subscribe();
+    let query = {
+        let session = session.clone();
+        tokio::spawn(async move { session.sql(sql).await.expect("plan").collect().await })
+    };
+    let job = loop {
+        match events.recv().await.expect("events") {
+            SchedulerEvent::StageCompleted {
+                job, shuffle: true, ..
+            } => break job,
+            _ => continue,
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let holding: u32 = {
+        let mut n = 0;
+        for e in session.executors() {
+            n += session
+                .driver()
+                .executor_status(&e.id)
+                .await
+                .expect("status")
+                .blocks;
+        }
+        n
+    };
+    assert!(holding > 0, "the map stage left shuffle blocks");
+    let cancelled_at = Instant::now();
+    assert!(session.cancel_job(job).await.expect("cancel"));
+    let outcome = query.await.expect("join");
+    let err = outcome.expect_err("a cancelled job fails").to_string();
+    assert!(err.contains("cancelled"), "{err}");
+    wait_until_idle(&session, Duration::from_secs(2))
+        .await
+        .expect("slots and blocks freed within 2 s of the cancel");
+    let freed = cancelled_at.elapsed();
+    assert!(freed < Duration::from_secs(2), "{freed:?}");
+    let snapshot = session.snapshot().await.expect("snapshot");
+    let j = snapshot.jobs.iter().find(|j| j.job == job).expect("job");
+    assert_eq!(j.status, JobStatus::Cancelled);
+
+    // Dropping the future of a running job cancels it too.
+    let df = session.sql(sql).await.expect("plan");
+    let gave_up = tokio::time::timeout(Duration::from_millis(1_500), df.collect()).await;
+    assert!(gave_up.is_err(), "the job should still be running");
+    wait_until_idle(&session, Duration::from_secs(3))
+        .await
+        .expect("a dropped job's tasks and blocks go away");
+    let snapshot = session.snapshot().await.expect("snapshot");
+    let last = snapshot.jobs.last().expect("job");
+    assert_eq!(last.status, JobStatus::Cancelled, "{last:?}");
+
+    // The cluster still runs jobs.
+    let batches = session
+        .sql("SELECT count(*) FROM orders")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("after cancellations");
+    assert_eq!(count_of(&batches), 4_000);
+}
+
+/// An executor process frozen with SIGSTOP mid-stage stops heartbeating: it is declared
+/// lost after the heartbeat timeout and its tasks run on the other executor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_executor_is_declared_lost_and_its_work_rerun() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 4, 2_000);
+    let delay = Duration::from_millis(300);
+    let builder = common::builder(2)
+        .inject_task_delay(0, delay)
+        .inject_task_delay(1, delay);
+    let session = common::start(Mode::Processes, builder).await;
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    let sql = "SELECT region, count(*), sum(amount) FROM orders GROUP BY region";
+    let expected = datafusion_answer(dir.path(), sql).await;
+    let pid = session.executor_pids()[1];
+    let mut events = session.driver().subscribe();
+    let stopper = tokio::spawn(async move {
+        loop {
+            if let Ok(SchedulerEvent::TaskStarted { executor, .. }) = events.recv().await {
+                if executor.0 == "exec-1" {
+                    signal(pid, "-STOP");
+                    return;
+                }
+            }
+        }
+    });
+    let started = Instant::now();
+    let ours = session
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("the job survives a hung executor");
+    let took = started.elapsed();
+    stopper.await.expect("stopper");
+    // Read before the frozen executor thaws and registers again.
+    let snapshot = session.snapshot().await;
+    signal(pid, "-CONT");
+    let snapshot = snapshot.expect("snapshot");
+    assert_eq!(sorted_rows(&ours), sorted_rows(&expected));
+    let metrics = session.last_job_metrics().expect("metrics");
+    assert!(metrics.executors_lost >= 1, "{metrics:?}");
+    let hung = snapshot
+        .executors
+        .iter()
+        .find(|e| e.executor.0 == "exec-1")
+        .expect("exec-1");
+    let reason = hung.removed_reason.clone().unwrap_or_default();
+    assert!(reason.contains("no heartbeat"), "{hung:?} after {took:?}");
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// Executor 1 takes 5 s per task (injected); executor 0 is fast. Once most tasks are done
+/// the straggler gets a copy on executor 0, which wins; the original is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_straggler_is_beaten_by_its_speculative_copy() {
+    let mut driver = common::fast_driver();
+    driver.speculation.min_runtime = Duration::from_millis(300);
+    let builder = common::builder(2)
+        .driver_config(driver)
+        .inject_task_delay(1, Duration::from_secs(5));
+    let session = common::start(Mode::Processes, builder).await;
+    register_numbers(&session, "numbers", 8, 5_000);
+    let started = Instant::now();
+    let batches = session
+        .sql("SELECT count(*) FROM numbers WHERE v % 2 = 0")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("job");
+    let took = started.elapsed();
+    assert_eq!(count_of(&batches), 20_000);
+    let snapshot = session.snapshot().await.expect("snapshot");
+    let stage = &snapshot.jobs.last().expect("job").stages[0];
+    let won = stage
+        .tasks
+        .iter()
+        .filter(|t| t.speculative && t.status == Some(TaskEndStatus::Success))
+        .count();
+    assert!(
+        won >= 1,
+        "a speculative copy won after {took:?}: {stage:#?}"
+    );
+    assert!(
+        stage
+            .tasks
+            .iter()
+            .any(|t| t.executor.0 == "exec-1" && t.status == Some(TaskEndStatus::Killed)),
+        "the straggler was stopped: {stage:#?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_replays_to_the_live_snapshot() {
+    let logs = tempfile::tempdir().expect("tmp");
+    let builder = common::builder(2).event_log(logs.path());
+    let session = common::start(Mode::InProcess, builder).await;
+    register_numbers(&session, "numbers", 4, 100);
+    let cached = session
+        .sql("SELECT v, v * 2 AS w FROM numbers")
+        .await
+        .expect("plan")
+        .cache()
+        .await
+        .expect("cache");
+    assert_eq!(cached.count().await.expect("count"), 400);
+    assert!(session.sql("SELECT nope FROM numbers").await.is_err());
+    let live = session.snapshot().await.expect("snapshot");
+    assert_eq!(live.cached.len(), 1);
+    assert_eq!(live.cached[0].partitions_cached, live.cached[0].partitions);
+    let log = logs
+        .path()
+        .join(format!("{}.jsonl", session.driver().app_id()));
+    let mut replayed = ember::driver::SnapshotBuilder::replay(&log).expect("replay");
+    let mut live = live;
+    for e in live
+        .executors
+        .iter_mut()
+        .chain(replayed.executors.iter_mut())
+    {
+        e.used_bytes = 0;
+        e.blocks = 0;
+        e.disk_bytes = 0;
+    }
+    assert_eq!(replayed, live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpersisting_keeps_clones_and_views_working() {
+    let session = common::session(Mode::InProcess, 2).await;
+    register_numbers(&session, "numbers", 4, 100);
+    let cached = session
+        .sql("SELECT v FROM numbers WHERE v % 2 = 0")
+        .await
+        .expect("plan")
+        .cache()
+        .await
+        .expect("cache");
+    assert_eq!(cached.count().await.expect("count"), 200);
+    let clone = cached.clone();
+    session.register_dataframe("evens", &cached).expect("view");
+    let uncached = cached.unpersist().await.expect("unpersist");
+    assert_eq!(uncached.count().await.expect("uncached"), 200);
+    assert_eq!(clone.count().await.expect("clone of the cached frame"), 200);
+    let view = session
+        .sql("SELECT count(*) FROM evens")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("view over the unpersisted frame");
+    assert_eq!(count_of(&view), 200);
+    // Nothing is cached again behind the user's back.
+    wait_until_idle(&session, Duration::from_secs(2))
+        .await
+        .expect("no block left");
+}
+
+/// An executor started by hand stops by itself when its driver goes away, after the
+/// timeout it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_executor_stops_after_losing_its_driver() {
+    let driver = ember::driver::DriverHandle::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        common::fast_driver(),
+    )
+    .await
+    .expect("driver");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember-executor"))
+        .args([
+            "--driver",
+            &driver.address().to_string(),
+            "--cores",
+            "1",
+            "--memory",
+            "64MiB",
+            "--device",
+            "cpu",
+            "--driver-timeout",
+            "1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("executor starts");
+    let guard = KillOnDrop(child.id());
+    assert_eq!(
+        driver.registry().wait_for(1, Duration::from_secs(10)).await,
+        1,
+        "the executor registered"
+    );
+    drop(driver);
+    let gone = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "the executor outlived its driver"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::mem::forget(guard);
+    assert!(status.success(), "{status}");
+    // It waited about its 1 s timeout, not the default 30 s.
+    assert!(
+        gone.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        gone.elapsed()
+    );
+}
+
+/// Kills a child process if a test fails before it exits.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
+    }
+}
