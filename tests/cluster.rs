@@ -483,40 +483,9 @@ async fn executor_exits_when_its_parent_goes_away() {
     )
     .await
     .expect("driver");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember-executor"))
-        .args([
-            "--driver",
-            &driver.address().to_string(),
-            "--cores",
-            "1",
-            "--exit-on-stdin-close",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    assert_eq!(
-        driver
-            .registry()
-            .wait_for(1, std::time::Duration::from_secs(20))
-            .await,
-        1
-    );
+    let mut child = common::executor_process(&driver, &["--exit-on-stdin-close"]).await;
     drop(child.stdin.take());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            break None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let status = common::exit_within(&mut child, std::time::Duration::from_secs(10)).await;
     assert!(
         status.is_some_and(|s| s.success()),
         "executor kept running: {status:?}"

@@ -31,6 +31,17 @@ fn register_numbers(session: &Session, name: &str, partitions: usize, rows: i64)
         .expect("register");
 }
 
+/// `sql` as a cached DataFrame.
+async fn cached(session: &Session, sql: &str) -> DataFrame {
+    session
+        .sql(sql)
+        .await
+        .expect("plan")
+        .cache()
+        .await
+        .expect("cache")
+}
+
 fn count_of(batches: &[RecordBatch]) -> i64 {
     batches
         .iter()
@@ -360,13 +371,7 @@ async fn the_event_log_replays_to_the_live_snapshot() {
     let builder = common::builder(2).event_log(logs.path());
     let session = common::start(Mode::InProcess, builder).await;
     register_numbers(&session, "numbers", 4, 100);
-    let cached = session
-        .sql("SELECT v, v * 2 AS w FROM numbers")
-        .await
-        .expect("plan")
-        .cache()
-        .await
-        .expect("cache");
+    let cached = cached(&session, "SELECT v, v * 2 AS w FROM numbers").await;
     assert_eq!(cached.count().await.expect("count"), 400);
     assert!(session.sql("SELECT nope FROM numbers").await.is_err());
     let live = session.snapshot().await.expect("snapshot");
@@ -375,31 +380,15 @@ async fn the_event_log_replays_to_the_live_snapshot() {
     let log = logs
         .path()
         .join(format!("{}.jsonl", session.driver().app_id()));
-    let mut replayed = ember::driver::SnapshotBuilder::replay(&log).expect("replay");
-    let mut live = live;
-    for e in live
-        .executors
-        .iter_mut()
-        .chain(replayed.executors.iter_mut())
-    {
-        e.used_bytes = 0;
-        e.blocks = 0;
-        e.disk_bytes = 0;
-    }
-    assert_eq!(replayed, live);
+    let replayed = ember::driver::SnapshotBuilder::replay(&log).expect("replay");
+    assert_eq!(replayed, live.without_heartbeat_figures());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpersisting_keeps_clones_and_views_working() {
     let session = common::session(Mode::InProcess, 2).await;
     register_numbers(&session, "numbers", 4, 100);
-    let cached = session
-        .sql("SELECT v FROM numbers WHERE v % 2 = 0")
-        .await
-        .expect("plan")
-        .cache()
-        .await
-        .expect("cache");
+    let cached = cached(&session, "SELECT v FROM numbers WHERE v % 2 = 0").await;
     assert_eq!(cached.count().await.expect("count"), 200);
     let clone = cached.clone();
     session.register_dataframe("evens", &cached).expect("view");
@@ -430,42 +419,12 @@ async fn a_standalone_executor_stops_after_losing_its_driver() {
     )
     .await
     .expect("driver");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember-executor"))
-        .args([
-            "--driver",
-            &driver.address().to_string(),
-            "--cores",
-            "1",
-            "--memory",
-            "64MiB",
-            "--device",
-            "cpu",
-            "--driver-timeout",
-            "1",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("executor starts");
-    let guard = KillOnDrop(child.id());
-    assert_eq!(
-        driver.registry().wait_for(1, Duration::from_secs(10)).await,
-        1,
-        "the executor registered"
-    );
+    let mut child = common::executor_process(&driver, &["--driver-timeout", "1"]).await;
     drop(driver);
     let gone = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            gone.elapsed() < Duration::from_secs(10),
-            "the executor outlived its driver"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::mem::forget(guard);
+    let status = common::exit_within(&mut child, Duration::from_secs(10))
+        .await
+        .expect("the executor outlived its driver");
     assert!(status.success(), "{status}");
     // It waited about its 1 s timeout, not the default 30 s.
     assert!(
@@ -473,15 +432,4 @@ async fn a_standalone_executor_stops_after_losing_its_driver() {
         "{:?}",
         gone.elapsed()
     );
-}
-
-/// Kills a child process if a test fails before it exits.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &self.0.to_string()])
-            .status();
-    }
 }

@@ -27,6 +27,19 @@ pub struct AppSnapshot {
     pub cached: Vec<CachedDatasetSnapshot>,
 }
 
+impl AppSnapshot {
+    /// The snapshot without the executors' heartbeat figures (memory, blocks, spilled
+    /// bytes), which the event log does not keep: what a replay can be compared with.
+    pub fn without_heartbeat_figures(mut self) -> Self {
+        for e in &mut self.executors {
+            e.used_bytes = 0;
+            e.blocks = 0;
+            e.disk_bytes = 0;
+        }
+        self
+    }
+}
+
 /// One job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSnapshot {

@@ -144,3 +144,46 @@ pub fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
 pub fn row_count(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()
 }
+
+/// Starts an `ember-executor` process (one core, CPU kernels) for `driver` with `extra`
+/// arguments, its stdin piped, and waits until the driver sees it registered.
+pub async fn executor_process(
+    driver: &ember::driver::DriverHandle,
+    extra: &[&str],
+) -> std::process::Child {
+    let address = driver.address().to_string();
+    let mut args = vec!["--driver", &address, "--cores", "1", "--device", "cpu"];
+    args.extend_from_slice(extra);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember-executor"))
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("executor starts");
+    if driver.registry().wait_for(1, Duration::from_secs(20)).await != 1 {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the executor never registered");
+    }
+    child
+}
+
+/// Waits up to `within` for `child` to exit; kills it (and returns `None`) if it does not.
+pub async fn exit_within(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
