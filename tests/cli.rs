@@ -117,3 +117,40 @@ fn errors_go_to_stderr_with_a_failing_exit_code() {
     let stderr = fails(&["sql", "--table", "missing-equals-sign", "SELECT 1"]);
     assert!(stderr.contains("NAME=PATH"), "{stderr}");
 }
+
+/// Ctrl-C (SIGINT) during a long query cancels it and exits with 130 at once, instead of
+/// dying by the signal with the query still running.
+#[test]
+fn ctrl_c_cancels_the_running_query() {
+    let mut child = ember()
+        .args(["sql", "--executors", "1"])
+        .arg("SELECT count(*) FROM generate_series(1, 100000000000) WHERE value % 7 = 3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    // Long enough for the cluster to start and the query to run on the executor.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ember sql kept running after Ctrl-C");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(130), "{status}: {stderr}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+}

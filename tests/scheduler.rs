@@ -365,6 +365,42 @@ async fn a_straggler_is_beaten_by_its_speculative_copy() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
+/// A task error (a cast that fails on the executors) fails the job with the cause and
+/// leaves every executor alive and taking work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_error_fails_the_job_and_keeps_every_executor() {
+    let session = common::session(Mode::Processes, 2).await;
+    register_numbers(&session, "numbers", 4, 100);
+    let err = session
+        .sql("SELECT CAST(CASE WHEN v > 50 THEN 'x' ELSE '1' END AS INT) FROM numbers")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect_err("the cast fails on the executors")
+        .to_string();
+    assert!(err.contains("'x'") || err.contains("Cast"), "{err}");
+    let snapshot = session.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.jobs.last().expect("job").status, JobStatus::Failed);
+    assert!(
+        snapshot
+            .executors
+            .iter()
+            .all(|e| e.active && e.removed_reason.is_none()),
+        "{:?}",
+        snapshot.executors
+    );
+    assert_eq!(session.executors().len(), 2);
+    let batches = session
+        .sql("SELECT count(*) FROM numbers WHERE v > 50")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("the cluster still runs jobs");
+    assert_eq!(count_of(&batches), 4 * 49);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_log_replays_to_the_live_snapshot() {
     let logs = tempfile::tempdir().expect("tmp");
