@@ -8,3 +8,4 @@ pub use datafusion::functions_aggregate::expr_fn::*;
 pub use datafusion::logical_expr::{Expr, SortExpr};
 pub use datafusion::prelude::{col, lit, when};
 pub use ember_driver::JobMetrics;
+pub use ember_driver::{JobStatus, SchedulerEvent, SchedulingMode};

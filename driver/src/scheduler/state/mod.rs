@@ -795,24 +795,29 @@ impl Scheduler {
         reason: String,
         reply: Option<oneshot::Sender<usize>>,
     ) {
+        // A job already cancelling is waited for too, but not counted again.
         let targets: Vec<JobId> = self
             .jobs
-            .iter()
-            .filter(|(id, j)| job.is_none_or(|want| want == **id) && j.state == Job::Running)
-            .map(|(id, _)| *id)
+            .keys()
+            .filter(|id| job.is_none_or(|want| want == **id))
+            .copied()
             .collect();
-        let count = targets.len();
+        let mut count = 0;
         let mut waiting = Vec::new();
         for id in &targets {
             let Some(j) = self.jobs.get_mut(id) else {
                 continue;
             };
-            j.state = Job::Cancelling(reason.clone());
-            tracing::info!(job = %id, %reason, "job cancelled");
-            let stages = j.stages.clone();
             if j.running_tasks > 0 {
                 waiting.push(*id);
             }
+            if j.state != Job::Running {
+                continue;
+            }
+            count += 1;
+            j.state = Job::Cancelling(reason.clone());
+            tracing::info!(job = %id, %reason, "job cancelled");
+            let stages = j.stages.clone();
             let mut running = Vec::new();
             for s in &stages {
                 if let Some(stage) = self.stages.get_mut(s) {
