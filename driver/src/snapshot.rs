@@ -232,16 +232,22 @@ pub struct CachedDatasetSnapshot {
     pub bytes: u64,
 }
 
+/// Finished jobs a snapshot keeps (the oldest are dropped beyond it), so a driver that runs
+/// for weeks holds a bounded history.
+pub const RETAINED_JOBS: usize = 1000;
+
 /// Folds events into an [`AppSnapshot`].
 #[derive(Debug, Default, Clone)]
 pub struct SnapshotBuilder {
+    /// Executors and application; jobs live in `jobs` until `snapshot()` lists them.
     snapshot: AppSnapshot,
-    /// Index of each job in `snapshot.jobs`.
-    jobs: BTreeMap<JobId, usize>,
-    /// (job index, stage index) of each stage.
-    stages: BTreeMap<StageId, (usize, usize)>,
-    /// (job, stage, task index) of each task attempt.
-    tasks: BTreeMap<u64, (usize, usize, usize)>,
+    jobs: BTreeMap<JobId, JobSnapshot>,
+    /// Finished jobs, oldest first.
+    finished: std::collections::VecDeque<JobId>,
+    /// (job, stage index) of each stage.
+    stages: BTreeMap<StageId, (JobId, usize)>,
+    /// (job, stage index, task index) of each task attempt.
+    tasks: BTreeMap<u64, (JobId, usize, usize)>,
     executors: BTreeMap<ExecutorId, usize>,
     /// Cached partitions: (bytes, executor) by (dataset, partition).
     cached_blocks: BTreeMap<(DatasetId, u32), (u64, ExecutorId)>,
@@ -270,6 +276,7 @@ impl SnapshotBuilder {
     /// The snapshot so far.
     pub fn snapshot(&self) -> AppSnapshot {
         let mut s = self.snapshot.clone();
+        s.jobs = self.jobs.values().cloned().collect();
         s.cached = self
             .cached
             .iter()
@@ -390,17 +397,19 @@ impl SnapshotBuilder {
                 pool,
                 time_ms,
             } => {
-                self.jobs.insert(*job, self.snapshot.jobs.len());
-                self.snapshot.jobs.push(JobSnapshot {
-                    job: *job,
-                    description: description.clone(),
-                    pool: pool.clone(),
-                    status: JobStatus::Running,
-                    error: None,
-                    submitted_ms: *time_ms,
-                    completed_ms: None,
-                    stages: Vec::new(),
-                });
+                self.jobs.insert(
+                    *job,
+                    JobSnapshot {
+                        job: *job,
+                        description: description.clone(),
+                        pool: pool.clone(),
+                        status: JobStatus::Running,
+                        error: None,
+                        submitted_ms: *time_ms,
+                        completed_ms: None,
+                        stages: Vec::new(),
+                    },
+                );
             }
             JobEnded {
                 job,
@@ -408,10 +417,16 @@ impl SnapshotBuilder {
                 error,
                 time_ms,
             } => {
-                if let Some(j) = self.jobs.get(job).map(|i| &mut self.snapshot.jobs[*i]) {
+                if let Some(j) = self.jobs.get_mut(job) {
                     j.status = *status;
                     j.error = error.clone();
                     j.completed_ms = Some(*time_ms);
+                    self.finished.push_back(*job);
+                }
+                while self.finished.len() > RETAINED_JOBS {
+                    if let Some(old) = self.finished.pop_front() {
+                        self.forget_job(old);
+                    }
                 }
             }
             StageSubmitted {
@@ -422,11 +437,11 @@ impl SnapshotBuilder {
                 shuffle,
                 time_ms,
             } => {
-                let Some(ji) = self.jobs.get(job).copied() else {
+                let Some(j) = self.jobs.get_mut(job) else {
                     return;
                 };
-                let stages = &mut self.snapshot.jobs[ji].stages;
-                self.stages.insert(*stage, (ji, stages.len()));
+                let stages = &mut j.stages;
+                self.stages.insert(*stage, (*job, stages.len()));
                 stages.push(StageSnapshot {
                     stage: *stage,
                     job: *job,
@@ -465,7 +480,9 @@ impl SnapshotBuilder {
                 let Some((ji, si)) = self.stages.get(stage).copied() else {
                     return;
                 };
-                let s = &mut self.snapshot.jobs[ji].stages[si];
+                let Some(s) = self.jobs.get_mut(&ji).and_then(|j| j.stages.get_mut(si)) else {
+                    return;
+                };
                 self.tasks.insert(*task, (ji, si, s.tasks.len()));
                 s.counts.running += 1;
                 if *speculative {
@@ -499,7 +516,9 @@ impl SnapshotBuilder {
                 let Some((ji, si, ti)) = self.tasks.get(task).copied() else {
                     return;
                 };
-                let s = &mut self.snapshot.jobs[ji].stages[si];
+                let Some(s) = self.jobs.get_mut(&ji).and_then(|j| j.stages.get_mut(si)) else {
+                    return;
+                };
                 let t = &mut s.tasks[ti];
                 if t.status.is_some() {
                     return;
@@ -570,6 +589,64 @@ impl SnapshotBuilder {
 
     fn stage_mut(&mut self, stage: StageId) -> Option<&mut StageSnapshot> {
         let (ji, si) = self.stages.get(&stage).copied()?;
-        self.snapshot.jobs.get_mut(ji)?.stages.get_mut(si)
+        self.jobs.get_mut(&ji)?.stages.get_mut(si)
+    }
+
+    /// Drops a finished job and the indexes of its stages and tasks.
+    fn forget_job(&mut self, job: JobId) {
+        let Some(j) = self.jobs.remove(&job) else {
+            return;
+        };
+        for stage in &j.stages {
+            self.stages.remove(&stage.stage);
+            for task in &stage.tasks {
+                self.tasks.remove(&task.task);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_newest_finished_jobs_are_kept() {
+        let mut b = SnapshotBuilder::new();
+        let extra = 5;
+        for j in 1..=(RETAINED_JOBS + extra) as u64 {
+            b.apply(&SchedulerEvent::JobStarted {
+                job: JobId(j),
+                description: format!("job {j}"),
+                pool: "default".into(),
+                time_ms: j,
+            });
+            b.apply(&SchedulerEvent::StageSubmitted {
+                job: JobId(j),
+                stage: StageId(j as u32),
+                dataset: DatasetId(j),
+                tasks: 1,
+                shuffle: false,
+                time_ms: j,
+            });
+            b.apply(&SchedulerEvent::JobEnded {
+                job: JobId(j),
+                status: JobStatus::Succeeded,
+                error: None,
+                time_ms: j + 1,
+            });
+        }
+        // A running job is never dropped.
+        b.apply(&SchedulerEvent::JobStarted {
+            job: JobId(0),
+            description: "still running".into(),
+            pool: "default".into(),
+            time_ms: 0,
+        });
+        let s = b.snapshot();
+        assert_eq!(s.jobs.len(), RETAINED_JOBS + 1);
+        assert_eq!(s.jobs[0].job, JobId(0));
+        assert_eq!(s.jobs[1].job, JobId(extra as u64 + 1));
+        assert_eq!(b.stages.len(), RETAINED_JOBS);
     }
 }
