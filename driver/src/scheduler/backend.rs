@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ember_engine::proto::{CancelTaskRequest, LaunchTaskRequest};
+use ember_engine::proto::{CancelTaskRequest, LaunchTaskRequest, TaskStatus};
 use ember_engine::rpc::{ChannelPool, CONTROL_TIMEOUT};
 use futures::future::BoxFuture;
 
@@ -20,12 +20,13 @@ pub enum LaunchError {
 
 /// The scheduler's way to the executors.
 pub trait ExecutorBackend: Send + Sync + 'static {
-    /// Hands a task to the executor at `address`; resolves once it accepted the task.
+    /// Hands a task to the executor at `address`; resolves once it accepted the task, with
+    /// the task's status when it already ended (no report follows then).
     fn launch(
         &self,
         address: String,
         request: LaunchTaskRequest,
-    ) -> BoxFuture<'static, Result<(), LaunchError>>;
+    ) -> BoxFuture<'static, Result<Option<TaskStatus>, LaunchError>>;
 
     /// Asks the executor at `address` to stop `tasks`; each then reports itself cancelled.
     fn cancel(&self, address: String, tasks: Vec<u64>, reason: String) -> BoxFuture<'static, ()>;
@@ -45,14 +46,14 @@ impl ExecutorBackend for GrpcBackend {
         &self,
         address: String,
         request: LaunchTaskRequest,
-    ) -> BoxFuture<'static, Result<(), LaunchError>> {
+    ) -> BoxFuture<'static, Result<Option<TaskStatus>, LaunchError>> {
         let pool = self.pool.clone();
         Box::pin(async move {
             let mut client = pool
                 .executor(&address)
                 .map_err(|e| LaunchError::Unreachable(e.to_string()))?;
             match tokio::time::timeout(CONTROL_TIMEOUT, client.launch_task(request)).await {
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(response)) => Ok(response.into_inner().status),
                 Ok(Err(status)) => Err(classify(&address, &status)),
                 Err(_) => Err(LaunchError::NotAccepted(format!(
                     "{address} did not accept the task within {CONTROL_TIMEOUT:?}"

@@ -204,10 +204,11 @@ pub(crate) enum Event {
         reason: String,
         reply: Option<oneshot::Sender<usize>>,
     },
-    /// The executor accepted the task (`Ok`) or could not be given it.
+    /// The executor accepted the task (`Ok`, with its status when it already ended) or
+    /// could not be given it.
     Launched {
         task: TaskId,
-        result: std::result::Result<(), LaunchError>,
+        result: std::result::Result<Option<TaskStatus>, LaunchError>,
     },
     TaskStatus {
         executor: ExecutorId,

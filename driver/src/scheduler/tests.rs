@@ -34,6 +34,8 @@ struct Calls {
 struct FakeExecutors {
     calls: Arc<Mutex<Calls>>,
     refuse: Arc<Mutex<Vec<String>>>,
+    /// Answer every launch with a success inline (a task that ended at once).
+    inline: Arc<Mutex<bool>>,
 }
 
 impl ExecutorBackend for FakeExecutors {
@@ -41,8 +43,9 @@ impl ExecutorBackend for FakeExecutors {
         &self,
         address: String,
         request: LaunchTaskRequest,
-    ) -> BoxFuture<'static, Result<(), LaunchError>> {
+    ) -> BoxFuture<'static, Result<Option<TaskStatus>, LaunchError>> {
         let refused = self.refuse.lock().unwrap().contains(&address);
+        let inline = *self.inline.lock().unwrap();
         self.calls
             .lock()
             .unwrap()
@@ -53,8 +56,12 @@ impl ExecutorBackend for FakeExecutors {
                 Err(LaunchError::Unreachable(format!(
                     "{address}: connection refused"
                 )))
+            } else if inline {
+                Ok(Some(TaskStatus {
+                    result: Some(success()),
+                }))
             } else {
-                Ok(())
+                Ok(None)
             }
         })
     }
@@ -283,6 +290,20 @@ async fn tasks_fill_free_slots_and_the_stage_reports_when_all_are_done() {
     assert!(matches!(r.end, StageEnd::Complete));
     assert_eq!(r.done.len(), 3);
     assert_eq!(r.attempts, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_status_answered_with_the_launch_needs_no_report() {
+    let mut h = Harness::new(config());
+    *h.fake.inline.lock().unwrap() = true;
+    h.executor("a", 1);
+    h.job(1, "default");
+    let mut rx = h.stage(1, 1, 3);
+    // One slot: each inline answer frees it for the next partition at once.
+    assert_eq!(h.take_launches().await.len(), 3);
+    let r = report(&mut rx).expect("every task answered inline");
+    assert!(matches!(r.end, StageEnd::Complete));
+    assert_eq!(r.done.len(), 3);
 }
 
 #[tokio::test(start_paused = true)]

@@ -127,6 +127,7 @@ impl Scheduler {
                 for i in lost {
                     stage.done.remove(&i);
                     stage.parts[i].done = false;
+                    stage.done_parts -= 1;
                     stage.parts[i].speculated = false;
                     stage.requeue(i);
                     stage.lost.insert(id.clone());

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_engine::proto::{task_output, ShuffleWrite, StoreBlock, TaskOutput, WriteParquet};
+use ember_engine::proto::{
+    task_output, ShuffleWrite, StoreBlock, TaskOutput, TaskStatus, WriteParquet,
+};
 use ember_engine::{DatasetId, ExecutorId, JobId, StageId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -129,6 +131,9 @@ struct StageRun {
     /// Run times of the successful attempts, for speculation.
     durations: Vec<Duration>,
     done: BTreeMap<usize, TaskDone>,
+    /// Partitions done, and attempts running (kept as counts: checked after every event).
+    done_parts: usize,
+    running_attempts: usize,
     attempts: usize,
     failures: usize,
     lost: BTreeSet<ExecutorId>,
@@ -139,7 +144,11 @@ struct StageRun {
 
 impl StageRun {
     fn running(&self) -> bool {
-        self.parts.iter().any(|p| !p.running.is_empty())
+        self.running_attempts > 0
+    }
+
+    fn complete(&self) -> bool {
+        self.done_parts == self.parts.len()
     }
 
     fn shuffle(&self) -> bool {
@@ -449,6 +458,8 @@ impl Scheduler {
             speculative: VecDeque::new(),
             durations: Vec::new(),
             done: BTreeMap::new(),
+            done_parts: 0,
+            running_attempts: 0,
             attempts: 0,
             failures: 0,
             lost: BTreeSet::new(),
@@ -601,6 +612,7 @@ impl Scheduler {
         let number = part.launched;
         part.launched += 1;
         part.running.push(task);
+        stage.running_attempts += 1;
         stage.attempts += 1;
         let mut request = stage.template.clone();
         request.partition = part.partition;
@@ -643,14 +655,22 @@ impl Scheduler {
         });
     }
 
-    fn launched(&mut self, task: TaskId, result: std::result::Result<(), LaunchError>) {
+    fn launched(
+        &mut self,
+        task: TaskId,
+        result: std::result::Result<Option<TaskStatus>, LaunchError>,
+    ) {
         let Some(attempt) = self.attempts.get_mut(&task) else {
             return;
         };
         match result {
-            Ok(()) => {
+            Ok(status) => {
                 if attempt.state == TaskAttempt::Launching {
                     attempt.state = TaskAttempt::Running;
+                }
+                if let Some(status) = status {
+                    let executor = attempt.executor.clone();
+                    self.task_status(&executor, task, status);
                 }
             }
             Err(LaunchError::Unreachable(reason)) => {
@@ -689,7 +709,10 @@ impl Scheduler {
             self.job_drained(attempt.job);
         }
         if let Some(stage) = self.stages.get_mut(&attempt.stage) {
-            stage.parts[attempt.index].running.retain(|t| *t != task);
+            let part = &mut stage.parts[attempt.index];
+            let before = part.running.len();
+            part.running.retain(|t| *t != task);
+            stage.running_attempts -= before - part.running.len();
             if status == TaskEndStatus::Failed {
                 stage.failures += 1;
             }
@@ -751,7 +774,7 @@ impl Scheduler {
         if stage.running() {
             return;
         }
-        if matches!(stage.state, Stage::Running) && !stage.parts.iter().all(|p| p.done) {
+        if matches!(stage.state, Stage::Running) && !stage.complete() {
             return;
         }
         let Some(mut stage) = self.stages.remove(&stage_id) else {

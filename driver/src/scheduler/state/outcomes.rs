@@ -82,6 +82,7 @@ impl Scheduler {
         }
         let part = &mut stage.parts[index];
         part.done = true;
+        stage.done_parts += 1;
         let partition = part.partition;
         let losers: Vec<TaskId> = part
             .running
