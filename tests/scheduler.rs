@@ -313,6 +313,27 @@ async fn a_hung_executor_is_declared_lost_and_its_work_rerun() {
         .expect("exec-1");
     let reason = hung.removed_reason.clone().unwrap_or_default();
     assert!(reason.contains("no heartbeat"), "{hung:?} after {took:?}");
+
+    // Thawed, it registers again with nothing left of its earlier life, and takes work.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while session.executors().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the thawed executor never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until_idle(&session, Duration::from_secs(3))
+        .await
+        .expect("the thawed executor dropped its stale blocks and tasks");
+    let again = session
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("runs on both executors again");
+    assert_eq!(sorted_rows(&again), sorted_rows(&expected));
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -109,6 +109,10 @@ pub struct BlockManager {
     spill_dir: Option<PathBuf>,
     /// Bytes spilled since start.
     spilled: AtomicU64,
+    /// Numbers spill files, so a block stored again (a retried or recomputed task) never
+    /// writes over the file of the copy it replaces, whose removal would then take the new
+    /// copy with it.
+    spill_seq: AtomicU64,
 }
 
 impl BlockManager {
@@ -123,6 +127,7 @@ impl BlockManager {
             evicted: Mutex::new(Vec::new()),
             spill_dir: None,
             spilled: AtomicU64::new(0),
+            spill_seq: AtomicU64::new(0),
         }
     }
 
@@ -146,15 +151,17 @@ impl BlockManager {
     /// A spilled block whose file cannot be read is reported as missing, so its producer is
     /// recomputed.
     pub fn get(&self, id: BlockId) -> Option<Arc<Partition>> {
-        let path = {
+        // The spill file is opened while the entry is held: removing the block afterwards
+        // unlinks the file but cannot take it from this reader.
+        let opened = {
             let entry = self.blocks.get(&id)?;
             entry.last_used.store(self.tick(), Ordering::Relaxed);
             match &entry.stored {
                 Stored::Memory(p) => return Some(Arc::clone(p)),
-                Stored::Disk { path, .. } => path.clone(),
+                Stored::Disk { path, .. } => File::open(path),
             }
         };
-        match read_spill(&path) {
+        match opened.and_then(read_spill) {
             Ok(p) => Some(Arc::new(p)),
             Err(e) => {
                 tracing::warn!(%id, error = %e, "spilled block unreadable; treating it as lost");
@@ -257,9 +264,10 @@ impl BlockManager {
 
     /// Writes `partition` to a file under `dir` and records it as block `id`.
     fn spill(&self, id: BlockId, partition: &Partition, dir: &Path) -> Result<PutOutcome> {
+        let seq = self.spill_seq.fetch_add(1, Ordering::Relaxed);
         let name = match id.reduce {
-            Some(r) => format!("{}-{}-{}.arrow", id.dataset.0, id.partition, r),
-            None => format!("{}-{}.arrow", id.dataset.0, id.partition),
+            Some(r) => format!("{}-{}-{}-{seq}.arrow", id.dataset.0, id.partition, r),
+            None => format!("{}-{}-{seq}.arrow", id.dataset.0, id.partition),
         };
         let path = dir.join(name);
         write_spill(&path, partition)?;
@@ -399,9 +407,8 @@ fn write_spill(path: &Path, partition: &Partition) -> Result<()> {
     Ok(())
 }
 
-/// Reads a spilled block back.
-fn read_spill(path: &Path) -> std::io::Result<Partition> {
-    let file = File::open(path)?;
+/// Reads a spilled block back from its opened file.
+fn read_spill(file: File) -> std::io::Result<Partition> {
     let reader = FileReader::try_new(BufReader::new(file), None).map_err(std::io::Error::other)?;
     let schema = reader.schema();
     let batches = reader
@@ -528,6 +535,37 @@ mod tests {
             .expect("fits after eviction");
         assert_eq!(outcome.evicted, vec![block(2)]);
         assert_eq!(outcome.spilled, 0);
+    }
+
+    /// A spilled block stored again (a retried or recomputed map task) stays readable, and
+    /// a reader that looked the block up keeps its data even when the block is removed
+    /// while it reads.
+    #[test]
+    fn a_spilled_block_stored_again_stays_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = partition(1000).memory_size();
+        let bm = BlockManager::new(size).with_spill_dir(dir.path());
+        bm.put(block(0), partition(1000), BlockKind::Pinned)
+            .expect("fits");
+        let shuffle = BlockId::shuffle(DatasetId(7), 0, 3);
+        for round in 0..3 {
+            bm.put_block(shuffle, partition(1000), BlockKind::Pinned)
+                .expect("spills");
+            let back = bm
+                .get(shuffle)
+                .unwrap_or_else(|| panic!("round {round}: the new copy was deleted"));
+            assert_eq!(back.num_rows(), 1000);
+            assert_eq!(
+                std::fs::read_dir(dir.path()).expect("ls").count(),
+                1,
+                "the replaced copy's file is gone, the new one kept"
+            );
+        }
+        // Read it, evict everything else, read it again: still there, nothing lost.
+        bm.remove(block(0));
+        assert!(bm.get(shuffle).is_some());
+        assert!(bm.remove(shuffle));
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
     }
 
     #[test]

@@ -428,6 +428,17 @@ async fn heartbeat_loop(h: Heartbeats) {
                 last_ok = Instant::now();
                 if resp.into_inner().reregister {
                     tracing::warn!(driver = %h.driver, "driver asked this executor to register again");
+                    // The driver wrote this executor off (it was silent too long): its
+                    // blocks are forgotten and its tasks rerun elsewhere, so neither is
+                    // worth keeping.
+                    let ids: Vec<u64> = h.tasks.iter().map(|t| *t.key()).collect();
+                    for id in ids {
+                        if let Some((_, stop)) = h.tasks.remove(&id) {
+                            let _ = stop.send("the driver wrote this executor off".into());
+                        }
+                    }
+                    h.blocks.clear();
+                    let _ = h.blocks.take_evicted();
                     if let Err(e) = register(
                         &h.channel,
                         &h.driver,
