@@ -31,6 +31,13 @@ fn register_numbers(session: &Session, name: &str, partitions: usize, rows: i64)
         .expect("register");
 }
 
+/// Two executors with one slot each, every task of which waits `delay` (injected).
+fn slow_executors(delay: Duration) -> SessionBuilder {
+    common::builder(2)
+        .inject_task_delay(0, delay)
+        .inject_task_delay(1, delay)
+}
+
 /// `sql` as a cached DataFrame.
 async fn cached(session: &Session, sql: &str) -> DataFrame {
     session
@@ -138,11 +145,7 @@ async fn eight_concurrent_sql_jobs_share_the_cluster_and_answer_right() {
 /// a single task and is submitted just after. Under FAIR it gets the first slot that frees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fair_scheduling_finishes_a_short_job_behind_a_long_one_first() {
-    let delay = Duration::from_millis(400);
-    let builder = common::builder(2)
-        .scheduling_mode(SchedulingMode::Fair)
-        .inject_task_delay(0, delay)
-        .inject_task_delay(1, delay);
+    let builder = slow_executors(Duration::from_millis(400)).scheduling_mode(SchedulingMode::Fair);
     let session = common::start(Mode::InProcess, builder).await;
     register_numbers(&session, "long_t", 8, 1_000);
     register_numbers(&session, "short_t", 1, 10);
@@ -182,18 +185,9 @@ async fn fair_scheduling_finishes_a_short_job_behind_a_long_one_first() {
 /// runs a task of it or holds a block of it. Dropping a job's future does the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_query_frees_slots_and_removes_its_blocks() {
-    let dir = tempfile::tempdir().expect("tmp");
-    write_orders(dir.path(), 2, 2_000);
     let delay = Duration::from_millis(1_000);
-    let builder = common::builder(2)
-        .broadcast_join_threshold(0)
-        .inject_task_delay(0, delay)
-        .inject_task_delay(1, delay);
-    let session = common::start(Mode::Processes, builder).await;
-    session
-        .register_parquet("orders", dir.path())
-        .await
-        .expect("register");
+    let builder = slow_executors(delay).broadcast_join_threshold(0);
+    let (_dir, session) = common::orders_session(Mode::Processes, builder, 2, 2_000).await;
     let sql =
         "SELECT a.region, count(*) FROM orders a JOIN orders b ON a.id = b.id GROUP BY a.region";
 
@@ -264,17 +258,8 @@ async fn cancelling_a_query_frees_slots_and_removes_its_blocks() {
 /// lost after the heartbeat timeout and its tasks run on the other executor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_executor_is_declared_lost_and_its_work_rerun() {
-    let dir = tempfile::tempdir().expect("tmp");
-    write_orders(dir.path(), 4, 2_000);
-    let delay = Duration::from_millis(300);
-    let builder = common::builder(2)
-        .inject_task_delay(0, delay)
-        .inject_task_delay(1, delay);
-    let session = common::start(Mode::Processes, builder).await;
-    session
-        .register_parquet("orders", dir.path())
-        .await
-        .expect("register");
+    let builder = slow_executors(Duration::from_millis(300));
+    let (dir, session) = common::orders_session(Mode::Processes, builder, 4, 2_000).await;
     let sql = "SELECT region, count(*), sum(amount) FROM orders GROUP BY region";
     let expected = datafusion_answer(dir.path(), sql).await;
     let pid = session.executor_pids()[1];

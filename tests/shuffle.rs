@@ -15,24 +15,6 @@ async fn shuffling_session(mode: Mode) -> Session {
     common::start(mode, common::builder(2).broadcast_join_threshold(0)).await
 }
 
-/// Writes `files` Parquet files of `rows` orders, starts `builder` in `mode` and registers
-/// them as `orders`.
-async fn orders_session(
-    mode: Mode,
-    builder: SessionBuilder,
-    files: usize,
-    rows: usize,
-) -> (tempfile::TempDir, Session) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_orders(dir.path(), files, rows);
-    let session = common::start(mode, builder).await;
-    session
-        .register_parquet("orders", dir.path())
-        .await
-        .expect("register");
-    (dir, session)
-}
-
 /// Runs `sql` on Ember and asserts single-process DataFusion over `dir` gives the same
 /// non-empty set of rows.
 async fn assert_same_as_datafusion(session: &Session, dir: &std::path::Path, sql: &str) {
@@ -61,7 +43,7 @@ const QUERIES: [&str; 5] = [
 
 async fn queries_through_a_shuffle_match_datafusion(mode: Mode) {
     let builder = common::builder(2).broadcast_join_threshold(0);
-    let (dir, session) = orders_session(mode, builder, 3, 2_000).await;
+    let (dir, session) = common::orders_session(mode, builder, 3, 2_000).await;
     for sql in QUERIES {
         assert_same_as_datafusion(&session, dir.path(), sql).await;
         let metrics = session.last_job_metrics().expect("metrics");
@@ -141,7 +123,7 @@ async fn dataframe_join_distinct_union_and_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_shows_the_shuffle_stages() {
     let builder = common::builder(2).broadcast_join_threshold(0);
-    let (_data, session) = orders_session(Mode::InProcess, builder, 2, 100).await;
+    let (_data, session) = common::orders_session(Mode::InProcess, builder, 2, 100).await;
     let sql = "SELECT region, sum(amount) FROM orders GROUP BY region";
     let text = session
         .sql(sql)
@@ -175,7 +157,7 @@ async fn explain_shows_the_shuffle_stages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_an_executor_mid_query_reruns_only_its_map_outputs() {
     let builder = common::builder(2).broadcast_join_threshold(0);
-    let (dir, session) = orders_session(Mode::Processes, builder, 4, 5_000).await;
+    let (dir, session) = common::orders_session(Mode::Processes, builder, 4, 5_000).await;
     let sql = "SELECT a.region, count(*) AS n, sum(b.amount) AS total \
                FROM orders a JOIN orders b ON a.id = b.id GROUP BY a.region";
     let expected = datafusion_answer(dir.path(), sql).await;
@@ -231,7 +213,7 @@ async fn shuffle_outputs_beyond_the_memory_limit_spill_to_disk() {
     let builder = common::builder(2)
         .broadcast_join_threshold(0)
         .memory_per_executor(1_000_000);
-    let (dir, session) = orders_session(Mode::InProcess, builder, 4, 20_000).await;
+    let (dir, session) = common::orders_session(Mode::InProcess, builder, 4, 20_000).await;
     let sql = "SELECT a.region, count(*) AS n, sum(b.amount) AS total \
                FROM orders a JOIN orders b ON a.id = b.id GROUP BY a.region";
     assert_same_as_datafusion(&session, dir.path(), sql).await;
@@ -255,7 +237,8 @@ async fn shuffle_outputs_beyond_the_memory_limit_spill_to_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_side_emitting_joins_and_scalar_subqueries_match_datafusion() {
     // The default broadcast threshold: the small sides below are collected.
-    let (dir, session) = orders_session(Mode::Processes, common::builder(2), 4, 1_000).await;
+    let (dir, session) =
+        common::orders_session(Mode::Processes, common::builder(2), 4, 1_000).await;
     let queries = [
         "SELECT s.id, o.amount FROM (SELECT id FROM orders WHERE id % 500 = 0 \
          UNION ALL SELECT 100000) s LEFT JOIN orders o ON s.id = o.id",
@@ -277,7 +260,8 @@ async fn build_side_emitting_joins_and_scalar_subqueries_match_datafusion() {
 /// the executors, one Parquet file per partition, and reads back to the same rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_external_table_and_copy_to_parquet() {
-    let (dir, session) = orders_session(Mode::Processes, common::builder(2), 3, 1_000).await;
+    let (dir, session) =
+        common::orders_session(Mode::Processes, common::builder(2), 3, 1_000).await;
     let _ddl = session
         .sql(&format!(
             "CREATE EXTERNAL TABLE ext STORED AS PARQUET LOCATION '{}/'",

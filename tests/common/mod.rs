@@ -187,3 +187,21 @@ pub async fn exit_within(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Writes `files` Parquet files of `rows` orders, starts `builder` in `mode` and registers
+/// them as `orders`.
+pub async fn orders_session(
+    mode: Mode,
+    builder: SessionBuilder,
+    files: usize,
+    rows: usize,
+) -> (tempfile::TempDir, Session) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_orders(dir.path(), files, rows);
+    let session = start(mode, builder).await;
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    (dir, session)
+}
