@@ -1,5 +1,6 @@
-//! Executor registry: owns what the driver knows of each executor (address, cores, liveness,
-//! last heartbeat); decides nothing about tasks or blocks.
+//! Executor registry: the published view of the executors (address, cores, liveness, last
+//! heartbeat) that jobs and the driver's own block reads consult. Only the scheduler loop
+//! writes it; it decides nothing.
 
 use std::time::Duration;
 
@@ -88,15 +89,6 @@ impl ExecutorRegistry {
         was_alive
     }
 
-    /// Alive executors whose last heartbeat is older than `timeout`.
-    pub fn expired(&self, timeout: Duration) -> Vec<ExecutorId> {
-        self.executors
-            .iter()
-            .filter(|e| e.state == ExecutorState::Alive && e.last_heartbeat.elapsed() > timeout)
-            .map(|e| e.id.clone())
-            .collect()
-    }
-
     /// Alive executors, sorted by id.
     pub fn alive(&self) -> Vec<ExecutorInfo> {
         let mut v: Vec<ExecutorInfo> = self
@@ -172,21 +164,6 @@ mod tests {
         assert!(r.heartbeat(&ExecutorId("b".into()), 0));
         r.register(info("a"));
         assert!(r.is_alive(&ExecutorId("a".into())));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn silent_executors_expire() {
-        let r = ExecutorRegistry::new();
-        r.register(info("a"));
-        assert!(r.expired(Duration::from_secs(5)).is_empty());
-        r.register(info("b"));
-        tokio::time::advance(Duration::from_secs(3)).await;
-        assert!(r.heartbeat(&ExecutorId("a".into()), 0));
-        tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(
-            r.expired(Duration::from_secs(5)),
-            vec![ExecutorId("b".into())]
-        );
     }
 
     #[tokio::test(start_paused = true)]
