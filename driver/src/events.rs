@@ -294,8 +294,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// Appends events to `DIR/<app>.jsonl`, one JSON object a line, flushed per event so a
-/// crashed driver leaves a readable log.
+/// Appends events to `DIR/<app>.jsonl`, one JSON object a line. Writes are buffered; the
+/// scheduler flushes whenever it has no event waiting and before every snapshot, so the
+/// file is never behind a snapshot and a crash loses at most one burst of events.
 #[derive(Debug)]
 pub struct EventLog {
     path: PathBuf,
@@ -333,7 +334,15 @@ impl EventLog {
     /// The write failed (disk full, file removed).
     pub fn append(&mut self, event: &SchedulerEvent) -> std::io::Result<()> {
         serde_json::to_writer(&mut self.file, event)?;
-        self.file.write_all(b"\n")?;
+        self.file.write_all(b"\n")
+    }
+
+    /// Writes out what is buffered.
+    ///
+    /// # Errors
+    ///
+    /// The write failed.
+    pub fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
     }
 }

@@ -223,6 +223,16 @@ impl Sink {
         }
         let _ = self.broadcast.send(event);
     }
+
+    /// Writes out the event log's buffer.
+    fn flush(&mut self) {
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.flush() {
+                tracing::error!(path = %log.path().display(), error = %e, "event log write failed; logging stops");
+                self.log = None;
+            }
+        }
+    }
 }
 
 /// The scheduler: owns every job, stage, task attempt and executor.
@@ -311,6 +321,10 @@ impl Scheduler {
                 }
                 _ = ticker.tick() => self.tick(Instant::now()),
             }
+            // Idle for now: the event log catches up (a no-op when nothing is buffered).
+            if rx.is_empty() {
+                self.sink.flush();
+            }
         }
     }
 
@@ -384,6 +398,8 @@ impl Scheduler {
                 self.sink.emit(event);
             }
             Event::Snapshot { reply } => {
+                // The log is never behind a snapshot.
+                self.sink.flush();
                 let _ = reply.send(self.sink.snapshot.snapshot());
             }
         }
