@@ -63,24 +63,48 @@ fn count_of(batches: &[RecordBatch]) -> i64 {
         .sum()
 }
 
-/// Polls every executor until none runs a task and none holds a block, or `within` passes.
-async fn wait_until_idle(session: &Session, within: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut busy = Vec::new();
-        for e in session.executors() {
-            let status = session
+/// Plans and runs `sql`, failing the test with `what` if it does not succeed.
+async fn run(session: &Session, sql: &str, what: &str) -> Vec<RecordBatch> {
+    run_result(session, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Plans `sql` (which must plan) and runs it.
+async fn run_result(session: &Session, sql: &str) -> ember::Result<Vec<RecordBatch>> {
+    session.sql(sql).await.expect("plan").collect().await
+}
+
+/// The statuses of every executor alive now.
+async fn statuses(session: &Session) -> Vec<ember::engine::proto::ExecutorStatus> {
+    let mut out = Vec::new();
+    for e in session.executors() {
+        out.push(
+            session
                 .driver()
                 .executor_status(&e.id)
                 .await
-                .map_err(|err| err.to_string())?;
-            if status.running_tasks > 0 || status.blocks > 0 || status.disk_bytes > 0 {
-                busy.push(format!(
+                .expect("executor status"),
+        );
+    }
+    out
+}
+
+/// Polls every executor until none runs a task and none holds a block, or `within` passes.
+async fn wait_until_idle(session: &Session, within: Duration) -> std::result::Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let busy: Vec<String> = statuses(session)
+            .await
+            .iter()
+            .filter(|s| s.running_tasks > 0 || s.blocks > 0 || s.disk_bytes > 0)
+            .map(|s| {
+                format!(
                     "{}: {} running, {} blocks, {} spilled bytes",
-                    e.id, status.running_tasks, status.blocks, status.disk_bytes
-                ));
-            }
-        }
+                    s.executor_id, s.running_tasks, s.blocks, s.disk_bytes
+                )
+            })
+            .collect();
         if busy.is_empty() {
             return Ok(());
         }
@@ -113,14 +137,11 @@ async fn eight_concurrent_sql_jobs_share_the_cluster_and_answer_right() {
         .map(|q| {
             let session = session.clone();
             let q = q.clone();
-            tokio::spawn(async move {
-                let df = session.sql(&q).await.expect("plan");
-                df.collect().await.expect("concurrent job")
-            })
+            tokio::spawn(async move { run(&session, &q, "concurrent job").await })
         })
         .collect();
-    for (q, run) in queries.iter().zip(runs) {
-        let ours = run.await.expect("join");
+    for (q, job) in queries.iter().zip(runs) {
+        let ours = job.await.expect("join");
         let theirs = datafusion_answer(dir.path(), q).await;
         assert_eq!(sorted_rows(&ours), sorted_rows(&theirs), "{q}");
     }
@@ -152,23 +173,22 @@ async fn fair_scheduling_finishes_a_short_job_behind_a_long_one_first() {
     let long = {
         let session = session.with_pool("etl");
         tokio::spawn(async move {
-            let df = session
-                .sql("SELECT count(*) FROM long_t WHERE v % 2 = 0")
-                .await
-                .expect("plan");
-            let batches = df.collect().await.expect("long job");
+            let batches = run(
+                &session,
+                "SELECT count(*) FROM long_t WHERE v % 2 = 0",
+                "long job",
+            )
+            .await;
             (count_of(&batches), Instant::now())
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let short = session
-        .with_pool("adhoc")
-        .sql("SELECT count(*) FROM short_t WHERE v % 2 = 0")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("short job");
+    let short = run(
+        &session.with_pool("adhoc"),
+        "SELECT count(*) FROM short_t WHERE v % 2 = 0",
+        "short job",
+    )
+    .await;
     let short_done = Instant::now();
     let (long_count, long_done) = long.await.expect("join");
     assert_eq!(count_of(&short), 5);
@@ -194,7 +214,7 @@ async fn cancelling_a_query_frees_slots_and_removes_its_blocks() {
     let mut events = session.driver().subscribe();
     let query = {
         let session = session.clone();
-        tokio::spawn(async move { session.sql(sql).await.expect("plan").collect().await })
+        tokio::spawn(async move { run_result(&session, sql).await })
     };
     let job = loop {
         match events.recv().await.expect("events") {
@@ -205,18 +225,7 @@ async fn cancelling_a_query_frees_slots_and_removes_its_blocks() {
         }
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let holding: u32 = {
-        let mut n = 0;
-        for e in session.executors() {
-            n += session
-                .driver()
-                .executor_status(&e.id)
-                .await
-                .expect("status")
-                .blocks;
-        }
-        n
-    };
+    let holding: u32 = statuses(&session).await.iter().map(|s| s.blocks).sum();
     assert!(holding > 0, "the map stage left shuffle blocks");
     let cancelled_at = Instant::now();
     assert!(session.cancel_job(job).await.expect("cancel"));
@@ -256,13 +265,12 @@ async fn cancelling_a_query_frees_slots_and_removes_its_blocks() {
     }
 
     // The cluster still runs jobs.
-    let batches = session
-        .sql("SELECT count(*) FROM orders")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("after cancellations");
+    let batches = run(
+        &session,
+        "SELECT count(*) FROM orders",
+        "after cancellations",
+    )
+    .await;
     assert_eq!(count_of(&batches), 4_000);
 }
 
@@ -287,13 +295,7 @@ async fn a_hung_executor_is_declared_lost_and_its_work_rerun() {
         }
     });
     let started = Instant::now();
-    let ours = session
-        .sql(sql)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("the job survives a hung executor");
+    let ours = run(&session, sql, "the job survives a hung executor").await;
     let took = started.elapsed();
     tokio::time::timeout(Duration::from_secs(10), stopper)
         .await
@@ -326,13 +328,7 @@ async fn a_hung_executor_is_declared_lost_and_its_work_rerun() {
     wait_until_idle(&session, Duration::from_secs(3))
         .await
         .expect("the thawed executor dropped its stale blocks and tasks");
-    let again = session
-        .sql(sql)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("runs on both executors again");
+    let again = run(&session, sql, "runs on both executors again").await;
     assert_eq!(sorted_rows(&again), sorted_rows(&expected));
 }
 
@@ -356,13 +352,12 @@ async fn a_straggler_is_beaten_by_its_speculative_copy() {
     let session = common::start(Mode::Processes, builder).await;
     register_numbers(&session, "numbers", 8, 5_000);
     let started = Instant::now();
-    let batches = session
-        .sql("SELECT count(*) FROM numbers WHERE v % 2 = 0")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("job");
+    let batches = run(
+        &session,
+        "SELECT count(*) FROM numbers WHERE v % 2 = 0",
+        "job",
+    )
+    .await;
     let took = started.elapsed();
     assert_eq!(count_of(&batches), 20_000);
     let snapshot = session.snapshot().await.expect("snapshot");
@@ -391,14 +386,13 @@ async fn a_straggler_is_beaten_by_its_speculative_copy() {
 async fn a_task_error_fails_the_job_and_keeps_every_executor() {
     let session = common::session(Mode::Processes, 2).await;
     register_numbers(&session, "numbers", 4, 100);
-    let err = session
-        .sql("SELECT CAST(CASE WHEN v > 50 THEN 'x' ELSE '1' END AS INT) FROM numbers")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect_err("the cast fails on the executors")
-        .to_string();
+    let err = run_result(
+        &session,
+        "SELECT CAST(CASE WHEN v > 50 THEN 'x' ELSE '1' END AS INT) FROM numbers",
+    )
+    .await
+    .expect_err("the cast fails on the executors")
+    .to_string();
     assert!(err.contains("'x'") || err.contains("Cast"), "{err}");
     let snapshot = session.snapshot().await.expect("snapshot");
     assert_eq!(snapshot.jobs.last().expect("job").status, JobStatus::Failed);
@@ -411,13 +405,12 @@ async fn a_task_error_fails_the_job_and_keeps_every_executor() {
         snapshot.executors
     );
     assert_eq!(session.executors().len(), 2);
-    let batches = session
-        .sql("SELECT count(*) FROM numbers WHERE v > 50")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("the cluster still runs jobs");
+    let batches = run(
+        &session,
+        "SELECT count(*) FROM numbers WHERE v > 50",
+        "the cluster still runs jobs",
+    )
+    .await;
     assert_eq!(count_of(&batches), 4 * 49);
 }
 
@@ -451,13 +444,12 @@ async fn unpersisting_keeps_clones_and_views_working() {
     let uncached = cached.unpersist().await.expect("unpersist");
     assert_eq!(uncached.count().await.expect("uncached"), 200);
     assert_eq!(clone.count().await.expect("clone of the cached frame"), 200);
-    let view = session
-        .sql("SELECT count(*) FROM evens")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("view over the unpersisted frame");
+    let view = run(
+        &session,
+        "SELECT count(*) FROM evens",
+        "view over the unpersisted frame",
+    )
+    .await;
     assert_eq!(count_of(&view), 200);
     // Nothing is cached again behind the user's back.
     wait_until_idle(&session, Duration::from_secs(2))

@@ -56,6 +56,20 @@ pub(crate) struct Job {
     started: Instant,
 }
 
+impl Job {
+    /// The job-scoped datasets to drop when the job ends: those whose blocks it made, and
+    /// those made for it alone.
+    fn scoped_datasets(&self) -> Vec<DatasetId> {
+        let mut datasets = self.materialized.clone();
+        for d in &self.temporary {
+            if !datasets.contains(d) {
+                datasets.push(*d);
+            }
+        }
+        datasets
+    }
+}
+
 impl Drop for Job {
     fn drop(&mut self) {
         if self.ended {
@@ -66,21 +80,14 @@ impl Drop for Job {
         };
         let driver = Arc::clone(&self.driver);
         let job = self.id;
-        let mut datasets = self.materialized.clone();
-        datasets.extend(self.temporary.iter().copied());
-        driver
-            .scheduler
-            .cancel_now(job, "the caller stopped waiting for the job".into());
+        let scoped = self.scoped_datasets();
+        let temporary = self.temporary.clone();
         runtime.spawn(async move {
             let reason = "the caller stopped waiting for the job".to_string();
+            // Blocks go only once no task of the job can store one any more.
             let _ = driver.scheduler.cancel(Some(job), reason.clone()).await;
-            driver.drop_blocks(&datasets).await;
-            for d in &datasets {
-                driver.forget_dataset(*d);
-            }
             driver
-                .scheduler
-                .job_ended(job, JobStatus::Cancelled, Some(reason))
+                .release_job(job, &scoped, &temporary, JobStatus::Cancelled, Some(reason))
                 .await;
         });
     }
@@ -194,19 +201,6 @@ impl Driver {
     /// scheduler how it went.
     pub(crate) async fn end_job<T>(&self, job: &mut Job, result: &Result<T>) {
         job.ended = true;
-        let mut drop: Vec<DatasetId> = job.materialized.clone();
-        for d in &job.temporary {
-            if !drop.contains(d) {
-                drop.push(*d);
-            }
-        }
-        self.drop_blocks(&drop).await;
-        for d in &drop {
-            self.forget_dataset_blocks(*d);
-        }
-        for d in &job.temporary {
-            self.forget_dataset(*d);
-        }
         job.metrics.duration = job.started.elapsed();
         let (status, error) = match result {
             Ok(_) => (JobStatus::Succeeded, None),
@@ -215,7 +209,34 @@ impl Driver {
             }
             Err(e) => (JobStatus::Failed, Some(e.to_string())),
         };
-        self.scheduler.job_ended(job.id, status, error).await;
+        self.release_job(
+            job.id,
+            &job.scoped_datasets(),
+            &job.temporary,
+            status,
+            error,
+        )
+        .await;
+    }
+
+    /// What ending a job releases, however it ends: the blocks of its job-scoped
+    /// datasets, its temporary datasets in the lineage graph; then the scheduler is told.
+    async fn release_job(
+        &self,
+        job: JobId,
+        scoped: &[DatasetId],
+        temporary: &[DatasetId],
+        status: JobStatus,
+        error: Option<String>,
+    ) {
+        self.drop_blocks(scoped).await;
+        for d in scoped {
+            self.forget_dataset_blocks(*d);
+        }
+        for d in temporary {
+            self.forget_dataset(*d);
+        }
+        self.scheduler.job_ended(job, status, error).await;
     }
 
     /// Runs `root` (a fragment whose leaves read blocks) on the driver after materializing

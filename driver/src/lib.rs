@@ -402,22 +402,20 @@ impl Driver {
             let demoted = Dataset::try_new(id, Arc::clone(dataset.plan()), Persistence::Job)?;
             self.lineage.insert(id, Arc::new(demoted));
         }
-        self.drop_blocks(&[id]).await;
-        self.forget_dataset_blocks(id);
-        self.scheduler
-            .dataset_event(SchedulerEvent::DatasetUnpersisted {
-                dataset: id,
-                time_ms: events::now_ms(),
-            })
-            .await;
+        self.drop_dataset_blocks(id).await;
         Ok(())
     }
 
     /// Drops a dataset's blocks from every executor and the dataset from the lineage graph.
     pub async fn remove_dataset(&self, id: DatasetId) {
+        self.drop_dataset_blocks(id).await;
+        self.lineage.remove(&id);
+    }
+
+    /// Removes a dataset's blocks from every executor and forgets they were computed.
+    async fn drop_dataset_blocks(&self, id: DatasetId) {
         self.drop_blocks(&[id]).await;
         self.forget_dataset_blocks(id);
-        self.lineage.remove(&id);
         self.scheduler
             .dataset_event(SchedulerEvent::DatasetUnpersisted {
                 dataset: id,

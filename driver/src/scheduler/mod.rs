@@ -321,15 +321,6 @@ impl SchedulerHandle {
         rx.await.map_err(|_| gone())
     }
 
-    /// Cancels without waiting (from a destructor).
-    pub(crate) fn cancel_now(&self, job: JobId, reason: String) {
-        let _ = self.tx.try_send(Event::CancelJob {
-            job: Some(job),
-            reason,
-            reply: None,
-        });
-    }
-
     pub(crate) async fn task_status(&self, executor: ExecutorId, task: TaskId, status: TaskStatus) {
         let _ = self
             .send(Event::TaskStatus {

@@ -215,19 +215,19 @@ struct Sink {
 impl Sink {
     fn emit(&mut self, event: SchedulerEvent) {
         self.snapshot.apply(&event);
-        if let Some(log) = &mut self.log {
-            if let Err(e) = log.append(&event) {
-                tracing::error!(path = %log.path().display(), error = %e, "event log write failed; logging stops");
-                self.log = None;
-            }
-        }
+        self.write_log(|log| log.append(&event));
         let _ = self.broadcast.send(event);
     }
 
     /// Writes out the event log's buffer.
     fn flush(&mut self) {
+        self.write_log(EventLog::flush);
+    }
+
+    /// Runs `write` on the event log; a failed write stops logging (the loop goes on).
+    fn write_log(&mut self, write: impl FnOnce(&mut EventLog) -> std::io::Result<()>) {
         if let Some(log) = &mut self.log {
-            if let Err(e) = log.flush() {
+            if let Err(e) = write(log) {
                 tracing::error!(path = %log.path().display(), error = %e, "event log write failed; logging stops");
                 self.log = None;
             }
@@ -634,7 +634,7 @@ impl Scheduler {
         request.partition = part.partition;
         request.attempt = number;
         request.task_id = task;
-        request.output = Some(task_output(&stage.output, stage.dataset, part.partition));
+        request.output = Some(task_output(&stage.output, part.partition));
         exec.running.insert(task);
         let address = exec.info.address.clone();
         if let Some(job) = self.jobs.get_mut(&stage.job) {
@@ -921,7 +921,7 @@ fn pick(
 }
 
 /// The output message of partition `partition`'s task.
-fn task_output(output: &OutputKind, _dataset: DatasetId, partition: u32) -> TaskOutput {
+fn task_output(output: &OutputKind, partition: u32) -> TaskOutput {
     let kind = match output {
         OutputKind::Shuffle => task_output::Kind::Shuffle(ShuffleWrite {}),
         OutputKind::Store { cached } => task_output::Kind::Store(StoreBlock { cached: *cached }),
