@@ -13,9 +13,10 @@ use arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::SessionContext;
-use ember::engine::rpc::{fetch_block, ChannelPool};
-use ember::engine::BlockId;
+use ember::engine::rpc::{fetch_block_stream, ChannelPool, FetchStats};
+use ember::engine::{BlockId, Partition};
 use ember::prelude::*;
+use futures::TryStreamExt;
 use parquet::arrow::ArrowWriter;
 
 fn arg(name: &str, default: usize) -> usize {
@@ -205,7 +206,16 @@ async fn main() -> anyhow::Result<()> {
     let (t_fetch, (partition, bytes)) = time(3, || {
         let pool = pool.clone();
         let address = address.clone();
-        async move { Ok(fetch_block(&pool, &address, block).await?) }
+        async move {
+            let stats = Arc::new(FetchStats::default());
+            let batches: Vec<_> = fetch_block_stream(&pool, &address, block, Arc::clone(&stats))
+                .await?
+                .try_collect()
+                .await?;
+            let schema = batches[0].schema();
+            let bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed) as usize;
+            Ok((Partition::new(schema, batches), bytes))
+        }
     })
     .await?;
     let mem = partition.memory_size();

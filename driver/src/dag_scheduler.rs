@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -269,17 +269,13 @@ impl Driver {
             for dep in &deps {
                 self.materialize(job, *dep).await?;
             }
-            let reader = Arc::new(DriverBlockReader {
-                driver: Arc::clone(self),
-                blocks: AtomicUsize::new(0),
-                bytes: AtomicU64::new(0),
-            });
+            let reader = Arc::new(DriverBlockReader::new(Arc::clone(self)));
             let ctx = self.task_context(Arc::clone(&reader) as _);
             let started = Instant::now();
             let result = collect(Arc::clone(&root), ctx).await;
             job.metrics.driver_time += started.elapsed();
             job.metrics.blocks_read_remote += reader.blocks.load(Ordering::Relaxed);
-            job.metrics.bytes_fetched += reader.bytes.load(Ordering::Relaxed);
+            job.metrics.bytes_fetched += reader.fetched.bytes.load(Ordering::Relaxed);
             match result.map_err(EngineError::from) {
                 Ok(batches) => return Ok(batches),
                 Err(EngineError::FetchFailed {

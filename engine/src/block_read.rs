@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -15,12 +16,23 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
+use futures::stream::BoxStream;
 use futures::{stream, StreamExt, TryStreamExt};
 
 use crate::error::{EngineError, Result};
 use crate::ids::{BlockId, DatasetId};
 use crate::lineage::reads_only_blocks;
 use crate::partition::Partition;
+
+/// A block's batches in order, handed out as they are read (from memory, a spill file, or
+/// a peer's stream), so a reader never needs a whole block at once.
+pub type BlockBatches = BoxStream<'static, Result<RecordBatch>>;
+
+/// The batches of a block held in memory (each a cheap clone sharing its buffers).
+pub fn partition_batches(partition: Arc<Partition>) -> BlockBatches {
+    let count = partition.batches().len();
+    stream::iter((0..count).map(move |i| Ok(partition.batches()[i].clone()))).boxed()
+}
 
 /// Where a running plan gets the blocks its [`BlockReadExec`] leaves ask for.
 ///
@@ -33,13 +45,26 @@ use crate::partition::Partition;
 /// and the executor that was expected to hold it, so the scheduler can recompute it.
 #[async_trait]
 pub trait BlockReader: Send + Sync + fmt::Debug {
-    /// Returns the block's contents.
-    async fn read(&self, block: BlockId) -> Result<Arc<Partition>>;
+    /// Starts reading the block; its batches follow as they are read.
+    async fn read(&self, block: BlockId) -> Result<BlockBatches>;
 
-    /// Offers a cached dataset's block that was missing and was just computed from lineage
-    /// inside the reading task; the reader may keep it (best effort). `read_source` says
-    /// whether computing it read a source.
-    fn offer(&self, _block: BlockId, _partition: Arc<Partition>, _read_source: bool) {}
+    /// Asks for room to keep `bytes` more of a cached dataset's block that is being
+    /// computed inline; `false` (the default) means the block is not kept.
+    fn reserve(&self, _bytes: usize) -> bool {
+        false
+    }
+
+    /// Gives back room taken with [`BlockReader::reserve`] for a block that is not kept.
+    fn unreserve(&self, _bytes: usize) {}
+
+    /// Keeps a cached dataset's block that was missing and was just computed from lineage
+    /// inside the reading task; `reserved` bytes of room were taken for it with
+    /// [`BlockReader::reserve`] and pass to the block.
+    fn offer(&self, _block: BlockId, _partition: Arc<Partition>, _reserved: usize) {}
+
+    /// Records that a missing cached block was computed from lineage inside the reading
+    /// task; `read_source` says whether computing it read a source.
+    fn note_computed(&self, _read_source: bool) {}
 
     /// Records that a cached block was found and read.
     fn note_cached_read(&self) {}
@@ -191,12 +216,11 @@ fn shuffle_read(
         .map(move |map| {
             let reader = Arc::clone(&reader);
             async move {
-                let part = reader
+                reader
                     .read(BlockId::shuffle(dataset, map, reduce))
                     .await
-                    .map_err(EngineError::into_datafusion)?;
-                let batches: Vec<DfResult<_>> = part.batches().iter().cloned().map(Ok).collect();
-                Ok::<_, DataFusionError>(stream::iter(batches))
+                    .map(|batches| batches.map_err(EngineError::into_datafusion))
+                    .map_err(EngineError::into_datafusion)
             }
         })
         .buffered(SHUFFLE_FETCHES_IN_FLIGHT)
@@ -204,21 +228,93 @@ fn shuffle_read(
     Box::pin(RecordBatchStreamAdapter::new(schema, batches.boxed()))
 }
 
-/// Computes a missing cached block from its dataset's plan and offers it for caching.
-async fn compute_from_lineage(
-    reader: &Arc<dyn BlockReader>,
+/// Computes a missing cached block from its dataset's plan, streaming its batches to the
+/// reader and keeping a copy for the executor's cache as long as there is room for it.
+fn compute_from_lineage(
+    reader: Arc<dyn BlockReader>,
     block: BlockId,
     plan: Arc<dyn ExecutionPlan>,
-    partition: usize,
     context: Arc<TaskContext>,
-) -> DfResult<Arc<Partition>> {
+) -> DfResult<BoxStream<'static, DfResult<RecordBatch>>> {
+    reader.note_computed(!reads_only_blocks(&plan));
     let schema = plan.schema();
-    let read_source = !reads_only_blocks(&plan);
-    let stream = plan.execute(partition, context)?;
-    let batches: Vec<_> = stream.try_collect().await?;
-    let part = Arc::new(Partition::new(schema, batches));
-    reader.offer(block, Arc::clone(&part), read_source);
-    Ok(part)
+    let batches = plan.execute(block.partition as usize, context)?;
+    let keeper = InlineCache {
+        reader,
+        block,
+        schema,
+        kept: Vec::new(),
+        reserved: 0,
+        keeping: true,
+    };
+    Ok(
+        stream::unfold((batches, keeper), |(mut batches, mut keeper)| async move {
+            match batches.next().await {
+                Some(Ok(batch)) => {
+                    keeper.keep(&batch);
+                    Some((Ok(batch), (batches, keeper)))
+                }
+                Some(Err(e)) => Some((Err(e), (batches, keeper))),
+                None => {
+                    keeper.finish();
+                    None
+                }
+            }
+        })
+        .boxed(),
+    )
+}
+
+/// The copy of a block computed inline that is being kept for the cache, batch by batch,
+/// each one only once the reader granted room for it.
+struct InlineCache {
+    reader: Arc<dyn BlockReader>,
+    block: BlockId,
+    schema: SchemaRef,
+    kept: Vec<RecordBatch>,
+    reserved: usize,
+    keeping: bool,
+}
+
+impl InlineCache {
+    fn keep(&mut self, batch: &RecordBatch) {
+        if !self.keeping {
+            return;
+        }
+        let size = batch.get_array_memory_size();
+        if self.reader.reserve(size) {
+            self.reserved += size;
+            self.kept.push(batch.clone());
+        } else {
+            // No room: the block streams through uncached and is recomputed when next
+            // needed, as Spark does with a partition that does not fit in memory.
+            self.keeping = false;
+            self.kept.clear();
+            self.reader.unreserve(std::mem::take(&mut self.reserved));
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.keeping {
+            self.keeping = false;
+            let partition =
+                Partition::new(Arc::clone(&self.schema), std::mem::take(&mut self.kept));
+            self.reader.offer(
+                self.block,
+                Arc::new(partition),
+                std::mem::take(&mut self.reserved),
+            );
+        }
+    }
+}
+
+impl Drop for InlineCache {
+    /// A read that stopped early (an error, a limit above it) keeps nothing.
+    fn drop(&mut self) {
+        if self.reserved > 0 {
+            self.reader.unreserve(self.reserved);
+        }
+    }
 }
 
 impl DisplayAs for BlockReadExec {
@@ -347,19 +443,17 @@ async fn read_block(
     block: BlockId,
     fallback: Option<Arc<dyn ExecutionPlan>>,
     context: Arc<TaskContext>,
-) -> DfResult<impl futures::Stream<Item = DfResult<arrow::record_batch::RecordBatch>>> {
-    let part = match (reader.read(block).await, fallback) {
-        (Ok(part), fallback) => {
+) -> DfResult<BoxStream<'static, DfResult<RecordBatch>>> {
+    match (reader.read(block).await, fallback) {
+        (Ok(batches), fallback) => {
             if fallback.is_some() {
                 reader.note_cached_read();
             }
-            part
+            Ok(batches.map_err(EngineError::into_datafusion).boxed())
         }
         (Err(EngineError::FetchFailed { .. }), Some(plan)) => {
-            compute_from_lineage(&reader, block, plan, block.partition as usize, context).await?
+            compute_from_lineage(reader, block, plan, context)
         }
-        (Err(e), _) => return Err(e.into_datafusion()),
-    };
-    let batches: Vec<DfResult<_>> = part.batches().iter().cloned().map(Ok).collect();
-    Ok(stream::iter(batches))
+        (Err(e), _) => Err(e.into_datafusion()),
+    }
 }

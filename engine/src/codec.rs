@@ -20,24 +20,40 @@ pub const MAX_CHUNK_BYTES: usize = 2 * 1024 * 1024;
 /// Encodes `partition` as an Arrow IPC stream, split into chunks of at most
 /// [`MAX_CHUNK_BYTES`]. Chunks are produced lazily, one batch at a time.
 pub fn encode_chunks(partition: &Partition) -> impl Iterator<Item = Result<Bytes>> + Send + '_ {
+    encode_batches(
+        partition.schema().clone(),
+        partition.batches().iter().cloned().map(Ok),
+    )
+}
+
+/// Encodes batches of `schema`, pulled one at a time from `batches` (a spilled block read
+/// back from disk, say), as an Arrow IPC stream in chunks of at most [`MAX_CHUNK_BYTES`]:
+/// at most one batch is held at once.
+pub fn encode_batches<I>(
+    schema: SchemaRef,
+    batches: I,
+) -> impl Iterator<Item = Result<Bytes>> + Send
+where
+    I: Iterator<Item = Result<RecordBatch>> + Send,
+{
     ChunkEncoder {
-        partition,
-        next_batch: 0,
+        schema,
+        batches,
         writer: None,
         pending: Bytes::new(),
         finished: false,
     }
 }
 
-struct ChunkEncoder<'a> {
-    partition: &'a Partition,
-    next_batch: usize,
+struct ChunkEncoder<I> {
+    schema: SchemaRef,
+    batches: I,
     writer: Option<StreamWriter<Vec<u8>>>,
     pending: Bytes,
     finished: bool,
 }
 
-impl ChunkEncoder<'_> {
+impl<I: Iterator<Item = Result<RecordBatch>>> ChunkEncoder<I> {
     /// Encodes the next piece of the stream (schema, one batch, or the end marker) into
     /// `pending`. Returns false once everything was encoded.
     fn fill(&mut self) -> Result<bool> {
@@ -48,14 +64,11 @@ impl ChunkEncoder<'_> {
             Some(w) => w,
             None => self.writer.insert(StreamWriter::try_new(
                 Vec::with_capacity(1024),
-                self.partition.schema(),
+                &self.schema,
             )?),
         };
-        match self.partition.batches().get(self.next_batch) {
-            Some(batch) => {
-                writer.write(batch)?;
-                self.next_batch += 1;
-            }
+        match self.batches.next() {
+            Some(batch) => writer.write(&batch?)?,
             None => {
                 writer.finish()?;
                 self.finished = true;
@@ -66,7 +79,7 @@ impl ChunkEncoder<'_> {
     }
 }
 
-impl Iterator for ChunkEncoder<'_> {
+impl<I: Iterator<Item = Result<RecordBatch>>> Iterator for ChunkEncoder<I> {
     type Item = Result<Bytes>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -85,27 +98,27 @@ impl Iterator for ChunkEncoder<'_> {
     }
 }
 
-/// Rebuilds a partition from the chunks [`encode_chunks`] produced, in order.
+/// Decodes the chunks [`encode_batches`] produced, in order, handing each batch out as soon
+/// as its last byte arrived: a block being fetched is never held whole.
 #[derive(Debug, Default)]
-pub struct PartitionDecoder {
+pub struct BlockDecoder {
     decoder: StreamDecoder,
-    batches: Vec<RecordBatch>,
     bytes_read: usize,
 }
 
-impl PartitionDecoder {
+impl BlockDecoder {
     /// An empty decoder.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Feeds one chunk; complete batches are kept.
-    pub fn push(&mut self, chunk: Bytes) -> Result<()> {
+    /// Feeds one chunk; the batches it completed are appended to `out`.
+    pub fn push(&mut self, chunk: Bytes, out: &mut impl Extend<RecordBatch>) -> Result<()> {
         self.bytes_read += chunk.len();
         let mut buffer = Buffer::from(chunk);
         while !buffer.is_empty() {
             if let Some(batch) = self.decoder.decode(&mut buffer)? {
-                self.batches.push(batch);
+                out.extend([batch]);
             }
         }
         Ok(())
@@ -116,17 +129,41 @@ impl PartitionDecoder {
         self.bytes_read
     }
 
-    /// Checks the stream was complete and returns the partition.
-    pub fn finish(mut self) -> Result<Partition> {
+    /// Checks the stream was complete and returns its schema.
+    pub fn finish(mut self) -> Result<SchemaRef> {
         self.decoder.finish()?;
-        let schema: SchemaRef = match self.decoder.schema() {
-            Some(s) => s,
-            None => {
-                return Err(EngineError::Decode(
-                    "block stream ended before its schema".into(),
-                ))
-            }
-        };
+        self.decoder
+            .schema()
+            .ok_or_else(|| EngineError::Decode("block stream ended before its schema".into()))
+    }
+}
+
+/// Rebuilds a whole partition from the chunks [`encode_chunks`] produced, in order.
+#[derive(Debug, Default)]
+pub struct PartitionDecoder {
+    decoder: BlockDecoder,
+    batches: Vec<RecordBatch>,
+}
+
+impl PartitionDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds one chunk; complete batches are kept.
+    pub fn push(&mut self, chunk: Bytes) -> Result<()> {
+        self.decoder.push(chunk, &mut self.batches)
+    }
+
+    /// Bytes fed so far.
+    pub fn bytes_read(&self) -> usize {
+        self.decoder.bytes_read()
+    }
+
+    /// Checks the stream was complete and returns the partition.
+    pub fn finish(self) -> Result<Partition> {
+        let schema = self.decoder.finish()?;
         Ok(Partition::new(schema, self.batches))
     }
 }

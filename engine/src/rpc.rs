@@ -1,17 +1,20 @@
 //! RPC plumbing: the one place gRPC channels are made (always with deadlines), a pool that
 //! reuses them per peer, and the block fetch that the driver and executors share.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arrow::record_batch::RecordBatch;
 use dashmap::DashMap;
-use futures::StreamExt;
+use futures::{stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::codec::PartitionDecoder;
+use crate::block_read::BlockBatches;
+use crate::codec::BlockDecoder;
 use crate::error::{EngineError, Result};
 use crate::ids::BlockId;
-use crate::partition::Partition;
 use crate::proto;
 use crate::proto::executor_service_client::ExecutorServiceClient;
 
@@ -105,34 +108,92 @@ pub fn transport_error(address: &str, status: tonic::Status) -> EngineError {
     }
 }
 
-/// Fetches one block from the executor at `address`, returning it and the bytes moved.
-pub async fn fetch_block(
+/// What fetches moved and how long they waited for it, summed over every fetch that
+/// shares these counters.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    /// Bytes received on the wire.
+    pub bytes: AtomicU64,
+    /// Microseconds spent waiting for the peer (connection, first and later chunks).
+    pub micros: AtomicU64,
+}
+
+/// Starts fetching one block from the executor at `address` and returns its batches as
+/// they arrive: each is decoded as soon as its last chunk is in, so a block is never held
+/// whole by the fetcher. Bytes and waiting time are added to `stats`.
+pub async fn fetch_block_stream(
     pool: &ChannelPool,
     address: &str,
     block: BlockId,
-) -> Result<(Arc<Partition>, usize)> {
+    stats: Arc<FetchStats>,
+) -> Result<BlockBatches> {
+    let started = Instant::now();
     let mut client = pool.executor(address)?;
     let request = proto::FetchBlockRequest {
         block: Some(block.into()),
     };
-    let mut stream = tokio::time::timeout(CONTROL_TIMEOUT, client.fetch_block(request))
-        .await
+    let response = tokio::time::timeout(CONTROL_TIMEOUT, client.fetch_block(request)).await;
+    stats
+        .micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let chunks = response
         .map_err(|_| transport_error(address, tonic::Status::deadline_exceeded("fetch start")))?
         .map_err(|s| transport_error(address, s))?
         .into_inner();
-    let mut decoder = PartitionDecoder::new();
-    loop {
-        let next = tokio::time::timeout(FETCH_IDLE_TIMEOUT, stream.next())
-            .await
-            .map_err(|_| {
-                transport_error(address, tonic::Status::deadline_exceeded("fetch stalled"))
-            })?;
-        match next {
-            Some(Ok(chunk)) => decoder.push(chunk.data)?,
-            Some(Err(status)) => return Err(transport_error(address, status)),
-            None => break,
+    let state = Fetching {
+        address: address.to_string(),
+        chunks,
+        decoder: Some(BlockDecoder::new()),
+        ready: VecDeque::new(),
+        stats,
+    };
+    Ok(stream::try_unfold(state, Fetching::next_batch).boxed())
+}
+
+/// A block fetch in progress: the response stream, its decoder and the batches decoded
+/// but not yet handed out.
+struct Fetching {
+    address: String,
+    chunks: tonic::Streaming<proto::BlockChunk>,
+    /// `None` once the stream ended and was checked complete.
+    decoder: Option<BlockDecoder>,
+    ready: VecDeque<RecordBatch>,
+    stats: Arc<FetchStats>,
+}
+
+impl Fetching {
+    async fn next_batch(mut self) -> Result<Option<(RecordBatch, Self)>> {
+        loop {
+            if let Some(batch) = self.ready.pop_front() {
+                return Ok(Some((batch, self)));
+            }
+            let Some(decoder) = self.decoder.as_mut() else {
+                return Ok(None);
+            };
+            let waited = Instant::now();
+            let next = tokio::time::timeout(FETCH_IDLE_TIMEOUT, self.chunks.next()).await;
+            self.stats
+                .micros
+                .fetch_add(waited.elapsed().as_micros() as u64, Ordering::Relaxed);
+            match next.map_err(|_| {
+                transport_error(
+                    &self.address,
+                    tonic::Status::deadline_exceeded("fetch stalled"),
+                )
+            })? {
+                Some(Ok(chunk)) => {
+                    self.stats
+                        .bytes
+                        .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+                    decoder.push(chunk.data, &mut self.ready)?;
+                }
+                Some(Err(status)) => return Err(transport_error(&self.address, status)),
+                None => {
+                    if let Some(decoder) = self.decoder.take() {
+                        decoder.finish()?;
+                    }
+                }
+            }
         }
     }
-    let bytes = decoder.bytes_read();
-    Ok((Arc::new(decoder.finish()?), bytes))
 }

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
+use arrow::record_batch::RecordBatch;
 use dashmap::DashMap;
 use ember_engine::{BlockId, DatasetId, EngineError, Partition};
 
@@ -147,27 +149,180 @@ impl BlockManager {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The block, if held (read back from disk if it was spilled); marks it recently used.
-    /// A spilled block whose file cannot be read is reported as missing, so its producer is
-    /// recomputed.
-    pub fn get(&self, id: BlockId) -> Option<Arc<Partition>> {
-        // The spill file is opened while the entry is held: removing the block afterwards
-        // unlinks the file but cannot take it from this reader.
+    /// Opens the block for reading, if held, and marks it recently used: a block in memory
+    /// is shared as it is; a spilled block's file is opened while the entry is held, so
+    /// removing the block afterwards unlinks the file but cannot take it from this reader.
+    pub fn open(&self, id: BlockId) -> Option<OpenBlock> {
         let opened = {
             let entry = self.blocks.get(&id)?;
             entry.last_used.store(self.tick(), Ordering::Relaxed);
             match &entry.stored {
-                Stored::Memory(p) => return Some(Arc::clone(p)),
+                Stored::Memory(p) => return Some(OpenBlock::Memory(Arc::clone(p))),
                 Stored::Disk { path, .. } => File::open(path),
             }
         };
-        match opened.and_then(read_spill) {
-            Ok(p) => Some(Arc::new(p)),
+        match opened.and_then(SpilledBlock::new) {
+            Ok(file) => Some(OpenBlock::Disk(file)),
             Err(e) => {
                 tracing::warn!(%id, error = %e, "spilled block unreadable; treating it as lost");
                 None
             }
         }
+    }
+
+    /// The whole block, if held (read back from disk if it was spilled); marks it recently
+    /// used. A spilled block whose file cannot be read is reported as missing, so its
+    /// producer is recomputed. Readers that can take batches one at a time use
+    /// [`BlockManager::open`] instead.
+    pub fn get(&self, id: BlockId) -> Option<Arc<Partition>> {
+        match self.open(id)? {
+            OpenBlock::Memory(p) => Some(p),
+            OpenBlock::Disk(file) => {
+                let schema = file.schema();
+                match file.collect::<std::result::Result<Vec<_>, _>>() {
+                    Ok(batches) => Some(Arc::new(Partition::new(schema, batches))),
+                    Err(e) => {
+                        tracing::warn!(%id, error = %e, "spilled block unreadable; treating it as lost");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes room for `bytes` that a task is about to hold for a block it is building,
+    /// evicting least-recently-used cached blocks if needed. Returns the blocks evicted, or
+    /// `None` when there is no room even then (nothing is evicted): the caller spills or
+    /// stops keeping.
+    pub fn reserve(&self, bytes: usize) -> Option<Vec<BlockId>> {
+        let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let victims = self.make_room(bytes, None)?;
+        self.evict(&victims);
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Some(victims)
+    }
+
+    /// Gives back room taken with [`BlockManager::reserve`].
+    pub fn unreserve(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Stores a block built in room taken with [`BlockManager::reserve`]: `reserved` bytes
+    /// of that room become the block's (the difference to its real size is settled).
+    pub fn put_reserved(
+        &self,
+        id: BlockId,
+        partition: Arc<Partition>,
+        kind: BlockKind,
+        reserved: usize,
+    ) {
+        let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let size = partition.memory_size();
+        let entry = Entry {
+            stored: Stored::Memory(partition),
+            kind,
+            last_used: AtomicU64::new(self.tick()),
+        };
+        self.replace(id, entry);
+        self.used.fetch_add(size, Ordering::AcqRel);
+        self.used.fetch_sub(reserved, Ordering::AcqRel);
+    }
+
+    /// A file to write block `id` into batch by batch, for a block too big to build in
+    /// memory; [`BlockManager::put_spilled`] makes it the block.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecutorError::MemoryLimit`] without a spill directory; an I/O error when the file
+    /// cannot be made.
+    pub fn spill_writer(&self, id: BlockId, schema: &SchemaRef) -> Result<SpillWriter> {
+        let Some(dir) = &self.spill_dir else {
+            return Err(ExecutorError::MemoryLimit {
+                block: id,
+                needed: 0,
+                pinned: self.used_bytes(),
+                limit: self.limit,
+            });
+        };
+        let seq = self.spill_seq.fetch_add(1, Ordering::Relaxed);
+        let name = match id.reduce {
+            Some(r) => format!("{}-{}-{}-{seq}.arrow", id.dataset.0, id.partition, r),
+            None => format!("{}-{}-{seq}.arrow", id.dataset.0, id.partition),
+        };
+        SpillWriter::create(dir.join(name), schema)
+    }
+
+    /// Stores the block written with `writer`; returns the bytes it has on disk.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error when the file cannot be completed (it is removed then).
+    pub fn put_spilled(&self, id: BlockId, writer: SpillWriter, kind: BlockKind) -> Result<usize> {
+        let (path, bytes) = writer.finish()?;
+        self.spilled.fetch_add(bytes as u64, Ordering::Relaxed);
+        tracing::debug!(%id, bytes, path = %path.display(), "block spilled to disk");
+        let entry = Entry {
+            stored: Stored::Disk { path, bytes },
+            kind,
+            last_used: AtomicU64::new(self.tick()),
+        };
+        let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.replace(id, entry);
+        Ok(bytes)
+    }
+
+    /// The cached blocks in memory to evict, least recently used first, so that `needed`
+    /// more bytes fit (`id`'s current copy, about to be replaced, counts as free); `None`
+    /// when evicting every one would not be enough. Called under the insert lock.
+    fn make_room(&self, needed: usize, id: Option<BlockId>) -> Option<Vec<BlockId>> {
+        let replaced = id
+            .and_then(|id| self.blocks.get(&id).map(|e| e.memory_size()))
+            .unwrap_or(0);
+        let used = self.used.load(Ordering::Acquire) - replaced;
+        if used + needed <= self.limit {
+            return Some(Vec::new());
+        }
+        let mut candidates: Vec<(u64, BlockId, usize)> = self
+            .blocks
+            .iter()
+            .filter(|e| {
+                e.kind == BlockKind::Cached
+                    && matches!(e.stored, Stored::Memory(_))
+                    && Some(*e.key()) != id
+            })
+            .map(|e| {
+                (
+                    e.last_used.load(Ordering::Relaxed),
+                    *e.key(),
+                    e.memory_size(),
+                )
+            })
+            .collect();
+        candidates.sort_unstable();
+        let mut victims = Vec::new();
+        let mut freed = 0;
+        for (_, victim, size) in candidates {
+            if used - freed + needed <= self.limit {
+                break;
+            }
+            victims.push(victim);
+            freed += size;
+        }
+        (used - freed + needed <= self.limit).then_some(victims)
+    }
+
+    /// Drops evicted cached blocks and remembers them for the driver.
+    fn evict(&self, victims: &[BlockId]) {
+        if victims.is_empty() {
+            return;
+        }
+        for victim in victims {
+            self.remove(*victim);
+        }
+        self.evicted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(victims.iter().copied());
     }
 
     /// Stores a block, evicting least-recently-used cached blocks if needed. Returns the
@@ -201,48 +356,31 @@ impl BlockManager {
     ) -> Result<PutOutcome> {
         let needed = partition.memory_size();
         // A poisoned lock only means another insert panicked; the map itself is consistent.
-        let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let replaced = self.blocks.get(&id).map(|e| e.memory_size()).unwrap_or(0);
-        let used = self.used.load(Ordering::Acquire) - replaced;
-        let mut victims = Vec::new();
-        if used + needed > self.limit {
-            let mut candidates: Vec<(u64, BlockId, usize)> = self
-                .blocks
-                .iter()
-                .filter(|e| e.kind == BlockKind::Cached && *e.key() != id)
-                .map(|e| {
-                    (
-                        e.last_used.load(Ordering::Relaxed),
-                        *e.key(),
-                        e.memory_size(),
-                    )
-                })
-                .collect();
-            candidates.sort_unstable();
-            let mut freed = 0;
-            for (_, victim, size) in candidates {
-                if used - freed + needed <= self.limit {
-                    break;
+        let guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(victims) = self.make_room(needed, Some(id)) else {
+            drop(guard);
+            return match (&self.spill_dir, kind) {
+                // Evicting cached blocks would not make room: keep them, spill this one.
+                (Some(_), BlockKind::Pinned) => {
+                    let mut writer = self.spill_writer(id, partition.schema())?;
+                    for batch in partition.batches() {
+                        writer.write(batch)?;
+                    }
+                    let spilled = self.put_spilled(id, writer, kind)?;
+                    Ok(PutOutcome {
+                        evicted: Vec::new(),
+                        spilled,
+                    })
                 }
-                victims.push(victim);
-                freed += size;
-            }
-            if used - freed + needed > self.limit {
-                return match (&self.spill_dir, kind) {
-                    // Evicting cached blocks would not make room: keep them, spill this one.
-                    (Some(dir), BlockKind::Pinned) => self.spill(id, &partition, dir),
-                    _ => Err(ExecutorError::MemoryLimit {
-                        block: id,
-                        needed,
-                        pinned: used - freed,
-                        limit: self.limit,
-                    }),
-                };
-            }
-        }
-        for victim in &victims {
-            self.remove(*victim);
-        }
+                _ => Err(ExecutorError::MemoryLimit {
+                    block: id,
+                    needed,
+                    pinned: self.used_bytes(),
+                    limit: self.limit,
+                }),
+            };
+        };
+        self.evict(&victims);
         let entry = Entry {
             stored: Stored::Memory(partition),
             kind,
@@ -250,41 +388,9 @@ impl BlockManager {
         };
         self.replace(id, entry);
         self.used.fetch_add(needed, Ordering::AcqRel);
-        if !victims.is_empty() {
-            self.evicted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(victims.iter().copied());
-        }
         Ok(PutOutcome {
             evicted: victims,
             spilled: 0,
-        })
-    }
-
-    /// Writes `partition` to a file under `dir` and records it as block `id`.
-    fn spill(&self, id: BlockId, partition: &Partition, dir: &Path) -> Result<PutOutcome> {
-        let seq = self.spill_seq.fetch_add(1, Ordering::Relaxed);
-        let name = match id.reduce {
-            Some(r) => format!("{}-{}-{}-{seq}.arrow", id.dataset.0, id.partition, r),
-            None => format!("{}-{}-{seq}.arrow", id.dataset.0, id.partition),
-        };
-        let path = dir.join(name);
-        write_spill(&path, partition)?;
-        let bytes = std::fs::metadata(&path)
-            .map(|m| m.len() as usize)
-            .unwrap_or(0);
-        self.spilled.fetch_add(bytes as u64, Ordering::Relaxed);
-        tracing::debug!(%id, bytes, path = %path.display(), "block spilled to disk");
-        let entry = Entry {
-            stored: Stored::Disk { path, bytes },
-            kind: BlockKind::Pinned,
-            last_used: AtomicU64::new(self.tick()),
-        };
-        self.replace(id, entry);
-        Ok(PutOutcome {
-            evicted: Vec::new(),
-            spilled: bytes,
         })
     }
 
@@ -392,29 +498,124 @@ impl BlockManager {
     }
 }
 
-/// Writes a spilled block as an Arrow IPC file.
-fn write_spill(path: &Path, partition: &Partition) -> Result<()> {
-    let io = |e: std::io::Error| ExecutorError::from(EngineError::io(path, e));
-    let file = File::create(path).map_err(io)?;
-    let mut writer = FileWriter::try_new(BufWriter::new(file), partition.schema())
-        .map_err(|e| io(std::io::Error::other(e)))?;
-    for batch in partition.batches() {
-        writer
-            .write(batch)
-            .map_err(|e| io(std::io::Error::other(e)))?;
-    }
-    writer.finish().map_err(|e| io(std::io::Error::other(e)))?;
-    Ok(())
+/// A block being written to a spill file, batch by batch. Dropped before it is stored, it
+/// removes its file.
+pub struct SpillWriter {
+    path: PathBuf,
+    writer: Option<FileWriter<BufWriter<File>>>,
 }
 
-/// Reads a spilled block back from its opened file.
-fn read_spill(file: File) -> std::io::Result<Partition> {
-    let reader = FileReader::try_new(BufReader::new(file), None).map_err(std::io::Error::other)?;
-    let schema = reader.schema();
-    let batches = reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(std::io::Error::other)?;
-    Ok(Partition::new(schema, batches))
+impl SpillWriter {
+    fn create(path: PathBuf, schema: &SchemaRef) -> Result<Self> {
+        let file = File::create(&path).map_err(|e| spill_io(&path, e))?;
+        let mut spill = Self { path, writer: None };
+        let writer = FileWriter::try_new(BufWriter::new(file), schema)
+            .map_err(|e| spill_io(&spill.path, std::io::Error::other(e)))?;
+        spill.writer = Some(writer);
+        Ok(spill)
+    }
+
+    /// Appends one batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(spill_io(
+                &self.path,
+                std::io::Error::other("spill file already closed"),
+            ));
+        };
+        writer
+            .write(batch)
+            .map_err(|e| spill_io(&self.path, std::io::Error::other(e)))
+    }
+
+    /// Completes the file; returns its path and size. Once this is called, the file is the
+    /// caller's.
+    fn finish(mut self) -> Result<(PathBuf, usize)> {
+        let Some(mut writer) = self.writer.take() else {
+            return Err(spill_io(
+                &self.path,
+                std::io::Error::other("spill file already closed"),
+            ));
+        };
+        let path = std::mem::take(&mut self.path);
+        let closed = writer
+            .finish()
+            .map_err(|e| spill_io(&path, std::io::Error::other(e)));
+        drop(writer);
+        let sized = closed.and_then(|()| {
+            std::fs::metadata(&path)
+                .map(|m| m.len() as usize)
+                .map_err(|e| spill_io(&path, e))
+        });
+        match sized {
+            Ok(bytes) => Ok((path, bytes)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for SpillWriter {
+    /// A file never stored as a block belongs to nothing: it goes.
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            drop(writer);
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl std::fmt::Debug for SpillWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpillWriter")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn spill_io(path: &Path, e: std::io::Error) -> ExecutorError {
+    ExecutorError::from(EngineError::io(path, e))
+}
+
+/// A block as opened for reading.
+#[derive(Debug)]
+pub enum OpenBlock {
+    /// Held in memory.
+    Memory(Arc<Partition>),
+    /// Spilled: its batches are read from the file one at a time.
+    Disk(SpilledBlock),
+}
+
+/// A spilled block's file, opened: iterates over its batches, reading one at a time.
+pub struct SpilledBlock(FileReader<BufReader<File>>);
+
+impl SpilledBlock {
+    fn new(file: File) -> std::io::Result<Self> {
+        FileReader::try_new(BufReader::new(file), None)
+            .map(Self)
+            .map_err(std::io::Error::other)
+    }
+
+    /// The schema of the block's batches.
+    pub fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+}
+
+impl std::fmt::Debug for SpilledBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpilledBlock").finish_non_exhaustive()
+    }
+}
+
+impl Iterator for SpilledBlock {
+    type Item = std::result::Result<RecordBatch, arrow::error::ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next()
+    }
 }
 
 #[cfg(test)]

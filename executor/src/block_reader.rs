@@ -2,16 +2,17 @@
 //! manager, or from the peer the driver named, and counts what it read.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use ember_engine::block_read::BlockReader;
+use ember_engine::block_read::{partition_batches, BlockBatches, BlockReader};
 use ember_engine::proto::{BlockLocation, TaskMetrics};
-use ember_engine::rpc::{fetch_block, ChannelPool};
+use ember_engine::rpc::{fetch_block_stream, ChannelPool, FetchStats};
 use ember_engine::{BlockId, EngineError, ExecutorId, Partition, Result};
+use futures::{stream, StreamExt, TryStreamExt};
 
-use crate::block_manager::{BlockKind, BlockManager};
+use crate::block_manager::{BlockKind, BlockManager, OpenBlock};
 
 /// Reads the blocks one task needs.
 #[derive(Debug)]
@@ -22,8 +23,7 @@ pub(crate) struct TaskBlockReader {
     pool: ChannelPool,
     read_local: AtomicU32,
     read_remote: AtomicU32,
-    bytes_fetched: AtomicU64,
-    fetch_micros: AtomicU64,
+    fetched: Arc<FetchStats>,
     cached_read: AtomicU32,
     computed_inline: AtomicU32,
     source_reads: AtomicU32,
@@ -58,8 +58,7 @@ impl TaskBlockReader {
             pool,
             read_local: AtomicU32::new(0),
             read_remote: AtomicU32::new(0),
-            bytes_fetched: AtomicU64::new(0),
-            fetch_micros: AtomicU64::new(0),
+            fetched: Arc::default(),
             cached_read: AtomicU32::new(0),
             computed_inline: AtomicU32::new(0),
             source_reads: AtomicU32::new(0),
@@ -83,12 +82,12 @@ impl TaskBlockReader {
         TaskMetrics {
             blocks_read_local: self.read_local.load(Ordering::Relaxed),
             blocks_read_remote: self.read_remote.load(Ordering::Relaxed),
-            bytes_fetched: self.bytes_fetched.load(Ordering::Relaxed),
+            bytes_fetched: self.fetched.bytes.load(Ordering::Relaxed),
             run_micros: 0,
             cached_blocks_read: self.cached_read.load(Ordering::Relaxed),
             blocks_computed_inline: self.computed_inline.load(Ordering::Relaxed),
             source_partitions_read: self.source_reads.load(Ordering::Relaxed),
-            fetch_micros: self.fetch_micros.load(Ordering::Relaxed),
+            fetch_micros: self.fetched.micros.load(Ordering::Relaxed),
             ..TaskMetrics::default()
         }
     }
@@ -96,10 +95,25 @@ impl TaskBlockReader {
 
 #[async_trait]
 impl BlockReader for TaskBlockReader {
-    async fn read(&self, block: BlockId) -> Result<Arc<Partition>> {
-        if let Some(p) = self.local.get(block) {
-            self.read_local.fetch_add(1, Ordering::Relaxed);
-            return Ok(p);
+    async fn read(&self, block: BlockId) -> Result<BlockBatches> {
+        match self.local.open(block) {
+            Some(OpenBlock::Memory(partition)) => {
+                self.read_local.fetch_add(1, Ordering::Relaxed);
+                return Ok(partition_batches(partition));
+            }
+            Some(OpenBlock::Disk(file)) => {
+                self.read_local.fetch_add(1, Ordering::Relaxed);
+                // Read one batch at a time on the task's own thread, as its operators would.
+                let batches = file.map(move |b| {
+                    b.map_err(|e| EngineError::FetchFailed {
+                        block,
+                        executor: ExecutorId("<local spill file>".into()),
+                        reason: e.to_string(),
+                    })
+                });
+                return Ok(stream::iter(batches).boxed());
+            }
+            None => {}
         }
         // Every reduce bucket of a map partition lives where the map task ran.
         let Some((executor, address)) = self.inputs.get(&block.map_output()) else {
@@ -116,44 +130,49 @@ impl BlockReader for TaskBlockReader {
                 reason: "no longer held here (evicted or removed)".into(),
             });
         }
-        let started = std::time::Instant::now();
-        let fetched = fetch_block(&self.pool, address, block).await;
-        self.fetch_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        match fetched {
-            Ok((partition, bytes)) => {
-                self.read_remote.fetch_add(1, Ordering::Relaxed);
-                self.bytes_fetched
-                    .fetch_add(bytes as u64, Ordering::Relaxed);
-                Ok(partition)
-            }
-            Err(e) => Err(EngineError::FetchFailed {
-                block,
-                executor: executor.clone(),
-                reason: e.to_string(),
-            }),
-        }
+        let executor = executor.clone();
+        let lost = move |e: EngineError| EngineError::FetchFailed {
+            block,
+            executor: executor.clone(),
+            reason: e.to_string(),
+        };
+        let batches = fetch_block_stream(&self.pool, address, block, Arc::clone(&self.fetched))
+            .await
+            .map_err(&lost)?;
+        self.read_remote.fetch_add(1, Ordering::Relaxed);
+        Ok(batches.map_err(lost).boxed())
     }
 
-    fn offer(&self, block: BlockId, partition: Arc<Partition>, read_source: bool) {
-        self.computed_inline.fetch_add(1, Ordering::Relaxed);
-        if read_source {
-            self.source_reads.fetch_add(1, Ordering::Relaxed);
-        }
-        match self.local.put(block, partition, BlockKind::Cached) {
-            Ok(evicted) => {
-                self.filled
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(block);
+    fn reserve(&self, bytes: usize) -> bool {
+        match self.local.reserve(bytes) {
+            Some(evicted) => {
                 self.evicted
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .extend(evicted);
+                true
             }
-            // Too big to cache: it is recomputed whenever it is needed, as Spark does with a
-            // partition that does not fit in memory.
-            Err(e) => tracing::debug!(%block, error = %e, "computed block not cached"),
+            None => false,
+        }
+    }
+
+    fn unreserve(&self, bytes: usize) {
+        self.local.unreserve(bytes);
+    }
+
+    fn offer(&self, block: BlockId, partition: Arc<Partition>, reserved: usize) {
+        self.local
+            .put_reserved(block, partition, BlockKind::Cached, reserved);
+        self.filled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(block);
+    }
+
+    fn note_computed(&self, read_source: bool) {
+        self.computed_inline.fetch_add(1, Ordering::Relaxed);
+        if read_source {
+            self.source_reads.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -17,6 +17,7 @@
 /// Blocks held by an executor.
 pub mod block_manager;
 mod block_reader;
+mod block_writer;
 mod compute;
 /// The executor's error type.
 pub mod error;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use ember_engine::codec::encode_chunks;
+use ember_engine::codec::{encode_batches, encode_chunks};
 use ember_engine::proto::executor_service_server::ExecutorService;
 use ember_engine::proto::{
     BlockChunk, CancelTaskRequest, CancelTaskResponse, ExecutorStatus, FetchBlockRequest,
@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::block_manager::OpenBlock;
 use crate::compute::ComputeRuntime;
 use crate::error::ExecutorError;
 use crate::reporter::StatusReporter;
@@ -151,18 +152,30 @@ impl ExecutorService for ExecutorServiceImpl {
         // A spilled block is read back from disk: that, like the encoding, stays off the
         // threads that answer RPCs.
         tokio::task::spawn_blocking(move || {
-            let Some(partition) = blocks.get(block) else {
-                let missing = Status::not_found(format!("{block} is not held by {executor}"));
-                let _ = tx.blocking_send(Err(missing));
-                return;
+            let send = |chunks: &mut dyn Iterator<Item = ember_engine::Result<bytes::Bytes>>| {
+                for chunk in chunks {
+                    let msg = chunk
+                        .map(|data| BlockChunk { data })
+                        .map_err(|e| Status::internal(e.to_string()));
+                    // The receiver is gone when the fetcher hung up: stop encoding.
+                    if tx.blocking_send(msg).is_err() {
+                        break;
+                    }
+                }
             };
-            for chunk in encode_chunks(&partition) {
-                let msg = chunk
-                    .map(|data| BlockChunk { data })
-                    .map_err(|e| Status::internal(e.to_string()));
-                // The receiver is gone when the fetcher hung up: stop encoding.
-                if tx.blocking_send(msg).is_err() {
-                    break;
+            match blocks.open(block) {
+                Some(OpenBlock::Memory(partition)) => send(&mut encode_chunks(&partition)),
+                // A spilled block goes out as it is read, one batch at a time.
+                Some(OpenBlock::Disk(file)) => {
+                    let schema = file.schema();
+                    send(&mut encode_batches(
+                        schema,
+                        file.map(|b| b.map_err(Into::into)),
+                    ))
+                }
+                None => {
+                    let missing = Status::not_found(format!("{block} is not held by {executor}"));
+                    let _ = tx.blocking_send(Err(missing));
                 }
             }
         });

@@ -20,12 +20,13 @@ use ember_engine::proto::{
     task_output, task_status, LaunchTaskRequest, TaskMetrics, TaskStatus, TaskSuccess,
 };
 use ember_engine::rpc::ChannelPool;
-use ember_engine::{BlockId, DatasetId, EngineError, ExecutorId, Partition};
+use ember_engine::{BlockId, DatasetId, EngineError, ExecutorId};
 use futures::StreamExt;
 use parquet::arrow::ArrowWriter;
 
 use crate::block_manager::{BlockKind, BlockManager};
 use crate::block_reader::TaskBlockReader;
+use crate::block_writer::BlockWriter;
 use crate::error::{ExecutorError, Result};
 
 /// What a task needs from its executor.
@@ -209,20 +210,23 @@ async fn execute(
     match output {
         task_output::Kind::Shuffle(_) => shuffle_write(env, request, plan, ctx).await,
         task_output::Kind::Store(store) => {
-            let stream = plan.execute(partition, ctx).map_err(EngineError::from)?;
+            let mut stream = plan.execute(partition, ctx).map_err(EngineError::from)?;
             let block = BlockId::new(DatasetId(request.dataset), request.partition);
-            let schema = stream.schema();
-            let batches = collect(stream).await?;
-            let part = Arc::new(Partition::new(schema, batches));
-            let (rows, bytes) = (part.num_rows() as u64, part.memory_size() as u64);
+            // A cached partition too big for memory goes to disk like a job's block (Spark's
+            // MEMORY_AND_DISK, the default level of a cached DataFrame).
             let kind = if store.cached {
                 BlockKind::Cached
             } else {
                 BlockKind::Pinned
             };
-            let outcome = env.blocks.put_block(block, part, kind)?;
-            let mut output = Output::stored(rows, bytes, outcome.evicted);
-            output.written.spilled_bytes = outcome.spilled as u64;
+            let mut writer =
+                BlockWriter::new(Arc::clone(&env.blocks), stream.schema(), kind, [block]);
+            while let Some(batch) = stream.next().await {
+                writer.push(0, batch.map_err(EngineError::from)?)?;
+            }
+            let written = writer.finish()?;
+            let mut output = Output::stored(written.rows, written.bytes, written.evicted);
+            output.written.spilled_bytes = written.spilled;
             Ok(output)
         }
         task_output::Kind::WriteParquet(write) => {
@@ -274,68 +278,60 @@ async fn shuffle_write(
                 .with_biggest_coalesce_batch_size(Some(SHUFFLE_BATCH_ROWS / 2))
         })
         .collect();
-    let mut outputs: Vec<Vec<arrow::record_batch::RecordBatch>> = vec![Vec::new(); reduces];
-    let mut rows = 0u64;
+    let dataset = DatasetId(request.dataset);
+    let mut writer = BlockWriter::new(
+        Arc::clone(&env.blocks),
+        Arc::clone(&schema),
+        BlockKind::Pinned,
+        (0..reduces as u32).map(|r| BlockId::shuffle(dataset, request.partition, r)),
+    );
+    let mut store_time = std::time::Duration::ZERO;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(EngineError::from)?;
-        rows += batch.num_rows() as u64;
+        let mut full = Vec::new();
         partitioner
             .partition(batch, |reduce, piece| {
                 buckets[reduce].push_batch(piece)?;
                 while let Some(done) = buckets[reduce].next_completed_batch() {
-                    outputs[reduce].push(done);
+                    full.push((reduce, done));
                 }
                 Ok(())
             })
             .map_err(EngineError::from)?;
+        let stored = Instant::now();
+        for (reduce, done) in full {
+            writer.push(reduce, done)?;
+        }
+        store_time += stored.elapsed();
     }
-    let written = Instant::now();
-    let dataset = DatasetId(request.dataset);
-    let mut bytes = 0u64;
-    let mut spilled = 0u64;
-    let mut evicted = Vec::new();
-    for (reduce, (mut bucket, mut batches)) in buckets.into_iter().zip(outputs).enumerate() {
+    let stored = Instant::now();
+    for (reduce, mut bucket) in buckets.into_iter().enumerate() {
         bucket
             .finish_buffered_batch()
             .map_err(|e| EngineError::from(datafusion::error::DataFusionError::from(e)))?;
         while let Some(done) = bucket.next_completed_batch() {
-            batches.push(done);
+            writer.push(reduce, done)?;
         }
-        let part = Arc::new(Partition::new(Arc::clone(&schema), batches));
-        bytes += part.memory_size() as u64;
-        let block = BlockId::shuffle(dataset, request.partition, reduce as u32);
-        let outcome = env.blocks.put_block(block, part, BlockKind::Pinned)?;
-        spilled += outcome.spilled as u64;
-        evicted.extend(outcome.evicted);
     }
-    let write_micros = (timer.value() / 1000) as u64 + written.elapsed().as_micros() as u64;
+    let written = writer.finish()?;
+    store_time += stored.elapsed();
+    let store_micros = store_time.as_micros() as u64;
+    let write_micros = (timer.value() / 1000) as u64 + store_micros;
     tracing::debug!(
         dataset = request.dataset,
         map,
-        rows,
-        bytes,
+        rows = written.rows,
+        bytes = written.bytes,
+        spilled = written.spilled,
         partition_micros = timer.value() / 1000,
-        store_micros = written.elapsed().as_micros() as u64,
+        store_micros,
         "shuffle map output stored"
     );
-    let mut output = Output::stored(rows, bytes, evicted);
+    let mut output = Output::stored(written.rows, written.bytes, written.evicted);
     output.written.shuffle_write_micros = write_micros;
-    output.written.shuffle_bytes_written = bytes;
-    output.written.spilled_bytes = spilled;
+    output.written.shuffle_bytes_written = written.bytes;
+    output.written.spilled_bytes = written.spilled;
     Ok(output)
-}
-
-async fn collect(
-    mut stream: SendableRecordBatchStream,
-) -> Result<Vec<arrow::record_batch::RecordBatch>> {
-    let mut batches = Vec::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(EngineError::from)?;
-        if batch.num_rows() > 0 {
-            batches.push(batch);
-        }
-    }
-    Ok(batches)
 }
 
 /// Streams the task's output into `path` through a temporary file that is renamed into
