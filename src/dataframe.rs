@@ -11,6 +11,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{Expr, JoinType, SortExpr};
 use datafusion::prelude::lit;
+use ember_driver::DriverError;
 use ember_engine::{DatasetId, EngineError};
 
 use crate::cached_table::CachedTable;
@@ -195,13 +196,40 @@ impl DataFrame {
         self.collect_as("collect").await
     }
 
-    /// Runs the query as a job described as `action`.
+    /// Runs the query as a job described as `action`. A query whose task runs out of
+    /// operator memory is planned again, leaner (see [`crate::memory_plan`]), up to
+    /// [`crate::memory_plan::MAX_REPLANS`] times; the job metrics list what changed.
     async fn collect_as(&self, action: &str) -> Result<Vec<RecordBatch>> {
         let started = std::time::Instant::now();
-        let plan = self.inner.clone().create_physical_plan().await?;
-        self.session
-            .run_collect_planned(plan, started, &self.job_description(action))
-            .await
+        let description = self.job_description(action);
+        let mut inner = self.inner.clone();
+        let mut replanned = Vec::new();
+        loop {
+            let plan = inner.clone().create_physical_plan().await?;
+            let error = match self
+                .session
+                .run_collect_planned(Arc::clone(&plan), started, &description)
+                .await
+            {
+                Err(Error::Driver(e @ DriverError::OutOfMemory { .. })) => e,
+                Ok(batches) => {
+                    if !replanned.is_empty() {
+                        self.session.amend_metrics(|m| m.replanned = replanned);
+                    }
+                    return Ok(batches);
+                }
+                Err(e) => return Err(e),
+            };
+            let leaner = (replanned.len() < crate::memory_plan::MAX_REPLANS)
+                .then(|| crate::memory_plan::leaner(inner.clone(), &plan))
+                .flatten();
+            let Some((df, change)) = leaner else {
+                return Err(error.into());
+            };
+            tracing::warn!(error = %error, change = %change, "query ran out of operator memory; planning it again");
+            replanned.push(change);
+            inner = df;
+        }
     }
 
     /// Number of rows, counted on the executors.

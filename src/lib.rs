@@ -39,6 +39,7 @@ pub mod error;
 /// Executor entry points.
 pub mod executor_main;
 mod local_cluster;
+mod memory_plan;
 /// Machine learning.
 pub mod ml;
 /// What applications import.

@@ -523,6 +523,19 @@ impl Session {
             .clone()
     }
 
+    /// Changes the last job's recorded metrics.
+    pub(crate) fn amend_metrics(&self, amend: impl FnOnce(&mut JobMetrics)) {
+        if let Some(m) = self
+            .inner
+            .last_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            amend(m);
+        }
+    }
+
     pub(crate) fn record_metrics(&self, metrics: JobMetrics) {
         *self
             .inner

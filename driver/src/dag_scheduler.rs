@@ -430,7 +430,7 @@ impl Driver {
                 Ok(mut client) => matches!(
                     tokio::time::timeout(
                         ember_engine::rpc::CONTROL_TIMEOUT,
-                        client.status(ember_engine::proto::StatusRequest {})
+                        client.status(ember_engine::proto::StatusRequest::default())
                     )
                     .await,
                     Ok(Ok(_))

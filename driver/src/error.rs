@@ -35,6 +35,25 @@ pub enum DriverError {
         /// The executor's account of the last failure.
         message: String,
     },
+    /// A task ran out of operator memory (a hash table or buffer that cannot spill did not
+    /// fit the executor's operator pool). Retrying the same plan with the same memory is
+    /// pointless: a leaner plan (sort-merge joins, more partitions) or more `--memory` is.
+    #[error(
+        "{stage} ({dataset}) partition {partition} ran out of memory on {executor} (a leaner \
+         plan or a larger --memory is needed): {message}"
+    )]
+    OutOfMemory {
+        /// The stage the task belonged to.
+        stage: StageId,
+        /// The dataset it computed.
+        dataset: DatasetId,
+        /// The partition it computed.
+        partition: u32,
+        /// Where it ran.
+        executor: ExecutorId,
+        /// The executor's account of the failure.
+        message: String,
+    },
     /// No executor was available to run tasks.
     #[error("no executor available after waiting {waited:?} (are executors running and able to reach the driver?)")]
     NoExecutors {

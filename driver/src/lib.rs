@@ -186,10 +186,6 @@ impl Drop for DriverHandle {
 }
 
 impl DriverHandle {
-    /// Starts a driver listening on `bind` (port 0 picks a free one).
-    ///
-    /// # Errors
-    ///
     /// Asks executor `id` how it is doing (memory, blocks, spilled bytes, running tasks).
     ///
     /// # Errors
@@ -199,13 +195,35 @@ impl DriverHandle {
         &self,
         id: &ExecutorId,
     ) -> Result<ember_engine::proto::ExecutorStatus> {
+        self.status_call(id, false).await
+    }
+
+    /// Like [`DriverHandle::executor_status`], and the executor starts a new peak resident-set
+    /// measurement right after answering: call it before a query and again after it to
+    /// get the query's peak.
+    ///
+    /// # Errors
+    ///
+    /// As [`DriverHandle::executor_status`].
+    pub async fn reset_executor_peak_rss(
+        &self,
+        id: &ExecutorId,
+    ) -> Result<ember_engine::proto::ExecutorStatus> {
+        self.status_call(id, true).await
+    }
+
+    async fn status_call(
+        &self,
+        id: &ExecutorId,
+        reset_peak_rss: bool,
+    ) -> Result<ember_engine::proto::ExecutorStatus> {
         let info = self.registry.get(id).ok_or_else(|| {
             EngineError::Internal(format!("{id} is not registered with this driver"))
         })?;
         let mut client = self.pool.executor(&info.address)?;
         match tokio::time::timeout(
             CONTROL_TIMEOUT,
-            client.status(ember_engine::proto::StatusRequest {}),
+            client.status(ember_engine::proto::StatusRequest { reset_peak_rss }),
         )
         .await
         {
@@ -219,6 +237,10 @@ impl DriverHandle {
         }
     }
 
+    /// Starts a driver listening on `bind` (port 0 picks a free one).
+    ///
+    /// # Errors
+    ///
     /// The address cannot be bound.
     pub async fn start(bind: SocketAddr, config: DriverConfig) -> Result<Self> {
         let listener = TcpListener::bind(bind)

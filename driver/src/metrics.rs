@@ -53,6 +53,10 @@ pub struct JobMetrics {
     /// For a tree aggregation: the number of partial results at each level, from one per
     /// input partition down to the one the driver computes (so `len() - 1` merge levels).
     pub tree_levels: Vec<usize>,
+    /// Leaner plans the query was planned again with, in order, after a task of an earlier
+    /// plan ran out of operator memory (`sort-merge joins`, `8 partitions`); empty when the
+    /// first plan ran.
+    pub replanned: Vec<String>,
     /// What the executors that ran the job's tasks compute mllib kernels on (`cpu`, or
     /// `gpu: <adapter>`), each listed once.
     pub devices: Vec<String>,

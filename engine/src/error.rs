@@ -117,7 +117,14 @@ impl From<DataFusionError> for EngineError {
             },
             DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
                 Ok(inner) => EngineError::from(inner),
-                Err(shared) => EngineError::DataFusion(DataFusionError::Shared(shared)),
+                // Shared by the partitions of one operator (a hash join's build side): a
+                // lack of memory stays one, so it is not retried as if it were transient.
+                Err(shared) => match shared.find_root() {
+                    DataFusionError::ResourcesExhausted(m) => {
+                        EngineError::ResourcesExhausted(m.clone())
+                    }
+                    _ => EngineError::DataFusion(DataFusionError::Shared(shared)),
+                },
             },
             DataFusionError::ArrowError(arrow, ctx) => {
                 let text = match ctx {
@@ -176,6 +183,18 @@ macro_rules! internal_err {
 mod tests {
     use super::*;
     use crate::ids::DatasetId;
+
+    /// A hash join's build side that ran out of memory reaches every partition as one
+    /// shared error; it is still a lack of memory.
+    #[test]
+    fn a_shared_lack_of_memory_stays_one() {
+        let shared = std::sync::Arc::new(DataFusionError::ResourcesExhausted(
+            "Failed to allocate additional 274.4 KB for HashJoinInput[1]".into(),
+        ));
+        let _other_partition = std::sync::Arc::clone(&shared);
+        let e = EngineError::from(DataFusionError::Shared(shared));
+        assert!(matches!(e, EngineError::ResourcesExhausted(m) if m.contains("HashJoinInput")));
+    }
 
     #[test]
     fn fetch_failure_survives_a_trip_through_datafusion() {

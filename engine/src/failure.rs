@@ -15,6 +15,10 @@ pub enum Reaction {
     /// An input block could not be read: its producer is recomputed, then the stage runs
     /// again.
     RecomputeInput,
+    /// The task ran out of operator memory: the same plan with the same memory fails the
+    /// same way again, so the job fails at once with an error saying so, which a planner
+    /// able to choose a leaner plan (sort-merge joins, more partitions) acts on.
+    NeedsMemory,
     /// Another attempt cannot succeed (a plan or input error, a bug): the job fails.
     Fail,
 }
@@ -24,16 +28,17 @@ impl FailureKind {
     /// lost": only missed heartbeats, refused connections and failed fetches say that.
     pub fn reaction(self) -> Reaction {
         match self {
-            FailureKind::Execution | FailureKind::ResourcesExhausted => Reaction::Retry,
+            FailureKind::Execution => Reaction::Retry,
+            FailureKind::ResourcesExhausted => Reaction::NeedsMemory,
             FailureKind::Cancelled => Reaction::Requeue,
             FailureKind::FetchFailed => Reaction::RecomputeInput,
             FailureKind::Plan | FailureKind::Internal => Reaction::Fail,
         }
     }
 
-    /// Whether another attempt of the task may succeed.
+    /// Whether another attempt of the same task may succeed.
     pub fn is_retryable(self) -> bool {
-        self.reaction() != Reaction::Fail
+        !matches!(self.reaction(), Reaction::Fail | Reaction::NeedsMemory)
     }
 }
 
@@ -42,11 +47,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_plan_errors_and_bugs_fail_the_job() {
+    fn plan_errors_bugs_and_lack_of_memory_are_not_retried() {
         assert_eq!(FailureKind::Plan.reaction(), Reaction::Fail);
         assert_eq!(FailureKind::Internal.reaction(), Reaction::Fail);
         assert_eq!(FailureKind::Execution.reaction(), Reaction::Retry);
-        assert_eq!(FailureKind::ResourcesExhausted.reaction(), Reaction::Retry);
+        assert_eq!(
+            FailureKind::ResourcesExhausted.reaction(),
+            Reaction::NeedsMemory
+        );
+        assert!(!FailureKind::ResourcesExhausted.is_retryable());
         assert_eq!(FailureKind::Cancelled.reaction(), Reaction::Requeue);
         assert_eq!(
             FailureKind::FetchFailed.reaction(),

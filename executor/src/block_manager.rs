@@ -162,7 +162,7 @@ impl BlockManager {
             }
         };
         match opened.and_then(SpilledBlock::new) {
-            Ok(file) => Some(OpenBlock::Disk(file)),
+            Ok(file) => Some(OpenBlock::Disk(Box::new(file))),
             Err(e) => {
                 tracing::warn!(%id, error = %e, "spilled block unreadable; treating it as lost");
                 None
@@ -585,7 +585,7 @@ pub enum OpenBlock {
     /// Held in memory.
     Memory(Arc<Partition>),
     /// Spilled: its batches are read from the file one at a time.
-    Disk(SpilledBlock),
+    Disk(Box<SpilledBlock>),
 }
 
 /// A spilled block's file, opened: iterates over its batches, reading one at a time.

@@ -41,7 +41,8 @@ impl ExecutorError {
     /// Whether the scheduler may run the task again (possibly elsewhere).
     ///
     /// Runtime failures and lost inputs are retried; plan and input errors can never
-    /// succeed; a cancelled task is retried without counting against its limit.
+    /// succeed, nor can the same task with the same memory after running out of it; a
+    /// cancelled task is retried without counting against its limit.
     pub fn is_retryable(&self) -> bool {
         self.kind().is_retryable()
     }
@@ -118,7 +119,8 @@ mod tests {
             mem.to_task_failure().kind,
             FailureKind::ResourcesExhausted as i32
         );
-        assert!(mem.is_retryable());
+        // The same task with the same memory would fail the same way.
+        assert!(!mem.is_retryable());
         assert_eq!(
             ExecutorError::Cancelled("shutdown".into())
                 .to_task_failure()

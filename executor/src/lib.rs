@@ -21,6 +21,7 @@ mod block_writer;
 mod compute;
 /// The executor's error type.
 pub mod error;
+pub mod process_memory;
 mod reporter;
 mod service;
 mod task_runner;
@@ -67,6 +68,20 @@ pub const BLOCK_MEMORY_SHARE: f64 = 0.5;
 /// The smallest operator memory pool an executor runs with, however small its limit: below
 /// this, ordinary aggregates could not run at all.
 pub const MIN_OPERATOR_MEMORY: usize = 64 << 20;
+
+/// What an executor process holds beyond its `--memory`, which no limit accounts for: the
+/// binary and its runtimes (about 30 MiB), the batches a running task holds between
+/// operators (a few per task), fetch chunks in flight (at most 2 x 2 MiB per fetch),
+/// DataFusion's spill-merge read buffers, and the allocator's slack (glibc keeps freed
+/// pages of a busy heap). Measured peaks are in `docs/benchmarks.md`; tests assert every
+/// executor's peak resident set stays within `--memory` plus this.
+pub const PROCESS_OVERHEAD_BYTES: usize = 128 << 20;
+
+/// What a spilling sort keeps of an operator pool of `pool` bytes for merging its runs: a
+/// thirty-second of the pool, between 1 and 10 MiB.
+pub fn sort_merge_reservation(pool: usize) -> usize {
+    (pool / 32).clamp(1 << 20, 10 << 20)
+}
 
 /// How an executor's memory limit is divided: (block store, operator pool).
 pub fn memory_split(memory_bytes: usize) -> (usize, usize) {
@@ -251,6 +266,13 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         .options_mut()
         .optimizer
         .enable_dynamic_filter_pushdown = false;
+    // A sort that spills keeps this much of the pool for merging its runs; DataFusion's
+    // 10 MiB default is a sixth of a small executor's pool, and a sort that cannot get it
+    // back after spilling fails instead of merging.
+    session_config
+        .options_mut()
+        .execution
+        .sort_spill_reservation_bytes = sort_merge_reservation(operator_memory);
     if let Some(hook) = &config.hooks.session {
         session_config = hook(session_config);
     }

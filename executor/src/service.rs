@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use crate::block_manager::OpenBlock;
 use crate::compute::ComputeRuntime;
 use crate::error::ExecutorError;
+use crate::process_memory;
 use crate::reporter::StatusReporter;
 use crate::task_runner::{run_task, TaskEnv};
 
@@ -65,12 +66,15 @@ impl ExecutorServiceImpl {
     }
 }
 
-/// Decrements the running-task count when a task ends, however it ends.
+/// Decrements the running-task count when a task ends, however it ends; the last task to
+/// end hands the memory it freed back to the system.
 struct RunningGuard(Arc<AtomicU32>);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            process_memory::release_free_memory();
+        }
     }
 }
 
@@ -199,9 +203,14 @@ impl ExecutorService for ExecutorServiceImpl {
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<ExecutorStatus>, Status> {
         self.ensure_running()?;
+        let memory = process_memory::read();
+        if request.into_inner().reset_peak_rss {
+            process_memory::reset_peak();
+        }
+        let pool = &self.env.session.runtime_env().memory_pool;
         Ok(Response::new(ExecutorStatus {
             executor_id: self.env.executor_id.0.clone(),
             used_bytes: self.env.blocks.used_bytes() as u64,
@@ -211,6 +220,13 @@ impl ExecutorService for ExecutorServiceImpl {
             cores: self.cores,
             disk_bytes: self.env.blocks.disk_bytes() as u64,
             device: self.env.hooks.device(),
+            rss_bytes: memory.rss,
+            peak_rss_bytes: memory.peak_rss,
+            operator_bytes: pool.reserved() as u64,
+            operator_limit: match pool.memory_limit() {
+                datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as u64,
+                _ => 0,
+            },
         }))
     }
 

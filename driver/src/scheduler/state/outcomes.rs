@@ -196,6 +196,16 @@ impl Scheduler {
                 });
                 TaskEndStatus::Failed
             }
+            Reaction::NeedsMemory => {
+                stage.abort(StageEnd::Failed(DriverError::OutOfMemory {
+                    stage: stage_id,
+                    dataset: stage.dataset,
+                    partition,
+                    executor: executor.clone(),
+                    message: failure.message.clone(),
+                }));
+                TaskEndStatus::Failed
+            }
             Reaction::Fail => {
                 stage.abort(StageEnd::Failed(DriverError::TaskFailed {
                     stage: stage_id,
