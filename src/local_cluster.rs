@@ -12,6 +12,9 @@ use crate::executor_main::{self_exec_ready, RUN_AS_EXECUTOR_ENV};
 pub(crate) struct ChildGuard {
     pub(crate) child: Child,
     pub(crate) id: String,
+    /// Whether its exit was already reported (so a dead executor that cannot be replaced
+    /// is logged once).
+    reported: bool,
 }
 
 impl ChildGuard {
@@ -134,5 +137,78 @@ pub(crate) fn spawn_executor(
     Ok(ChildGuard {
         child,
         id: id.to_string(),
+        reported: false,
     })
+}
+
+/// How a local cluster replaces executor processes that die, as a standalone worker
+/// relaunches its executor: the same binary and settings under a new id (the driver
+/// treats it as a new executor; the dead one's blocks are recomputed where needed).
+#[derive(Debug)]
+pub(crate) struct Healer {
+    pub(crate) launch: Launch,
+    pub(crate) driver: String,
+    pub(crate) cores: usize,
+    pub(crate) memory: usize,
+    pub(crate) device: ember_mllib::gpu::Device,
+    /// Fault injection carried over to a slot's replacements: (slot, delay).
+    pub(crate) task_delays: Vec<(usize, std::time::Duration)>,
+    /// Replacements allowed over the session's life.
+    pub(crate) limit: usize,
+    /// Replacements started so far.
+    pub(crate) replaced: std::sync::atomic::AtomicUsize,
+}
+
+impl Healer {
+    /// Starts a replacement for every process in `children` that has exited, while the
+    /// limit allows; returns how many were started.
+    pub(crate) fn heal(&self, children: &mut [ChildGuard]) -> usize {
+        use std::sync::atomic::Ordering;
+        let mut started = 0;
+        for (slot, child) in children.iter_mut().enumerate() {
+            let Some(status) = child.exited() else {
+                continue;
+            };
+            if child.reported {
+                continue;
+            }
+            let done = self.replaced.load(Ordering::Relaxed);
+            if done >= self.limit {
+                child.reported = true;
+                tracing::error!(executor = %child.id, %status, limit = self.limit,
+                    "executor process exited; not replaced (replacement limit reached)");
+                continue;
+            }
+            let id = format!("exec-{slot}-r{}", done + 1);
+            let delay = self
+                .task_delays
+                .iter()
+                .find(|(i, _)| *i == slot)
+                .map(|(_, d)| *d);
+            match spawn_executor(
+                &self.launch,
+                &self.driver,
+                &id,
+                self.cores,
+                self.memory,
+                self.device,
+                delay,
+            ) {
+                Ok(replacement) => {
+                    self.replaced.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(executor = %child.id, %status, replacement = %id,
+                        "executor process exited; started a replacement");
+                    // The dead process was reaped; dropping its guard is harmless.
+                    *child = replacement;
+                    started += 1;
+                }
+                Err(e) => {
+                    child.reported = true;
+                    tracing::error!(executor = %child.id, error = %e,
+                        "executor process exited; its replacement did not start");
+                }
+            }
+        }
+        started
+    }
 }

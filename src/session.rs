@@ -24,13 +24,21 @@ use ember_executor::{ExecutorConfig, ExecutorHandle};
 
 use crate::dataframe::DataFrame;
 use crate::error::{Error, Result};
-use crate::local_cluster::{find_launch, spawn_executor, ChildGuard};
+use crate::local_cluster::{find_launch, spawn_executor, ChildGuard, Healer};
 
 /// How long a new session waits for its executors to register.
 const EXECUTOR_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default block-manager memory of each executor a session starts.
 const DEFAULT_EXECUTOR_MEMORY: usize = 2 << 30;
+
+/// By default, how many dead executor processes a local cluster replaces over a session's
+/// life (Spark's standalone master gives up on an application after ten executor
+/// failures in a row).
+pub const DEFAULT_EXECUTOR_RESTARTS: usize = 10;
+
+/// How often a local cluster looks for executor processes that died.
+const HEAL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Where a session's executors run.
 #[derive(Debug)]
@@ -48,6 +56,8 @@ struct Inner {
     driver: DriverHandle,
     executors: Mutex<Executors>,
     last_metrics: Mutex<Option<JobMetrics>>,
+    /// For a local cluster: replaces executor processes that die.
+    healer: Option<Arc<Healer>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -97,6 +107,7 @@ pub struct SessionBuilder {
     device: ember_mllib::gpu::Device,
     /// Fault injection: (executor index, delay before each of its tasks).
     task_delays: Vec<(usize, Duration)>,
+    executor_restarts: usize,
 }
 
 /// Default size under which a join's build side is sent whole to every task instead of
@@ -114,6 +125,7 @@ impl Default for SessionBuilder {
             broadcast_threshold: DEFAULT_BROADCAST_THRESHOLD,
             device: ember_mllib::gpu::Device::Auto,
             task_delays: Vec::new(),
+            executor_restarts: DEFAULT_EXECUTOR_RESTARTS,
         }
     }
 }
@@ -183,6 +195,14 @@ impl SessionBuilder {
         self
     }
 
+    /// How many executor processes of a local cluster that die (killed, crashed, ended by
+    /// the kernel's OOM killer) are replaced by new ones over the session's life; default
+    /// [`DEFAULT_EXECUTOR_RESTARTS`], 0 to leave dead executors dead.
+    pub fn max_executor_restarts(mut self, n: usize) -> Self {
+        self.executor_restarts = n;
+        self
+    }
+
     fn delay_of(&self, index: usize) -> Option<Duration> {
         self.task_delays
             .iter()
@@ -244,6 +264,7 @@ impl SessionBuilder {
             self.executors,
             cores,
             self.broadcast_threshold,
+            None,
         )
         .await
     }
@@ -299,14 +320,42 @@ impl SessionBuilder {
                 }
             )));
         }
-        Session::assemble(
+        let healer = Arc::new(Healer {
+            launch,
+            driver: address,
+            cores,
+            memory: self.memory,
+            device: self.device,
+            task_delays: self.task_delays.clone(),
+            limit: self.executor_restarts,
+            replaced: Default::default(),
+        });
+        let session = Session::assemble(
             driver,
             Executors::Processes(children),
             self.executors,
             cores,
             self.broadcast_threshold,
+            Some(Arc::clone(&healer)),
         )
-        .await
+        .await?;
+        let inner = Arc::downgrade(&session.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEAL_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Ends with the session.
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let mut executors = inner.executors.lock().unwrap_or_else(|p| p.into_inner());
+                if let Executors::Processes(children) = &mut *executors {
+                    healer.heal(children);
+                }
+            }
+        });
+        Ok(session)
     }
 
     /// Starts a driver on `bind` for executors started elsewhere with
@@ -338,6 +387,7 @@ impl SessionBuilder {
             up,
             cores,
             self.broadcast_threshold,
+            None,
         )
         .await
     }
@@ -380,6 +430,7 @@ impl Session {
         n: usize,
         cores: usize,
         broadcast_threshold: usize,
+        healer: Option<Arc<Healer>>,
     ) -> Result<Session> {
         // Hash repartitions become shuffles between executors. Round-robin repartitioning
         // only spreads a scan's batches over more partitions; Ember gets that parallelism
@@ -422,6 +473,7 @@ impl Session {
                 driver,
                 executors: Mutex::new(executors),
                 last_metrics: Mutex::new(None),
+                healer,
             }),
             pool: Arc::from(ember_driver::DEFAULT_POOL),
         })
@@ -546,7 +598,9 @@ impl Session {
 
     /// Kills executor `index` (0-based, in start order) the hard way: SIGKILL for a
     /// process, an abrupt stop for an in-process executor. Its blocks are gone; the driver
-    /// finds out through a failed call or missed heartbeats. Returns its id.
+    /// finds out through a failed call or missed heartbeats; a local cluster starts a
+    /// replacement process in its slot (see [`SessionBuilder::max_executor_restarts`]).
+    /// Returns its id.
     pub fn kill_executor(&self, index: usize) -> Result<String> {
         let mut executors = self
             .inner
@@ -574,6 +628,15 @@ impl Session {
                 "executors of a standalone cluster are not this session's to kill".into(),
             )),
         }
+    }
+
+    /// How many executor processes of this session's local cluster died and were replaced
+    /// (see [`SessionBuilder::max_executor_restarts`]).
+    pub fn executors_replaced(&self) -> usize {
+        self.inner
+            .healer
+            .as_ref()
+            .map_or(0, |h| h.replaced.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Process ids of the executor processes this session started.
@@ -793,8 +856,10 @@ impl Session {
         let driver = &self.inner.driver;
         let job = driver.plan_job(plan)?;
         let planning = planning_started.elapsed();
+        let replaced = self.executors_replaced();
         let (batches, mut metrics) = driver.collect(job.root, job.stages, description).await?;
         metrics.planning = planning;
+        metrics.executors_replaced = self.executors_replaced() - replaced;
         self.record_metrics(metrics);
         Ok(batches)
     }

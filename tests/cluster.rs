@@ -491,3 +491,64 @@ async fn executor_exits_when_its_parent_goes_away() {
         "executor kept running: {status:?}"
     );
 }
+
+/// A local-cluster executor process that dies is replaced by a new one in its slot, the
+/// replacement is counted and logged, and the next job runs tasks on it; once the limit
+/// of replacements is reached, a dead executor stays dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_local_cluster_executor_is_replaced_and_used() {
+    let builder = common::builder(2).max_executor_restarts(1);
+    let (dir, session) = common::orders_session(Mode::Processes, builder, 4, 5_000).await;
+    let sql = "SELECT region, count(*) AS n FROM orders GROUP BY region";
+    let expected = sorted_rows(&datafusion_answer(dir.path(), sql).await);
+    let victim = session.kill_executor(0).expect("kill");
+    let replacement = "exec-0-r1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !session
+        .executors()
+        .iter()
+        .any(|e| e.id.0 == replacement && e.id.0 != victim)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replacement registered: {:?}",
+            session.executors()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(session.executors_replaced(), 1);
+    assert_eq!(session.executor_pids().len(), 2);
+
+    let got = session
+        .sql(sql)
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs");
+    assert_eq!(sorted_rows(&got), expected);
+    let snapshot = session.snapshot().await.expect("snapshot");
+    let ran_on_replacement = snapshot
+        .executors
+        .iter()
+        .find(|e| e.executor.0 == replacement)
+        .map_or(0, |e| e.succeeded_tasks);
+    assert!(
+        ran_on_replacement > 0,
+        "the replacement ran no task: {:?}",
+        snapshot.executors
+    );
+
+    // The one replacement allowed is used up: the next death is final.
+    session.kill_executor(0).expect("kill");
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(session.executors_replaced(), 1);
+    let got = session
+        .sql(sql)
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs on the executor left");
+    assert_eq!(sorted_rows(&got), expected);
+}

@@ -29,6 +29,9 @@ pub struct JobMetrics {
     pub bytes_fetched: u64,
     /// Executors declared lost during the job.
     pub executors_lost: usize,
+    /// Executor processes of a local cluster that died and were replaced by new ones while
+    /// the job ran.
+    pub executors_replaced: usize,
     /// Wall time of the job.
     pub duration: Duration,
     /// Time the session spent planning the job (parsing, optimizing, cutting stages).

@@ -35,9 +35,11 @@ pub fn fast_driver() -> DriverConfig {
 
 /// A builder for `n` executors with one core each and the test executor binary. mllib
 /// kernels run on the CPU (comparisons with f64 references); `tests/gpu.rs` asks for the
-/// GPU itself.
+/// GPU itself. A killed executor stays dead (tests of recovery count on it); the test of
+/// a local cluster's healing asks for replacements.
 pub fn builder(n: usize) -> SessionBuilder {
     Session::builder()
+        .max_executor_restarts(0)
         .executors(n)
         .cores_per_executor(1)
         .executor_binary(env!("CARGO_BIN_EXE_ember-executor"))
