@@ -303,9 +303,11 @@ impl DataFrame {
         result
     }
 
-    /// Marks this DataFrame's result to be kept in the executors' memory once computed
-    /// (lazily, by the next action). Later actions read the cached blocks instead of the
-    /// sources; a lost or evicted block is recomputed from lineage.
+    /// Marks this DataFrame's result to be kept by the executors once computed (lazily, by
+    /// the next action): in memory, and on the executor's disk for a partition that does
+    /// not fit (Spark's `MEMORY_AND_DISK`, its default for DataFrames). Later actions read
+    /// the cached blocks instead of the sources; a block lost with its executor, or
+    /// evicted from memory to make room for newer ones, is recomputed from lineage.
     pub async fn cache(self) -> Result<Self> {
         if self.cached.is_some() {
             return Ok(self);
@@ -325,7 +327,7 @@ impl DataFrame {
         })
     }
 
-    /// Same as [`DataFrame::cache`] (Ember keeps cached blocks in memory only).
+    /// Same as [`DataFrame::cache`] (Ember has one storage level: memory, then disk).
     pub async fn persist(self) -> Result<Self> {
         self.cache().await
     }

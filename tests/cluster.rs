@@ -244,8 +244,12 @@ async fn killed_executor_process_loses_only_its_partitions() {
     );
 }
 
+/// A cached DataFrame bigger than the executors' block stores is kept on their disks: it
+/// is read back from the spill files, again after other cached data has come and been
+/// evicted, and never recomputed; unpersisting it removes the files. Memory blocks that
+/// newer ones evict are recomputed from lineage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eviction_under_a_small_memory_limit_recomputes_and_stays_right() {
+async fn cached_partitions_beyond_memory_live_on_disk_until_unpersisted() {
     let dir = tempfile::tempdir().expect("tmp");
     // 8 partitions (4 cores x 2 executors, one file each) of 20k rows, ~0.5 MB each in
     // memory; each executor's block store (half its 2.4 MB limit) may keep about 2 of its 4.
@@ -259,7 +263,7 @@ async fn eviction_under_a_small_memory_limit_recomputes_and_stays_right() {
             .memory_per_executor(2_400_000),
     )
     .await;
-    let cached = session
+    let big = session
         .read_parquet(dir.path())
         .await
         .expect("read")
@@ -267,14 +271,36 @@ async fn eviction_under_a_small_memory_limit_recomputes_and_stays_right() {
         .await
         .expect("cache");
     let expected = 8 * 20_000;
-    assert_eq!(cached.count().await.expect("count"), expected);
-    assert_eq!(cached.count().await.expect("count"), expected);
+    assert_eq!(big.count().await.expect("count"), expected);
+    // Read back: from memory and from the spill files, nothing recomputed.
+    assert_eq!(big.count().await.expect("count"), expected);
     let m = session.last_job_metrics().expect("metrics");
+    assert_eq!(m.partitions_recomputed, 0, "{m:?}");
+    assert_eq!(m.source_partitions_read, 0, "{m:?}");
+    assert_eq!(m.cached_blocks_used, 8, "{m:?}");
+
+    // Other cached data comes and pushes what is in memory out; the spilled blocks stay.
+    let small_dir = tempfile::tempdir().expect("tmp");
+    write_orders(small_dir.path(), 8, 10_000);
+    let small = session
+        .read_parquet(small_dir.path())
+        .await
+        .expect("read")
+        .cache()
+        .await
+        .expect("cache");
+    assert_eq!(small.count().await.expect("count"), 8 * 10_000);
+    assert_eq!(big.count().await.expect("count"), expected);
+    let m = session.last_job_metrics().expect("metrics");
+    assert_eq!(m.cached_blocks_used + m.partitions_recomputed, 8, "{m:?}");
     assert!(
         m.partitions_recomputed > 0,
-        "evicted partitions were recomputed: {m:?}"
+        "the newer cached data evicted some in memory: {m:?}"
     );
-    assert!(m.cached_blocks_used < 8, "not everything fit: {m:?}");
+    assert!(
+        m.partitions_recomputed < 8,
+        "the spilled partitions were read, not recomputed: {m:?}"
+    );
     for e in session.executors() {
         assert!(
             e.used_bytes <= block_limit as u64,
@@ -282,6 +308,29 @@ async fn eviction_under_a_small_memory_limit_recomputes_and_stays_right() {
             e.id,
             e.used_bytes
         );
+    }
+
+    // Unpersisting removes its spill files.
+    let mut disk_before = 0;
+    for e in session.executors() {
+        let status = session
+            .driver()
+            .executor_status(&e.id)
+            .await
+            .expect("status");
+        disk_before += status.disk_bytes;
+    }
+    assert!(disk_before > 0, "nothing was spilled");
+    let _uncached = big.unpersist().await.expect("unpersist");
+    let _uncached = small.unpersist().await.expect("unpersist");
+    for e in session.executors() {
+        let status = session
+            .driver()
+            .executor_status(&e.id)
+            .await
+            .expect("status");
+        assert_eq!(status.disk_bytes, 0, "{} keeps spill files", e.id);
+        assert_eq!(status.blocks, 0, "{} keeps blocks", e.id);
     }
 }
 

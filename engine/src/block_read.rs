@@ -48,19 +48,12 @@ pub trait BlockReader: Send + Sync + fmt::Debug {
     /// Starts reading the block; its batches follow as they are read.
     async fn read(&self, block: BlockId) -> Result<BlockBatches>;
 
-    /// Asks for room to keep `bytes` more of a cached dataset's block that is being
-    /// computed inline; `false` (the default) means the block is not kept.
-    fn reserve(&self, _bytes: usize) -> bool {
-        false
+    /// Somewhere to keep block `block` of a cached dataset, of `schema`, that was missing
+    /// and is being computed from lineage inside the reading task, batch by batch as it
+    /// streams through; `None` (the default) means it is not kept.
+    fn keep(&self, _block: BlockId, _schema: SchemaRef) -> Option<Box<dyn BlockSink>> {
+        None
     }
-
-    /// Gives back room taken with [`BlockReader::reserve`] for a block that is not kept.
-    fn unreserve(&self, _bytes: usize) {}
-
-    /// Keeps a cached dataset's block that was missing and was just computed from lineage
-    /// inside the reading task; `reserved` bytes of room were taken for it with
-    /// [`BlockReader::reserve`] and pass to the block.
-    fn offer(&self, _block: BlockId, _partition: Arc<Partition>, _reserved: usize) {}
 
     /// Records that a missing cached block was computed from lineage inside the reading
     /// task; `read_source` says whether computing it read a source.
@@ -68,6 +61,16 @@ pub trait BlockReader: Send + Sync + fmt::Debug {
 
     /// Records that a cached block was found and read.
     fn note_cached_read(&self) {}
+}
+
+/// Where a block computed inline is kept as it streams through a task. Dropped before
+/// [`BlockSink::finish`] (the read stopped early or failed), it keeps nothing.
+pub trait BlockSink: Send {
+    /// Keeps one more batch of the block.
+    fn push(&mut self, batch: RecordBatch) -> Result<()>;
+
+    /// The block is complete: store it.
+    fn finish(self: Box<Self>) -> Result<()>;
 }
 
 /// The [`BlockReader`] of a task, carried in its `SessionConfig` extensions.
@@ -229,7 +232,7 @@ fn shuffle_read(
 }
 
 /// Computes a missing cached block from its dataset's plan, streaming its batches to the
-/// reader and keeping a copy for the executor's cache as long as there is room for it.
+/// reader while the reader's [`BlockSink`] (if it gives one) keeps a copy.
 fn compute_from_lineage(
     reader: Arc<dyn BlockReader>,
     block: BlockId,
@@ -239,14 +242,7 @@ fn compute_from_lineage(
     reader.note_computed(!reads_only_blocks(&plan));
     let schema = plan.schema();
     let batches = plan.execute(block.partition as usize, context)?;
-    let keeper = InlineCache {
-        reader,
-        block,
-        schema,
-        kept: Vec::new(),
-        reserved: 0,
-        keeping: true,
-    };
+    let keeper = InlineCache(reader.keep(block, Arc::clone(&schema)));
     Ok(
         stream::unfold((batches, keeper), |(mut batches, mut keeper)| async move {
             match batches.next().await {
@@ -265,54 +261,25 @@ fn compute_from_lineage(
     )
 }
 
-/// The copy of a block computed inline that is being kept for the cache, batch by batch,
-/// each one only once the reader granted room for it.
-struct InlineCache {
-    reader: Arc<dyn BlockReader>,
-    block: BlockId,
-    schema: SchemaRef,
-    kept: Vec<RecordBatch>,
-    reserved: usize,
-    keeping: bool,
-}
+/// The copy of a block computed inline that is being kept for the cache, if any.
+struct InlineCache(Option<Box<dyn BlockSink>>);
 
 impl InlineCache {
     fn keep(&mut self, batch: &RecordBatch) {
-        if !self.keeping {
-            return;
-        }
-        let size = batch.get_array_memory_size();
-        if self.reader.reserve(size) {
-            self.reserved += size;
-            self.kept.push(batch.clone());
-        } else {
-            // No room: the block streams through uncached and is recomputed when next
-            // needed, as Spark does with a partition that does not fit in memory.
-            self.keeping = false;
-            self.kept.clear();
-            self.reader.unreserve(std::mem::take(&mut self.reserved));
+        if let Some(sink) = &mut self.0 {
+            if let Err(e) = sink.push(batch.clone()) {
+                // The block streams on uncached and is recomputed when next needed.
+                tracing::warn!(error = %e, "computed block not cached");
+                self.0 = None;
+            }
         }
     }
 
     fn finish(&mut self) {
-        if self.keeping {
-            self.keeping = false;
-            let partition =
-                Partition::new(Arc::clone(&self.schema), std::mem::take(&mut self.kept));
-            self.reader.offer(
-                self.block,
-                Arc::new(partition),
-                std::mem::take(&mut self.reserved),
-            );
-        }
-    }
-}
-
-impl Drop for InlineCache {
-    /// A read that stopped early (an error, a limit above it) keeps nothing.
-    fn drop(&mut self) {
-        if self.reserved > 0 {
-            self.reader.unreserve(self.reserved);
+        if let Some(sink) = self.0.take() {
+            if let Err(e) = sink.finish() {
+                tracing::warn!(error = %e, "computed block not cached");
+            }
         }
     }
 }

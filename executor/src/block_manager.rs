@@ -191,20 +191,31 @@ impl BlockManager {
     }
 
     /// Takes room for `bytes` that a task is about to hold for a block it is building,
-    /// evicting least-recently-used cached blocks if needed. Returns the blocks evicted, or
-    /// `None` when there is no room even then (nothing is evicted): the caller spills or
-    /// stops keeping.
-    pub fn reserve(&self, bytes: usize) -> Option<Vec<BlockId>> {
+    /// evicting least-recently-used cached blocks if needed, except those of `spare` (a
+    /// cached dataset's block never pushes out its siblings, which would only be computed
+    /// again: as in Spark's memory store). Returns the blocks evicted, or `None` when there
+    /// is no room even then (nothing is evicted): the caller spills or stops keeping.
+    pub fn reserve(&self, bytes: usize, spare: Option<DatasetId>) -> Option<Vec<BlockId>> {
         let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let victims = self.make_room(bytes, None)?;
+        let victims = self.make_room(bytes, None, spare)?;
         self.evict(&victims);
         self.used.fetch_add(bytes, Ordering::AcqRel);
         Some(victims)
     }
 
+    /// Lowers the bytes counted, never below zero (a miscount must not wrap around and
+    /// make every later reservation fail).
+    fn sub_used(&self, bytes: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+
     /// Gives back room taken with [`BlockManager::reserve`].
     pub fn unreserve(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.sub_used(bytes);
     }
 
     /// Stores a block built in room taken with [`BlockManager::reserve`]: `reserved` bytes
@@ -225,7 +236,7 @@ impl BlockManager {
         };
         self.replace(id, entry);
         self.used.fetch_add(size, Ordering::AcqRel);
-        self.used.fetch_sub(reserved, Ordering::AcqRel);
+        self.sub_used(reserved);
     }
 
     /// A file to write block `id` into batch by batch, for a block too big to build in
@@ -272,13 +283,19 @@ impl BlockManager {
     }
 
     /// The cached blocks in memory to evict, least recently used first, so that `needed`
-    /// more bytes fit (`id`'s current copy, about to be replaced, counts as free); `None`
-    /// when evicting every one would not be enough. Called under the insert lock.
-    fn make_room(&self, needed: usize, id: Option<BlockId>) -> Option<Vec<BlockId>> {
+    /// more bytes fit (`id`'s current copy, about to be replaced, counts as free; blocks of
+    /// `spare` are kept); `None` when evicting every one would not be enough. Called under
+    /// the insert lock.
+    fn make_room(
+        &self,
+        needed: usize,
+        id: Option<BlockId>,
+        spare: Option<DatasetId>,
+    ) -> Option<Vec<BlockId>> {
         let replaced = id
             .and_then(|id| self.blocks.get(&id).map(|e| e.memory_size()))
             .unwrap_or(0);
-        let used = self.used.load(Ordering::Acquire) - replaced;
+        let used = self.used.load(Ordering::Acquire).saturating_sub(replaced);
         if used + needed <= self.limit {
             return Some(Vec::new());
         }
@@ -289,6 +306,7 @@ impl BlockManager {
                 e.kind == BlockKind::Cached
                     && matches!(e.stored, Stored::Memory(_))
                     && Some(*e.key()) != id
+                    && Some(e.key().dataset) != spare
             })
             .map(|e| {
                 (
@@ -357,7 +375,7 @@ impl BlockManager {
         let needed = partition.memory_size();
         // A poisoned lock only means another insert panicked; the map itself is consistent.
         let guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(victims) = self.make_room(needed, Some(id)) else {
+        let Some(victims) = self.make_room(needed, Some(id), None) else {
             drop(guard);
             return match (&self.spill_dir, kind) {
                 // Evicting cached blocks would not make room: keep them, spill this one.
@@ -405,7 +423,7 @@ impl BlockManager {
     fn release(&self, entry: Entry) {
         match entry.stored {
             Stored::Memory(p) => {
-                self.used.fetch_sub(p.memory_size(), Ordering::AcqRel);
+                self.sub_used(p.memory_size());
             }
             Stored::Disk { path, .. } => {
                 if let Err(e) = std::fs::remove_file(&path) {
@@ -448,14 +466,13 @@ impl BlockManager {
         ids.into_iter().filter(|id| self.remove(*id)).count()
     }
 
-    /// Drops every block.
+    /// Drops every block (room reserved by tasks still building blocks stays theirs).
     pub fn clear(&self) {
         let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
         let ids: Vec<BlockId> = self.blocks.iter().map(|e| *e.key()).collect();
         for id in ids {
             self.remove(id);
         }
-        self.used.store(0, Ordering::Release);
     }
 
     /// Evicted blocks not yet reported; reporting them clears the list.

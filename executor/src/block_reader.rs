@@ -5,14 +5,17 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use ember_engine::block_read::{partition_batches, BlockBatches, BlockReader};
+use ember_engine::block_read::{partition_batches, BlockBatches, BlockReader, BlockSink};
 use ember_engine::proto::{BlockLocation, TaskMetrics};
 use ember_engine::rpc::{fetch_block_stream, ChannelPool, FetchStats};
-use ember_engine::{BlockId, EngineError, ExecutorId, Partition, Result};
+use ember_engine::{BlockId, EngineError, ExecutorId, Result};
 use futures::{stream, StreamExt, TryStreamExt};
 
 use crate::block_manager::{BlockKind, BlockManager, OpenBlock};
+use crate::block_writer::BlockWriter;
 
 /// Reads the blocks one task needs.
 #[derive(Debug)]
@@ -29,8 +32,8 @@ pub(crate) struct TaskBlockReader {
     source_reads: AtomicU32,
     /// Blocks computed inline and kept, and blocks evicted to keep them; nothing is awaited
     /// while these are locked.
-    filled: Mutex<Vec<BlockId>>,
-    evicted: Mutex<Vec<BlockId>>,
+    filled: Arc<Mutex<Vec<BlockId>>>,
+    evicted: Arc<Mutex<Vec<BlockId>>>,
 }
 
 impl TaskBlockReader {
@@ -62,8 +65,8 @@ impl TaskBlockReader {
             cached_read: AtomicU32::new(0),
             computed_inline: AtomicU32::new(0),
             source_reads: AtomicU32::new(0),
-            filled: Mutex::new(Vec::new()),
-            evicted: Mutex::new(Vec::new()),
+            filled: Arc::default(),
+            evicted: Arc::default(),
         }
     }
 
@@ -143,30 +146,13 @@ impl BlockReader for TaskBlockReader {
         Ok(batches.map_err(lost).boxed())
     }
 
-    fn reserve(&self, bytes: usize) -> bool {
-        match self.local.reserve(bytes) {
-            Some(evicted) => {
-                self.evicted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(evicted);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn unreserve(&self, bytes: usize) {
-        self.local.unreserve(bytes);
-    }
-
-    fn offer(&self, block: BlockId, partition: Arc<Partition>, reserved: usize) {
-        self.local
-            .put_reserved(block, partition, BlockKind::Cached, reserved);
-        self.filled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(block);
+    fn keep(&self, block: BlockId, schema: SchemaRef) -> Option<Box<dyn BlockSink>> {
+        Some(Box::new(CacheSink {
+            block,
+            writer: BlockWriter::new(Arc::clone(&self.local), schema, BlockKind::Cached, [block]),
+            filled: Arc::clone(&self.filled),
+            evicted: Arc::clone(&self.evicted),
+        }))
     }
 
     fn note_computed(&self, read_source: bool) {
@@ -178,5 +164,44 @@ impl BlockReader for TaskBlockReader {
 
     fn note_cached_read(&self) {
         self.cached_read.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a cached block computed inside a task: in memory while the block store has room,
+/// on the executor's disk from the batch where it has none (a cached DataFrame is kept in
+/// memory and on disk, as Spark's default level for one).
+struct CacheSink {
+    block: BlockId,
+    writer: BlockWriter,
+    filled: Arc<Mutex<Vec<BlockId>>>,
+    evicted: Arc<Mutex<Vec<BlockId>>>,
+}
+
+impl BlockSink for CacheSink {
+    fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        self.writer.push(0, batch).map_err(into_engine)
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        let written = self.writer.finish().map_err(into_engine)?;
+        self.evicted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(written.evicted);
+        self.filled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.block);
+        Ok(())
+    }
+}
+
+fn into_engine(e: crate::error::ExecutorError) -> EngineError {
+    match e {
+        crate::error::ExecutorError::Engine(e) => e,
+        e @ crate::error::ExecutorError::MemoryLimit { .. } => {
+            EngineError::ResourcesExhausted(e.to_string())
+        }
+        other => EngineError::Internal(other.to_string()),
     }
 }

@@ -83,7 +83,9 @@ impl BlockWriter {
         let size = batch.get_array_memory_size();
         self.written.rows += batch.num_rows() as u64;
         self.written.bytes += size as u64;
-        if let Some(evicted) = self.store.reserve(size) {
+        // A cached block never evicts its own dataset's blocks; a job's block may evict any.
+        let spare = (self.kind == BlockKind::Cached).then_some(self.blocks[index].id.dataset);
+        if let Some(evicted) = self.store.reserve(size, spare) {
             self.written.evicted.extend(evicted);
             let block = &mut self.blocks[index];
             block.reserved += size;

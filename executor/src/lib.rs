@@ -61,6 +61,10 @@ pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 /// them (see [`ExecutorConfig::driver_timeout`]).
 pub const DEFAULT_DRIVER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an executor that the driver wrote off waits for its stopped tasks to end
+/// before it drops its blocks and registers again.
+const TASK_STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// The share of an executor's memory limit that holds blocks (cached partitions, shuffle
 /// outputs); the rest is the operators' pool.
 pub const BLOCK_MEMORY_SHARE: f64 = 0.5;
@@ -459,6 +463,13 @@ async fn heartbeat_loop(h: Heartbeats) {
                         if let Some((_, stop)) = h.tasks.remove(&id) {
                             let _ = stop.send("the driver wrote this executor off".into());
                         }
+                    }
+                    // Blocks go once the stopped tasks are gone, so none stores one after.
+                    let stopping = Instant::now();
+                    while h.running.load(std::sync::atomic::Ordering::Acquire) > 0
+                        && stopping.elapsed() < TASK_STOP_WAIT
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     h.blocks.clear();
                     let _ = h.blocks.take_evicted();
