@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use arrow::record_batch::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
 
 use crate::session::Session;
 
@@ -78,6 +79,9 @@ pub struct SqlArgs {
     /// Executor processes to start.
     #[arg(long, default_value_t = 2)]
     pub executors: usize,
+    /// Memory limit per executor (half for blocks, half for operators; both spill).
+    #[arg(long, default_value = "2GiB", value_parser = crate::executor_main::parse_bytes)]
+    pub memory: usize,
     /// A table to register, NAME=PATH; PATH is a Parquet, CSV, JSON or Arrow IPC file, or a
     /// directory of them (the format follows the extension).
     #[arg(long = "table", value_name = "NAME=PATH")]
@@ -123,7 +127,11 @@ async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
         (None, Some(q)) => q.clone(),
         (None, None) => bail!("give a query or -f FILE"),
     };
-    let session = Session::local_cluster(args.executors).await?;
+    let session = Session::builder()
+        .executors(args.executors)
+        .memory_per_executor(args.memory)
+        .local_cluster()
+        .await?;
     for table in &args.tables {
         let (name, path) = table
             .split_once('=')
@@ -143,16 +151,126 @@ async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
     for statement in statements {
         let df = session.sql(statement).await?;
         // Ctrl-C cancels the running query (its tasks stop, its blocks go) and exits.
-        let batches = tokio::select! {
-            batches = df.collect() => batches?,
+        tokio::select! {
+            printed = print_as_it_comes(&df, args.format) => printed?,
             _ = tokio::signal::ctrl_c() => {
                 let cancelled = session.cancel_all().await?;
                 eprintln!("interrupted: {cancelled} query cancelled");
                 std::process::exit(130);
             }
-        };
-        print(&batches, args.format)?;
+        }
     }
+    Ok(())
+}
+
+/// Prints `df`'s rows as the driver hands them on. A query that runs out of operator
+/// memory before any row arrived runs again through `collect`, which plans it leaner.
+async fn print_as_it_comes(df: &crate::DataFrame, format: Format) -> anyhow::Result<()> {
+    let mut stream = df.execute_stream().await?;
+    let mut printer = Printer::new(format, stream.schema());
+    while let Some(batch) = stream.next().await {
+        match batch {
+            Ok(batch) => printer.push(batch)?,
+            Err(crate::Error::Driver(ember_driver::DriverError::OutOfMemory { .. }))
+                if !printer.started() =>
+            {
+                for batch in df.collect().await? {
+                    printer.push(batch)?;
+                }
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    printer.finish()
+}
+
+/// Rows a table printed by `ember sql` holds before it is printed and the next begins:
+/// aligned columns need every row of a table first.
+const TABLE_ROWS: usize = 10_000;
+
+/// Prints result batches in one output format as they arrive.
+struct Printer {
+    schema: arrow::datatypes::SchemaRef,
+    format: Printing,
+    started: bool,
+}
+
+enum Printing {
+    /// Batches waiting to be printed as one aligned table.
+    Table(Vec<RecordBatch>),
+    Csv(Box<arrow::csv::Writer<std::io::Stdout>>),
+    Json(arrow::json::ArrayWriter<std::io::Stdout>),
+}
+
+impl Printer {
+    fn new(format: Format, schema: arrow::datatypes::SchemaRef) -> Self {
+        let format = match format {
+            Format::Table => Printing::Table(Vec::new()),
+            Format::Csv => Printing::Csv(Box::new(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(std::io::stdout()),
+            )),
+            Format::Json => Printing::Json(arrow::json::ArrayWriter::new(std::io::stdout())),
+        };
+        Self {
+            schema,
+            format,
+            started: false,
+        }
+    }
+
+    /// Whether any row was printed or taken for printing.
+    fn started(&self) -> bool {
+        self.started
+    }
+
+    fn push(&mut self, batch: RecordBatch) -> anyhow::Result<()> {
+        self.started |= batch.num_rows() > 0;
+        match &mut self.format {
+            Printing::Table(pending) => {
+                pending.push(batch);
+                if pending.iter().map(RecordBatch::num_rows).sum::<usize>() >= TABLE_ROWS {
+                    print_table(&std::mem::take(pending))?;
+                }
+            }
+            Printing::Csv(writer) => writer.write(&batch)?,
+            Printing::Json(writer) => writer.write(&batch)?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        match self.format {
+            Printing::Table(pending) if !pending.is_empty() || !self.started => {
+                let pending = if pending.is_empty() {
+                    vec![RecordBatch::new_empty(self.schema)]
+                } else {
+                    pending
+                };
+                print_table(&pending)
+            }
+            Printing::Table(_) => Ok(()),
+            Printing::Csv(writer) => {
+                // A result without rows still gets its header.
+                if !self.started {
+                    let mut writer = writer;
+                    writer.write(&RecordBatch::new_empty(self.schema))?;
+                }
+                Ok(())
+            }
+            Printing::Json(mut writer) => {
+                writer.finish()?;
+                println!();
+                Ok(())
+            }
+        }
+    }
+}
+
+fn print_table(batches: &[RecordBatch]) -> anyhow::Result<()> {
+    println!("{}", arrow::util::pretty::pretty_format_batches(batches)?);
     Ok(())
 }
 
@@ -189,36 +307,6 @@ async fn register(session: &Session, name: &str, path: &Path) -> anyhow::Result<
         "json" | "ndjson" => session.register_json(name, path).await?,
         "arrow" | "ipc" => session.register_arrow(name, path).await?,
         other => bail!("{}: unsupported format `{other}`", path.display()),
-    }
-    Ok(())
-}
-
-fn print(batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    match format {
-        Format::Table => {
-            use std::io::Write;
-            writeln!(
-                out,
-                "{}",
-                arrow::util::pretty::pretty_format_batches(batches)?
-            )?;
-        }
-        Format::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(out);
-            for b in batches {
-                writer.write(b)?;
-            }
-        }
-        Format::Json => {
-            let mut writer = arrow::json::ArrayWriter::new(out);
-            let refs: Vec<&RecordBatch> = batches.iter().collect();
-            writer.write_batches(&refs)?;
-            writer.finish()?;
-        }
     }
     Ok(())
 }

@@ -232,6 +232,19 @@ impl DataFrame {
         }
     }
 
+    /// Runs the query on the cluster and returns its rows as the driver produces them,
+    /// never holding the whole result: a consumer that writes rows out as they come can
+    /// take a result larger than the driver's memory. Dropping the stream cancels the job;
+    /// the job's metrics are recorded once it ends. (Unlike [`DataFrame::collect`], a
+    /// query that runs out of operator memory is not planned again here: rows may already
+    /// have been handed on.)
+    pub async fn execute_stream(&self) -> Result<ResultStream> {
+        let started = std::time::Instant::now();
+        let plan = self.inner.clone().create_physical_plan().await?;
+        self.session
+            .run_stream_planned(plan, started, &self.job_description("execute_stream"))
+    }
+
     /// Number of rows, counted on the executors.
     pub async fn count(&self) -> Result<usize> {
         let counted = self
@@ -350,5 +363,31 @@ impl DataFrame {
     /// The cached dataset behind this DataFrame, if it is cached.
     pub fn cached_dataset(&self) -> Option<DatasetId> {
         self.cached.as_ref().map(|(d, _)| *d)
+    }
+}
+
+/// A query's rows as they arrive from the driver ([`DataFrame::execute_stream`]).
+#[derive(Debug)]
+pub struct ResultStream {
+    pub(crate) inner: ember_driver::JobStream,
+}
+
+impl ResultStream {
+    /// The schema of every batch.
+    pub fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
+impl futures::Stream for ResultStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.inner)
+            .poll_next(cx)
+            .map(|item| item.map(|r| r.map_err(Error::from)))
     }
 }

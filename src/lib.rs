@@ -49,7 +49,7 @@ pub mod session;
 /// TPC-H queries, data and benchmark.
 pub mod tpch;
 
-pub use dataframe::DataFrame;
+pub use dataframe::{DataFrame, ResultStream};
 pub use error::{Error, Result};
 pub use executor_main::run_executor_if_requested;
 pub use session::{Session, SessionBuilder};

@@ -864,6 +864,28 @@ impl Session {
         Ok(batches)
     }
 
+    /// Cuts `plan` into stages and runs it, handing the final fragment's batches on as
+    /// the driver produces them; the job's metrics are recorded when it ends.
+    pub(crate) fn run_stream_planned(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        planning_started: std::time::Instant,
+        description: &JobDescription,
+    ) -> Result<crate::dataframe::ResultStream> {
+        let driver = &self.inner.driver;
+        let job = driver.plan_job(plan)?;
+        let planning = planning_started.elapsed();
+        let (stream, metrics) = driver.execute_stream(job.root, job.stages, description);
+        let session = self.clone();
+        tokio::spawn(async move {
+            if let Ok(mut metrics) = metrics.await {
+                metrics.planning = planning;
+                session.record_metrics(metrics);
+            }
+        });
+        Ok(crate::dataframe::ResultStream { inner: stream })
+    }
+
     /// Ember's stages for `plan`, as [`DataFrame::explain`] prints them.
     pub(crate) fn explain_stages(&self, plan: Arc<dyn ExecutionPlan>) -> Result<String> {
         Ok(ember_driver::planner::explain_stages(plan)?)

@@ -481,3 +481,56 @@ async fn a_standalone_executor_stops_after_losing_its_driver() {
         gone.elapsed()
     );
 }
+
+/// `execute_stream` hands rows on as the driver produces them and records the job's
+/// metrics when it ends; dropping the stream part way cancels the job, whose blocks go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_result_arrives_in_batches_and_dropping_it_cancels_the_job() {
+    use futures::StreamExt;
+    let (_dir, session) =
+        common::orders_session(Mode::Processes, common::builder(2), 4, 20_000).await;
+    // Sorted on the executors, merged on the driver: the job has blocks to release.
+    let df = session
+        .sql("SELECT region, id FROM orders ORDER BY region, id")
+        .await
+        .expect("plans");
+    let mut stream = df.execute_stream().await.expect("starts");
+    assert_eq!(stream.schema().fields().len(), 2);
+    let (mut rows, mut batches) = (0, 0);
+    while let Some(batch) = stream.next().await {
+        rows += batch.expect("batch").num_rows();
+        batches += 1;
+    }
+    assert_eq!(rows, 80_000);
+    assert!(batches > 1, "the result came in one piece");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while session.last_job_metrics().is_none() {
+        assert!(Instant::now() < deadline, "no metrics recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut stream = df.execute_stream().await.expect("starts");
+    let first = stream.next().await.expect("a batch").expect("rows");
+    assert!(first.num_rows() > 0);
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let snapshot = session.snapshot().await.expect("snapshot");
+        let last = snapshot.jobs.last().expect("jobs").clone();
+        if last.status == JobStatus::Cancelled {
+            assert!(
+                last.error.unwrap_or_default().contains("stopped reading"),
+                "cancelled for the right reason"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned job did not end: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until_idle(&session, Duration::from_secs(5))
+        .await
+        .expect("the cancelled job's blocks are gone");
+}

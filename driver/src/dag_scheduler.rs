@@ -21,16 +21,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::replace_children_if_necessary;
-use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use ember_engine::block_read::BlockReadExec;
 use ember_engine::block_read::{task_context_with_reader, BlockReader};
 use ember_engine::lineage::{all_block_reads, block_dependencies, Dataset, Persistence};
 use ember_engine::plan_codec::encode_plan;
 use ember_engine::proto::{BlockLocation, LaunchTaskRequest};
 use ember_engine::{BlockId, DatasetId, EngineError, ExecutorId, JobId};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::block_fetch::DriverBlockReader;
 use crate::error::{DriverError, Result};
@@ -38,6 +43,54 @@ use crate::events::JobStatus;
 use crate::metrics::JobMetrics;
 use crate::scheduler::{OutputKind, StageEnd, StageSpec};
 use crate::{Driver, JobDescription};
+
+/// How many result batches the driver produces ahead of a caller reading a job's stream.
+pub const RESULT_BATCHES_IN_FLIGHT: usize = 2;
+
+/// Where the final fragment's batches go.
+trait BatchSink: Send {
+    /// Takes one batch; `false` when no more are wanted.
+    fn accept(&mut self, batch: RecordBatch) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl BatchSink for Vec<RecordBatch> {
+    async fn accept(&mut self, batch: RecordBatch) -> bool {
+        self.push(batch);
+        true
+    }
+}
+
+impl BatchSink for mpsc::Sender<Result<RecordBatch>> {
+    async fn accept(&mut self, batch: RecordBatch) -> bool {
+        self.send(Ok(batch)).await.is_ok()
+    }
+}
+
+/// A job's result batches as the driver produces them ([`Driver::execute_stream`]); the
+/// last item is the job's error if it failed.
+#[derive(Debug)]
+pub struct JobStream {
+    schema: SchemaRef,
+    batches: ReceiverStream<Result<RecordBatch>>,
+}
+
+impl JobStream {
+    /// The schema of every batch.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+}
+
+impl futures::Stream for JobStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.batches).poll_next(cx)
+    }
+}
 
 /// Bookkeeping of one running job. Dropped before [`Driver::end_job`] (the caller stopped
 /// waiting), it cancels the job's tasks and removes its blocks in the background.
@@ -263,6 +316,22 @@ impl Driver {
         job: &mut Job,
         root: Arc<dyn ExecutionPlan>,
     ) -> Result<Vec<RecordBatch>> {
+        let mut batches = Vec::new();
+        self.run_final(job, root, &mut batches).await?;
+        Ok(batches)
+    }
+
+    /// Runs `root` on the driver after materializing every dataset it reads, handing its
+    /// batches to `sink` as they come. An input lost before the first batch was handed on
+    /// is recomputed and the fragment run again; after that, the job fails instead (the
+    /// rows already handed on cannot be taken back). Returns whether the sink took every
+    /// batch (`false`: it stopped wanting them).
+    async fn run_final(
+        self: &Arc<Self>,
+        job: &mut Job,
+        root: Arc<dyn ExecutionPlan>,
+        sink: &mut impl BatchSink,
+    ) -> Result<bool> {
         let deps = block_dependencies(&root);
         let mut retries = Retries::new(self.config.max_stage_attempts, deps.len());
         loop {
@@ -272,23 +341,88 @@ impl Driver {
             let reader = Arc::new(DriverBlockReader::new(Arc::clone(self)));
             let ctx = self.task_context(Arc::clone(&reader) as _);
             let started = Instant::now();
-            let result = collect(Arc::clone(&root), ctx).await;
+            let mut handed_on = false;
+            let result: DfResult<bool> = async {
+                let mut batches = execute_stream(Arc::clone(&root), ctx)?;
+                while let Some(batch) = batches.next().await {
+                    let batch = batch?;
+                    // Empty batches may be handed on again after a rerun; rows may not.
+                    handed_on |= batch.num_rows() > 0;
+                    if !sink.accept(batch).await {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            .await;
             job.metrics.driver_time += started.elapsed();
             job.metrics.blocks_read_remote += reader.blocks.load(Ordering::Relaxed);
             job.metrics.bytes_fetched += reader.fetched.bytes.load(Ordering::Relaxed);
             match result.map_err(EngineError::from) {
-                Ok(batches) => return Ok(batches),
+                Ok(taken) => return Ok(taken),
                 Err(EngineError::FetchFailed {
                     block,
                     executor,
                     reason,
-                }) => {
+                }) if !handed_on => {
                     let lost = self.handle_fetch_failure(job, block, &executor).await;
                     retries.record(lost, block.dataset, reason)?;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Runs `root` like [`Driver::collect`], but hands its batches to the caller as the
+    /// driver produces them, through a channel of [`RESULT_BATCHES_IN_FLIGHT`] batches:
+    /// a result larger than memory streams through the driver. Dropping the stream cancels
+    /// the job; the job's metrics arrive on the returned receiver once it has ended.
+    pub fn execute_stream(
+        self: &Arc<Self>,
+        root: Arc<dyn ExecutionPlan>,
+        temporary: Vec<Dataset>,
+        description: &JobDescription,
+    ) -> (JobStream, oneshot::Receiver<JobMetrics>) {
+        let (tx, rx) = mpsc::channel(RESULT_BATCHES_IN_FLIGHT);
+        let (done, metrics) = oneshot::channel();
+        let schema = root.schema();
+        let driver = Arc::clone(self);
+        let description = description.clone();
+        tokio::spawn(async move {
+            let mut job = driver.new_job(temporary, &description).await;
+            let id = job.id;
+            let mut sink = tx.clone();
+            let stopped = || DriverError::Cancelled {
+                job: id,
+                reason: "the caller stopped reading the result".into(),
+            };
+            let result = tokio::select! {
+                result = driver.run_final(&mut job, root, &mut sink) => match result {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(stopped()),
+                    Err(e) => Err(e),
+                },
+                () = tx.closed() => Err(stopped()),
+            };
+            if matches!(&result, Err(DriverError::Cancelled { .. })) {
+                let _ = driver
+                    .scheduler
+                    .cancel(Some(id), "the caller stopped reading the result".into())
+                    .await;
+            }
+            driver.end_job(&mut job, &result).await;
+            if let Err(e) = result {
+                let _ = tx.send(Err(e)).await;
+            }
+            let _ = done.send(job.metrics.clone());
+        });
+        (
+            JobStream {
+                schema,
+                batches: ReceiverStream::new(rx),
+            },
+            metrics,
+        )
     }
 
     /// Writes `dataset` as one Parquet file per partition under `dir`, by the executors.

@@ -58,6 +58,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use block_locations::BlockLocations;
+pub use dag_scheduler::{JobStream, RESULT_BATCHES_IN_FLIGHT};
 pub use error::{DriverError, Result};
 pub use events::{JobStatus, SchedulerEvent, StageStatus, TaskEndStatus, TaskFigures};
 pub use metrics::{JobMetrics, StageTiming};

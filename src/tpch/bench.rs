@@ -5,10 +5,13 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use arrow::record_batch::RecordBatch;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_driver::JobMetrics;
 
@@ -70,6 +73,8 @@ struct QueryResult {
     n: usize,
     ember: anyhow::Result<Timing>,
     metrics: Option<JobMetrics>,
+    /// Each executor's peak resident set over the query's Ember runs, in bytes.
+    peak_rss: Vec<u64>,
     datafusion: anyhow::Result<Timing>,
 }
 
@@ -119,7 +124,16 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1);
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(cores));
+    // The baseline gets the cluster's total memory as its operator pool, spilling to disk.
+    let total_memory = args.memory.saturating_mul(args.executors);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(total_memory)))
+        .build_arc()
+        .context("DataFusion runtime")?;
+    let ctx = SessionContext::new_with_config_rt(
+        SessionConfig::new().with_target_partitions(cores),
+        runtime,
+    );
     register_datafusion(&ctx, &dir).await.with_context(|| {
         format!(
             "registering the tables of {} with DataFusion",
@@ -128,26 +142,39 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     })?;
 
     println!(
-        "TPC-H from {}: Ember with {} executor processes, DataFusion with {cores} partitions; \
-         median of {} runs after 1 warm-up",
+        "TPC-H from {}: Ember with {} executor processes of {} MiB, DataFusion with {cores} \
+         partitions and a {} MiB pool; median of {} runs after 1 warm-up",
         dir.display(),
         args.executors,
+        args.memory >> 20,
+        total_memory >> 20,
         args.runs
     );
     println!(
-        "{:<5} {:>9} {:>12} {:>7} {:>8} {:>7} {:>7} {:>11}",
-        "query", "ember_s", "datafusion_s", "ratio", "rows", "stages", "tasks", "MB_fetched"
+        "{:<5} {:>9} {:>12} {:>7} {:>8} {:>7} {:>7} {:>11} {:>11} {:>15}",
+        "query",
+        "ember_s",
+        "datafusion_s",
+        "ratio",
+        "rows",
+        "stages",
+        "tasks",
+        "MB_fetched",
+        "MB_spilled",
+        "peak_rss_MiB"
     );
     let limit = Duration::from_secs(args.timeout);
     let mut results = Vec::with_capacity(queries.len());
     for n in queries {
         let text = query(n).with_context(|| format!("no TPC-H query {n}"))?;
+        executor_peaks(&session, true).await;
         let ember = time_runs(args.runs, limit, || async {
             let batches = session.sql(text).await?.collect().await?;
             Ok(row_count(&batches))
         })
         .await;
         let metrics = ember.as_ref().ok().and_then(|_| session.last_job_metrics());
+        let peak_rss = executor_peaks(&session, false).await;
         let datafusion = time_runs(args.runs, limit, || async {
             let batches = ctx.sql(text).await?.collect().await?;
             Ok(row_count(&batches))
@@ -157,6 +184,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             n,
             ember,
             metrics,
+            peak_rss,
             datafusion,
         };
         println!("{}", row(&result));
@@ -185,6 +213,21 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Each live executor's peak resident set since the last reset, in bytes (0 for one that
+/// does not answer); with `reset`, a new measurement starts.
+async fn executor_peaks(session: &Session, reset: bool) -> Vec<u64> {
+    let mut peaks = Vec::new();
+    for e in session.executors() {
+        let status = if reset {
+            session.driver().reset_executor_peak_rss(&e.id).await
+        } else {
+            session.driver().executor_status(&e.id).await
+        };
+        peaks.push(status.map_or(0, |s| s.peak_rss_bytes));
+    }
+    peaks
 }
 
 /// The data directory to use: `--data` if given (it must be complete), otherwise
@@ -282,21 +325,29 @@ fn row(r: &QueryResult) -> String {
         (Err(e), _) => format!("{name:<5} ember error: {}", one_line(e)),
         (Ok(_), Err(e)) => format!("{name:<5} datafusion error: {}", one_line(e)),
         (Ok(e), Ok(d)) => {
-            let (stages, tasks, fetched) = match &r.metrics {
+            let (stages, tasks, fetched, spilled) = match &r.metrics {
                 Some(m) => (
                     m.stages_run.to_string(),
                     m.tasks_run.to_string(),
                     format!("{:.2}", megabytes(m.bytes_fetched)),
+                    format!("{:.2}", megabytes(m.spilled_bytes)),
                 ),
-                None => ("-".into(), "-".into(), "-".into()),
+                None => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
+            let peaks = r
+                .peak_rss
+                .iter()
+                .map(|b| (b >> 20).to_string())
+                .collect::<Vec<_>>()
+                .join("/");
             let rows = if e.rows == d.rows {
                 e.rows.to_string()
             } else {
                 format!("{}!={}", e.rows, d.rows)
             };
             format!(
-                "{name:<5} {:>9.3} {:>12.3} {:>7.2} {rows:>8} {stages:>7} {tasks:>7} {fetched:>11}",
+                "{name:<5} {:>9.3} {:>12.3} {:>7.2} {rows:>8} {stages:>7} {tasks:>7} {fetched:>11} \
+                 {spilled:>11} {peaks:>15}",
                 e.median.as_secs_f64(),
                 d.median.as_secs_f64(),
                 e.median.as_secs_f64() / d.median.as_secs_f64()
@@ -336,7 +387,8 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
         format!(
             "stages={} tasks={} task_failures={} source_partitions={} blocks_local={} \
              blocks_remote={} MB_fetched={:.2} MB_shuffled={:.2} MB_spilled={:.2} \
-             cached_blocks_used={} recomputed={} executors_lost={}",
+             cached_blocks_used={} recomputed={} executors_lost={} executors_replaced={} \
+             replanned=[{}]",
             m.stages_run,
             m.tasks_run,
             m.task_failures,
@@ -348,7 +400,9 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
             megabytes(m.spilled_bytes),
             m.cached_blocks_used,
             m.partitions_recomputed,
-            m.executors_lost
+            m.executors_lost,
+            m.executors_replaced,
+            m.replanned.join(", ")
         ),
         format!(
             "job={:.3}s planning={:.3}s task_time={:.3}s fetch_time={:.3}s \
