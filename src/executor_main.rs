@@ -121,13 +121,13 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
 
 /// Runs an executor with `args` until it is shut down or loses its driver.
 pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
-    ember_executor::process_memory::limit_malloc_arenas();
-    crate::register_extensions();
     let cores = args.cores.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(1)
     });
+    ember_executor::process_memory::limit_malloc_arenas(cores);
+    crate::register_extensions();
     let handle = ember_executor::start(ExecutorConfig {
         driver: args.driver.clone(),
         bind: args.bind,

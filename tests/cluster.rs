@@ -323,15 +323,7 @@ async fn cached_partitions_beyond_memory_live_on_disk_until_unpersisted() {
     assert!(disk_before > 0, "nothing was spilled");
     let _uncached = big.unpersist().await.expect("unpersist");
     let _uncached = small.unpersist().await.expect("unpersist");
-    for e in session.executors() {
-        let status = session
-            .driver()
-            .executor_status(&e.id)
-            .await
-            .expect("status");
-        assert_eq!(status.disk_bytes, 0, "{} keeps spill files", e.id);
-        assert_eq!(status.blocks, 0, "{} keeps blocks", e.id);
-    }
+    common::assert_executors_hold_nothing(&session).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,14 +560,7 @@ async fn a_dead_local_cluster_executor_is_replaced_and_used() {
     assert_eq!(session.executors_replaced(), 1);
     assert_eq!(session.executor_pids().len(), 2);
 
-    let got = session
-        .sql(sql)
-        .await
-        .expect("plans")
-        .collect()
-        .await
-        .expect("runs");
-    assert_eq!(sorted_rows(&got), expected);
+    assert_eq!(sorted_rows(&common::run_sql(&session, sql).await), expected);
     let snapshot = session.snapshot().await.expect("snapshot");
     let ran_on_replacement = snapshot
         .executors
@@ -592,12 +577,6 @@ async fn a_dead_local_cluster_executor_is_replaced_and_used() {
     session.kill_executor(0).expect("kill");
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert_eq!(session.executors_replaced(), 1);
-    let got = session
-        .sql(sql)
-        .await
-        .expect("plans")
-        .collect()
-        .await
-        .expect("runs on the executor left");
-    assert_eq!(sorted_rows(&got), expected);
+    // It runs on the executor left.
+    assert_eq!(sorted_rows(&common::run_sql(&session, sql).await), expected);
 }

@@ -85,13 +85,7 @@ async fn run_bounded(session: &Session, sql: &str) -> (Vec<i64>, JobMetrics) {
             .expect("status");
     }
     let started = Instant::now();
-    let answer = session
-        .sql(sql)
-        .await
-        .expect("plans")
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let answer = common::run_sql(session, sql).await;
     let ran = started.elapsed();
     let row = answer[0]
         .columns()
@@ -124,10 +118,8 @@ async fn run_bounded(session: &Session, sql: &str) -> (Vec<i64>, JobMetrics) {
             e.id,
             status.peak_rss_bytes
         );
-        assert_eq!(status.blocks, 0, "{} still holds job blocks", e.id);
-        assert_eq!(status.disk_bytes, 0, "{} still holds spill files", e.id);
-        assert_eq!(status.used_bytes, 0);
     }
+    common::assert_executors_hold_nothing(session).await;
     (row, metrics)
 }
 
@@ -149,13 +141,11 @@ async fn inputs_several_times_the_executor_memory_complete_by_spilling() {
     let session = wide_session(dir.path()).await;
 
     // Every row has k = 7: all of them go to one reducer, which sorts them to join.
-    session
-        .sql("SET datafusion.optimizer.prefer_hash_join = false")
-        .await
-        .expect("plans")
-        .collect()
-        .await
-        .expect("set");
+    common::run_sql(
+        &session,
+        "SET datafusion.optimizer.prefer_hash_join = false",
+    )
+    .await;
     let (row, metrics) = run_bounded(
         &session,
         "SELECT count(*), max(a.v), count(DISTINCT a.s) FROM wide a \
@@ -164,13 +154,7 @@ async fn inputs_several_times_the_executor_memory_complete_by_spilling() {
     .await;
     assert_eq!(row, vec![total, max_v, 1000]);
     assert!(metrics.spilled_bytes > 0, "{metrics:?}");
-    session
-        .sql("SET datafusion.optimizer.prefer_hash_join = true")
-        .await
-        .expect("plans")
-        .collect()
-        .await
-        .expect("set");
+    common::run_sql(&session, "SET datafusion.optimizer.prefer_hash_join = true").await;
 
     // Each hash join partition would have to hold 6M keys (about 96 MiB) in a 64 MiB pool.
     let (row, metrics) = run_bounded(

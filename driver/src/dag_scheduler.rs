@@ -106,6 +106,12 @@ pub(crate) struct Job {
     materialized: Vec<DatasetId>,
     /// Cached datasets whose resident blocks were already counted as cache hits.
     cache_counted: Vec<DatasetId>,
+    /// Job-scoped datasets the job reads, by how many of their readers (stages of
+    /// job-scoped datasets, the final fragment) have not finished: one that reaches zero
+    /// is released at once instead of at the job's end.
+    readers: HashMap<DatasetId, usize>,
+    /// Job-scoped datasets whose stage finished, so their inputs were counted down.
+    consumed: Vec<DatasetId>,
     started: Instant,
 }
 
@@ -246,6 +252,8 @@ impl Driver {
             temporary: ids,
             materialized: Vec::new(),
             cache_counted: Vec::new(),
+            readers: HashMap::new(),
+            consumed: Vec::new(),
             started: Instant::now(),
         }
     }
@@ -333,6 +341,7 @@ impl Driver {
         sink: &mut impl BatchSink,
     ) -> Result<bool> {
         let deps = block_dependencies(&root);
+        self.count_readers(job, &root)?;
         let mut retries = Retries::new(self.config.max_stage_attempts, deps.len());
         loop {
             for dep in &deps {
@@ -480,6 +489,52 @@ impl Driver {
         Box::pin(self.run_until_done(job, id, missing, StageOutput::Store)).await
     }
 
+    /// Counts the readers of every job-scoped dataset the job's fragment `root` reads,
+    /// directly or through the stages below it (looking through cached datasets, whose
+    /// missing blocks read their inputs inside the reading task).
+    fn count_readers(&self, job: &mut Job, root: &Arc<dyn ExecutionPlan>) -> Result<()> {
+        let mut pending = vec![Arc::clone(root)];
+        let mut seen = Vec::new();
+        while let Some(plan) = pending.pop() {
+            let mut deps = Vec::new();
+            self.expand(&plan, &mut deps)?;
+            for d in deps {
+                *job.readers.entry(d).or_default() += 1;
+                if !seen.contains(&d) {
+                    seen.push(d);
+                    pending.push(Arc::clone(self.dataset(d)?.plan()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Job-scoped dataset `id`'s stage finished: each of its inputs `deps` has one reader
+    /// fewer, and an input no reader still needs is released now (its shuffle buckets and
+    /// spill files leave the executors), so a long query does not hold every intermediate
+    /// result until its end. Should one be needed again (its reader's output lost), it is
+    /// recomputed from lineage like any lost block.
+    async fn release_read_inputs(&self, job: &mut Job, id: DatasetId, deps: &[DatasetId]) {
+        if job.consumed.contains(&id) {
+            return;
+        }
+        job.consumed.push(id);
+        let mut done = Vec::new();
+        for d in deps {
+            if let Some(left) = job.readers.get_mut(d) {
+                *left = left.saturating_sub(1);
+                if *left == 0 && job.materialized.contains(d) {
+                    done.push(*d);
+                }
+            }
+        }
+        if !done.is_empty() {
+            tracing::debug!(job = %job.id, datasets = ?done, "inputs read by every reader released");
+            job.metrics.datasets_released_early += done.len();
+            self.drop_blocks(&done).await;
+        }
+    }
+
     /// Runs stages of `id` until `partitions` are all done, recomputing lost inputs.
     async fn run_until_done(
         self: &Arc<Self>,
@@ -500,7 +555,12 @@ impl Driver {
                 .run_stage(job, &dataset, plan, &partitions, &output)
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if dataset.persistence() == Persistence::Job {
+                        self.release_read_inputs(job, id, &deps).await;
+                    }
+                    return Ok(());
+                }
                 Err(StageFailure::Fatal(e)) => return Err(e),
                 Err(StageFailure::FetchFailed {
                     block,

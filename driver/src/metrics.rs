@@ -49,6 +49,9 @@ pub struct JobMetrics {
     pub rows_written: u64,
     /// Bytes of blocks spilled to executors' disks.
     pub spilled_bytes: u64,
+    /// Intermediate datasets whose blocks were released as soon as every stage reading
+    /// them had finished, before the job's end.
+    pub datasets_released_early: usize,
     /// Time the driver spent running the job's final fragment.
     pub driver_time: Duration,
     /// Per stage run: (dataset, tasks, wall time), in the order they finished.

@@ -786,6 +786,31 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
     }
 
+    /// Room for a block being built evicts cached blocks of other datasets, never those of
+    /// the dataset it belongs to, and is refused (nothing evicted) when there is no room.
+    #[test]
+    fn reservations_spare_their_own_dataset() {
+        let size = partition(1000).memory_size();
+        let bm = BlockManager::new(size * 2);
+        bm.put(block(0), partition(1000), BlockKind::Cached)
+            .expect("fits");
+        let other = BlockId::new(DatasetId(2), 0);
+        bm.put(other, partition(1000), BlockKind::Cached)
+            .expect("fits");
+        // A block of dataset 1 may push out dataset 2's block, not its sibling.
+        assert_eq!(bm.reserve(size, Some(DatasetId(1))), Some(vec![other]));
+        assert!(bm.get(block(0)).is_some());
+        assert_eq!(bm.used_bytes(), 2 * size);
+        assert_eq!(bm.reserve(size, Some(DatasetId(1))), None);
+        assert_eq!(bm.len(), 1, "a refused reservation evicts nothing");
+        bm.unreserve(size);
+        assert_eq!(bm.used_bytes(), size);
+        // A job's block may push out any cached block.
+        assert_eq!(bm.reserve(2 * size, None), Some(vec![block(0)]));
+        bm.unreserve(2 * size);
+        assert_eq!(bm.used_bytes(), 0);
+    }
+
     #[test]
     fn remove_dataset_drops_only_its_blocks() {
         let bm = BlockManager::new(1 << 30);

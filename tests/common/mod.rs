@@ -207,3 +207,29 @@ pub async fn orders_session(
         .expect("register");
     (dir, session)
 }
+
+/// Runs `sql` on `session` and returns every row; panics with the query on failure.
+pub async fn run_sql(session: &Session, sql: &str) -> Vec<RecordBatch> {
+    session
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Asserts that no executor of `session` holds a block, a spill file or block-store bytes
+/// (what every job leaves once it ended and cached data was dropped).
+pub async fn assert_executors_hold_nothing(session: &Session) {
+    for e in session.executors() {
+        let status = session
+            .driver()
+            .executor_status(&e.id)
+            .await
+            .expect("status");
+        assert_eq!(status.blocks, 0, "{} still holds blocks", e.id);
+        assert_eq!(status.disk_bytes, 0, "{} still holds spill files", e.id);
+        assert_eq!(status.used_bytes, 0, "{} still counts bytes", e.id);
+    }
+}
