@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
+use arrow::array::{ArrayRef, AsArray, GenericByteViewArray};
+use arrow::datatypes::{ByteViewType, DataType, SchemaRef};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use ember_engine::{BlockId, Partition};
 
 use crate::block_manager::{BlockKind, BlockManager, SpillWriter};
@@ -80,6 +81,7 @@ impl BlockWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        let batch = compact_views(batch);
         let size = batch.get_array_memory_size();
         self.written.rows += batch.num_rows() as u64;
         self.written.bytes += size as u64;
@@ -154,6 +156,51 @@ impl BlockWriter {
     }
 }
 
+/// The batch with every string or binary view column that points into buffers much larger
+/// than its own strings copied into compact ones. A hash join or a shuffle split picks rows
+/// by reference: each output piece of a view column keeps its source batch's whole data
+/// buffers alive, and a block of such pieces would hold (and write to disk, and send) those
+/// buffers many times over. Other columns are shared as they are.
+pub(crate) fn compact_views(batch: RecordBatch) -> RecordBatch {
+    fn wasteful<T: ByteViewType + ?Sized>(array: &GenericByteViewArray<T>) -> bool {
+        let held: usize = array.data_buffers().iter().map(|b| b.len()).sum();
+        held > 2 * array.total_buffer_bytes_used() + VIEW_SLACK_BYTES
+    }
+    let mut changed = false;
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|column| {
+            let compacted: Option<ArrayRef> = match column.data_type() {
+                DataType::Utf8View => {
+                    let a = column.as_string_view();
+                    wasteful(a).then(|| Arc::new(a.gc()) as ArrayRef)
+                }
+                DataType::BinaryView => {
+                    let a = column.as_binary_view();
+                    wasteful(a).then(|| Arc::new(a.gc()) as ArrayRef)
+                }
+                _ => None,
+            };
+            changed |= compacted.is_some();
+            compacted.unwrap_or_else(|| Arc::clone(column))
+        })
+        .collect();
+    if !changed {
+        return batch;
+    }
+    RecordBatch::try_new_with_options(
+        batch.schema(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .unwrap_or(batch)
+}
+
+/// Data-buffer bytes a view column may hold beyond twice what its strings need before it
+/// is compacted: small batches are not worth copying.
+const VIEW_SLACK_BYTES: usize = 64 * 1024;
+
 impl Drop for BlockWriter {
     /// Blocks never stored give back their room; their spill files remove themselves.
     fn drop(&mut self) {
@@ -218,6 +265,33 @@ mod tests {
         }
         assert_eq!(store.used_bytes(), 0);
         assert_eq!(files(dir.path()), 0, "spill files go with their blocks");
+    }
+
+    /// A view column that references a much larger buffer (a few rows taken from a big
+    /// batch) is stored compacted: the block holds its own strings only.
+    #[test]
+    fn view_columns_are_stored_without_the_buffers_they_were_cut_from() {
+        use arrow::array::{Array, StringViewArray};
+        let long: Vec<String> = (0..10_000).map(|i| format!("{i:0>40}")).collect();
+        let big = StringViewArray::from_iter_values(long.iter().map(String::as_str));
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8View, false)]));
+        let piece = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(big.slice(0, 10))])
+            .expect("batch");
+        let before = piece.get_array_memory_size();
+        let compacted = compact_views(piece.clone());
+        assert!(
+            compacted.get_array_memory_size() * 20 < before,
+            "{} vs {before}",
+            compacted.get_array_memory_size()
+        );
+        assert_eq!(compacted.column(0).as_string_view().value(9), long[9]);
+        assert_eq!(compacted.column(0).len(), 10);
+        // A compact column is shared, not copied.
+        let whole = RecordBatch::try_new(schema, vec![Arc::new(big)]).expect("batch");
+        let kept = compact_views(whole.clone());
+        assert!(kept.column(0).to_data().buffers()[1]
+            .as_ptr()
+            .eq(&whole.column(0).to_data().buffers()[1].as_ptr()));
     }
 
     /// Blocks that fit stay in memory in the room they reserved; a writer dropped before
