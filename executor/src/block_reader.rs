@@ -106,12 +106,14 @@ impl BlockReader for TaskBlockReader {
             }
             Some(OpenBlock::Disk(file)) => {
                 self.read_local.fetch_add(1, Ordering::Relaxed);
-                // Read one batch at a time on the task's own thread, as its operators would.
+                // Read one batch at a time on the task's own thread, as its operators would;
+                // a file that cannot be read loses the block here, so it is recomputed.
+                let here = self.self_id.clone();
                 let batches = file.map(move |b| {
                     b.map_err(|e| EngineError::FetchFailed {
                         block,
-                        executor: ExecutorId("<local spill file>".into()),
-                        reason: e.to_string(),
+                        executor: here.clone(),
+                        reason: format!("spill file unreadable: {e}"),
                     })
                 });
                 return Ok(stream::iter(batches).boxed());
