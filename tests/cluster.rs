@@ -311,15 +311,11 @@ async fn cached_partitions_beyond_memory_live_on_disk_until_unpersisted() {
     }
 
     // Unpersisting removes its spill files.
-    let mut disk_before = 0;
-    for e in session.executors() {
-        let status = session
-            .driver()
-            .executor_status(&e.id)
-            .await
-            .expect("status");
-        disk_before += status.disk_bytes;
-    }
+    let disk_before: u64 = common::executor_statuses(&session)
+        .await
+        .iter()
+        .map(|s| s.disk_bytes)
+        .sum();
     assert!(disk_before > 0, "nothing was spilled");
     let _uncached = big.unpersist().await.expect("unpersist");
     let _uncached = small.unpersist().await.expect("unpersist");

@@ -75,26 +75,11 @@ async fn run_result(session: &Session, sql: &str) -> ember::Result<Vec<RecordBat
     session.sql(sql).await.expect("plan").collect().await
 }
 
-/// The statuses of every executor alive now.
-async fn statuses(session: &Session) -> Vec<ember::engine::proto::ExecutorStatus> {
-    let mut out = Vec::new();
-    for e in session.executors() {
-        out.push(
-            session
-                .driver()
-                .executor_status(&e.id)
-                .await
-                .expect("executor status"),
-        );
-    }
-    out
-}
-
 /// Polls every executor until none runs a task and none holds a block, or `within` passes.
 async fn wait_until_idle(session: &Session, within: Duration) -> std::result::Result<(), String> {
     let deadline = Instant::now() + within;
     loop {
-        let busy: Vec<String> = statuses(session)
+        let busy: Vec<String> = common::executor_statuses(session)
             .await
             .iter()
             .filter(|s| s.running_tasks > 0 || s.blocks > 0 || s.disk_bytes > 0)
@@ -225,7 +210,11 @@ async fn cancelling_a_query_frees_slots_and_removes_its_blocks() {
         }
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let holding: u32 = statuses(&session).await.iter().map(|s| s.blocks).sum();
+    let holding: u32 = common::executor_statuses(&session)
+        .await
+        .iter()
+        .map(|s| s.blocks)
+        .sum();
     assert!(holding > 0, "the map stage left shuffle blocks");
     let cancelled_at = Instant::now();
     assert!(session.cancel_job(job).await.expect("cancel"));

@@ -228,14 +228,7 @@ impl BlockManager {
         reserved: usize,
     ) {
         let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let size = partition.memory_size();
-        let entry = Entry {
-            stored: Stored::Memory(partition),
-            kind,
-            last_used: AtomicU64::new(self.tick()),
-        };
-        self.replace(id, entry);
-        self.used.fetch_add(size, Ordering::AcqRel);
+        self.insert_memory(id, partition, kind);
         self.sub_used(reserved);
     }
 
@@ -399,17 +392,24 @@ impl BlockManager {
             };
         };
         self.evict(&victims);
+        self.insert_memory(id, partition, kind);
+        Ok(PutOutcome {
+            evicted: victims,
+            spilled: 0,
+        })
+    }
+
+    /// Stores `partition` in memory as block `id` and counts its bytes. Called under the
+    /// insert lock.
+    fn insert_memory(&self, id: BlockId, partition: Arc<Partition>, kind: BlockKind) {
+        let size = partition.memory_size();
         let entry = Entry {
             stored: Stored::Memory(partition),
             kind,
             last_used: AtomicU64::new(self.tick()),
         };
         self.replace(id, entry);
-        self.used.fetch_add(needed, Ordering::AcqRel);
-        Ok(PutOutcome {
-            evicted: victims,
-            spilled: 0,
-        })
+        self.used.fetch_add(size, Ordering::AcqRel);
     }
 
     /// Inserts `entry` as `id`, releasing what an earlier entry of the same id held.

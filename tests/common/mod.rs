@@ -222,14 +222,25 @@ pub async fn run_sql(session: &Session, sql: &str) -> Vec<RecordBatch> {
 /// Asserts that no executor of `session` holds a block, a spill file or block-store bytes
 /// (what every job leaves once it ended and cached data was dropped).
 pub async fn assert_executors_hold_nothing(session: &Session) {
-    for e in session.executors() {
-        let status = session
-            .driver()
-            .executor_status(&e.id)
-            .await
-            .expect("status");
-        assert_eq!(status.blocks, 0, "{} still holds blocks", e.id);
-        assert_eq!(status.disk_bytes, 0, "{} still holds spill files", e.id);
-        assert_eq!(status.used_bytes, 0, "{} still counts bytes", e.id);
+    for status in executor_statuses(session).await {
+        let id = &status.executor_id;
+        assert_eq!(status.blocks, 0, "{id} still holds blocks");
+        assert_eq!(status.disk_bytes, 0, "{id} still holds spill files");
+        assert_eq!(status.used_bytes, 0, "{id} still counts bytes");
     }
+}
+
+/// Every live executor's own account of itself (memory, blocks, spill, running tasks).
+pub async fn executor_statuses(session: &Session) -> Vec<ember::engine::proto::ExecutorStatus> {
+    let mut statuses = Vec::new();
+    for e in session.executors() {
+        statuses.push(
+            session
+                .driver()
+                .executor_status(&e.id)
+                .await
+                .expect("executor status"),
+        );
+    }
+    statuses
 }
