@@ -73,7 +73,11 @@ struct RunningGuard(Arc<AtomicU32>);
 impl Drop for RunningGuard {
     fn drop(&mut self) {
         if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            process_memory::release_free_memory();
+            // Trimming walks the heap (milliseconds on a large one): not on an RPC thread.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(process_memory::release_free_memory)),
+                Err(_) => process_memory::release_free_memory(),
+            }
         }
     }
 }
