@@ -1,5 +1,6 @@
 //! The `ember` command line: `ember sql` runs a query on a local cluster and prints it;
-//! `ember tpch gen` and `ember tpch bench` write TPC-H data and time the 22 queries.
+//! `ember tpch` and `ember tpcds` (`gen`, `bench`) write a benchmark's data and time its
+//! queries.
 
 use std::path::{Path, PathBuf};
 
@@ -26,39 +27,43 @@ pub enum Command {
     Sql(SqlArgs),
     /// Run an executor (same as the `ember-executor` binary).
     Executor(crate::executor_main::ExecutorArgs),
-    /// Generate TPC-H data or benchmark the TPC-H queries.
-    Tpch(TpchArgs),
+    /// Generate TPC-H data or benchmark the 22 TPC-H queries.
+    Tpch(SuiteArgs),
+    /// Generate TPC-DS data or benchmark the 99 TPC-DS queries.
+    Tpcds(SuiteArgs),
 }
 
-/// Arguments of `ember tpch`.
+/// Arguments of `ember tpch` and `ember tpcds`.
 #[derive(Debug, clap::Args)]
-pub struct TpchArgs {
+pub struct SuiteArgs {
     /// What to do.
     #[command(subcommand)]
-    pub command: TpchCommand,
+    pub command: SuiteCommand,
 }
 
-/// `ember tpch` subcommands.
+/// `ember tpch` and `ember tpcds` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum TpchCommand {
-    /// Write the eight TPC-H tables as directories of Parquet files.
-    Gen(TpchGenArgs),
-    /// Time the TPC-H queries on an Ember cluster and on single-process DataFusion.
-    Bench(crate::tpch::BenchArgs),
+pub enum SuiteCommand {
+    /// Write the tables as directories of Parquet files.
+    Gen(GenArgs),
+    /// Time the queries on an Ember cluster and on single-process DataFusion, and compare
+    /// the answers.
+    Bench(crate::suite::BenchArgs),
 }
 
-/// Arguments of `ember tpch gen`.
+/// Arguments of `ember tpch gen` and `ember tpcds gen`.
 #[derive(Debug, clap::Args)]
-pub struct TpchGenArgs {
+pub struct GenArgs {
     /// Scale factor (1 is about 1 GB of raw data; 0.01 is small).
-    #[arg(long, value_parser = crate::tpch::parse_scale_factor, allow_hyphen_values = true)]
+    #[arg(long, value_parser = crate::suite::parse_scale_factor, allow_hyphen_values = true)]
     pub sf: f64,
     /// Directory to write into; each table becomes a directory `<DIR>/<table>/`.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Parquet files for each of lineitem, orders, partsupp, part and customer.
-    #[arg(long, default_value_t = crate::tpch::DEFAULT_PARTS,
-          value_parser = crate::tpch::parse_parts)]
+    /// Parquet files for each of the big tables (the fact tables and the largest
+    /// dimensions).
+    #[arg(long, default_value_t = crate::suite::DEFAULT_PARTS,
+          value_parser = crate::suite::parse_parts)]
     pub parts: usize,
 }
 
@@ -101,22 +106,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sql(args) => run_sql(args).await,
         Command::Executor(args) => crate::executor_main::run_executor(args).await,
-        Command::Tpch(TpchArgs {
-            command: TpchCommand::Gen(args),
-        }) => run_tpch_gen(args).await,
-        Command::Tpch(TpchArgs {
-            command: TpchCommand::Bench(args),
-        }) => crate::tpch::bench(&args).await,
+        Command::Tpch(args) => run_suite(&crate::tpch::SUITE, args).await,
+        Command::Tpcds(args) => run_suite(&crate::tpcds::SUITE, args).await,
     }
 }
 
-async fn run_tpch_gen(args: TpchGenArgs) -> anyhow::Result<()> {
-    let TpchGenArgs { sf, out, parts } = args;
-    let summary = tokio::task::spawn_blocking(move || crate::tpch::generate(sf, &out, parts))
-        .await
-        .context("the TPC-H generator task panicked")??;
-    print!("{summary}");
-    Ok(())
+async fn run_suite(suite: &'static crate::suite::Suite, args: SuiteArgs) -> anyhow::Result<()> {
+    match args.command {
+        SuiteCommand::Gen(GenArgs { sf, out, parts }) => {
+            let summary = tokio::task::spawn_blocking(move || suite.generate(sf, &out, parts))
+                .await
+                .with_context(|| format!("the {} generator task panicked", suite.name))??;
+            print!("{summary}");
+            Ok(())
+        }
+        SuiteCommand::Bench(args) => crate::suite::bench(suite, &args).await,
+    }
 }
 
 async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {

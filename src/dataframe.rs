@@ -191,6 +191,20 @@ impl DataFrame {
         Ok(format!("{datafusion}\n{stages}"))
     }
 
+    /// Plans the query and cuts it into Ember's stages as running it would, then checks
+    /// that every stage, as an executor decodes it, keeps DataFusion's physical-plan
+    /// invariants (each operator's required input partitioning and ordering); runs
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// A planning error, or an internal error naming the stage that breaks an invariant.
+    pub async fn check_stages(&self) -> Result<()> {
+        let plan = self.inner.clone().create_physical_plan().await?;
+        let ctx = self.inner.clone().task_ctx();
+        Ok(ember_driver::planner::check_stages(plan, &ctx)?)
+    }
+
     /// Runs the query on the cluster and returns every row.
     pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
         self.collect_as("collect").await

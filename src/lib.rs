@@ -46,7 +46,11 @@ pub mod ml;
 pub mod prelude;
 /// Sessions and clusters.
 pub mod session;
-/// TPC-H queries, data and benchmark.
+/// Benchmark suites: data generation, registration, answer comparison and the bench.
+pub mod suite;
+/// TPC-DS queries and data.
+pub mod tpcds;
+/// TPC-H queries and data.
 pub mod tpch;
 
 pub use dataframe::{DataFrame, ResultStream};

@@ -1,9 +1,6 @@
-//! TPC-H: the 22 query texts, a Parquet generator for the eight tables, their registration
-//! in a session, and a benchmark against single-process DataFusion; planning and scheduling
-//! stay with [`Session`].
-//!
-//! - `generate`: writes the tables with `tpchgen` as directories of Parquet files.
-//! - `bench`: `ember tpch bench`, times the queries on Ember and on DataFusion.
+//! TPC-H: the 22 query texts and the eight tables from `tpchgen`, as a [`Suite`] (whose
+//! generator, registration and bench all suites share); planning and scheduling stay with
+//! [`Session`].
 //!
 //! ```
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -21,18 +18,24 @@
 //! # Ok(()) }
 //! ```
 
-mod bench;
-mod generate;
-
 use std::path::Path;
 
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use arrow::record_batch::RecordBatchReader;
+use datafusion::prelude::SessionContext;
+use tpchgen::generators::{
+    CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator,
+    PartSuppGenerator, RegionGenerator, SupplierGenerator,
+};
+use tpchgen_arrow::{
+    CustomerArrow, LineItemArrow, NationArrow, OrderArrow, PartArrow, PartSuppArrow, RegionArrow,
+    SupplierArrow,
+};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::session::Session;
+use crate::suite::Suite;
 
-pub use bench::{bench, BenchArgs};
-pub use generate::{generate, missing_tables, GenSummary, TableSummary, DEFAULT_PARTS};
+pub use crate::suite::{parse_scale_factor, GenSummary, TableSummary, DEFAULT_PARTS};
 
 /// The eight TPC-H tables, each a directory of Parquet files under a data directory.
 pub const TABLES: [&str; 8] = [
@@ -40,7 +43,7 @@ pub const TABLES: [&str; 8] = [
 ];
 
 /// The query texts, with the spec's validation parameters (see `tpch/queries/`).
-const QUERIES: [&str; 22] = [
+const QUERIES: &[&str] = &[
     include_str!("../tpch/queries/q1.sql"),
     include_str!("../tpch/queries/q2.sql"),
     include_str!("../tpch/queries/q3.sql"),
@@ -65,6 +68,37 @@ const QUERIES: [&str; 22] = [
     include_str!("../tpch/queries/q22.sql"),
 ];
 
+/// TPC-H as a benchmark suite: lineitem, orders, partsupp, part and customer are split
+/// into files; nation, region and supplier are small at any scale and stay one file.
+pub static SUITE: Suite = Suite {
+    name: "TPC-H",
+    command: "tpch",
+    tables: &TABLES,
+    split_tables: &["lineitem", "orders", "partsupp", "part", "customer"],
+    queries: QUERIES,
+    reader: table_reader,
+};
+
+/// Part `part` (1-based) of `parts` of a TPC-H table, from `tpchgen`.
+fn table_reader(
+    table: &str,
+    sf: f64,
+    part: i32,
+    parts: i32,
+) -> anyhow::Result<Box<dyn RecordBatchReader>> {
+    Ok(match table {
+        "customer" => Box::new(CustomerArrow::new(CustomerGenerator::new(sf, part, parts))),
+        "lineitem" => Box::new(LineItemArrow::new(LineItemGenerator::new(sf, part, parts))),
+        "nation" => Box::new(NationArrow::new(NationGenerator::new(sf, part, parts))),
+        "orders" => Box::new(OrderArrow::new(OrderGenerator::new(sf, part, parts))),
+        "part" => Box::new(PartArrow::new(PartGenerator::new(sf, part, parts))),
+        "partsupp" => Box::new(PartSuppArrow::new(PartSuppGenerator::new(sf, part, parts))),
+        "region" => Box::new(RegionArrow::new(RegionGenerator::new(sf, part, parts))),
+        "supplier" => Box::new(SupplierArrow::new(SupplierGenerator::new(sf, part, parts))),
+        other => anyhow::bail!("TPC-H has no table `{other}`"),
+    })
+}
+
 /// The SQL of TPC-H query `n` (1 to 22), one statement with the spec's validation
 /// parameters; `None` for any other `n`.
 ///
@@ -75,79 +109,39 @@ const QUERIES: [&str; 22] = [
 /// assert!(ember::tpch::query(23).is_none());
 /// ```
 pub fn query(n: usize) -> Option<&'static str> {
-    n.checked_sub(1).and_then(|i| QUERIES.get(i)).copied()
+    SUITE.query(n)
 }
 
-/// Registers the eight tables of a data directory written by [`generate`] in `session`,
-/// each table `dir/<table>` under its own name.
+/// Writes the eight tables at scale factor `sf` under `out` (see [`Suite::generate`]).
 ///
 /// # Errors
 ///
-/// [`Error::Path`] naming the first table directory that is missing, or the planner's error
-/// if a directory holds no readable Parquet.
+/// As [`Suite::generate`].
+pub fn generate(sf: f64, out: &Path, parts: usize) -> anyhow::Result<GenSummary> {
+    SUITE.generate(sf, out, parts)
+}
+
+/// The tables that `dir` has no directory for; empty for a complete data directory.
+pub fn missing_tables(dir: &Path) -> Vec<&'static str> {
+    SUITE.missing_tables(dir)
+}
+
+/// Registers the eight tables of a data directory written by [`generate`] in `session`.
+///
+/// # Errors
+///
+/// As [`Suite::register`].
 pub async fn register(session: &Session, dir: &Path) -> Result<()> {
-    for table in TABLES {
-        session.register_parquet(table, dir.join(table)).await?;
-    }
-    Ok(())
+    SUITE.register(session, dir).await
 }
 
-/// Registers the same eight tables in a plain DataFusion context: the independent engine
-/// Ember's answers and times are compared with.
+/// Registers the same eight tables in a plain DataFusion context.
 ///
 /// # Errors
 ///
-/// [`Error::Path`] for a missing or non-UTF-8 table directory, or DataFusion's error if one
-/// holds no readable Parquet.
+/// As [`Suite::register_datafusion`].
 pub async fn register_datafusion(ctx: &SessionContext, dir: &Path) -> Result<()> {
-    for table in TABLES {
-        let path = dir.join(table);
-        if !path.is_dir() {
-            return Err(Error::Path {
-                path,
-                message: "no such table directory".into(),
-            });
-        }
-        let Some(text) = path.to_str() else {
-            return Err(Error::Path {
-                path,
-                message: "path is not UTF-8".into(),
-            });
-        };
-        ctx.register_parquet(table, text, ParquetReadOptions::default())
-            .await?;
-    }
-    Ok(())
-}
-
-/// Parses a scale factor for the command line: a finite number above zero.
-///
-/// ```
-/// assert_eq!(ember::tpch::parse_scale_factor("0.01"), Ok(0.01));
-/// assert!(ember::tpch::parse_scale_factor("-1").is_err());
-/// assert!(ember::tpch::parse_scale_factor("many").is_err());
-/// ```
-pub fn parse_scale_factor(text: &str) -> std::result::Result<f64, String> {
-    let sf: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number (try 1 or 0.01)"))?;
-    if !(sf.is_finite() && sf > 0.0) {
-        return Err(format!(
-            "scale factor {text} is not above zero (try 1 or 0.01)"
-        ));
-    }
-    Ok(sf)
-}
-
-/// Parses a file count per big table for the command line: a whole number from 1.
-pub(crate) fn parse_parts(text: &str) -> std::result::Result<usize, String> {
-    match text.trim().parse::<usize>() {
-        Ok(n) if n >= 1 && i32::try_from(n).is_ok() => Ok(n),
-        _ => Err(format!(
-            "`{text}` is not a file count (a whole number from 1)"
-        )),
-    }
+    SUITE.register_datafusion(ctx, dir).await
 }
 
 #[cfg(test)]

@@ -4,181 +4,18 @@
 
 mod common;
 
-use std::cmp::Ordering;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
-    Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
-};
 use arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
+use ember::suite::compare::difference;
 use ember::tpch;
 
-/// Relative tolerance of floating-point cells: the engines may sum in different orders.
-const FLOAT_RELATIVE: f64 = 1e-6;
-/// Absolute tolerance of floating-point cells near zero.
-const FLOAT_ABSOLUTE: f64 = 1e-9;
 /// How long one query may take on Ember at SF 0.01 before it counts as hung (each takes
 /// well under a second when it works), so one stuck query cannot stall the whole test.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One value of a result, comparable across engines.
-#[derive(Debug, Clone)]
-enum Cell {
-    Null,
-    Int(i128),
-    Float(f64),
-    /// Compared exactly: value and scale.
-    Decimal {
-        value: i128,
-        scale: i8,
-    },
-    Text(String),
-    Date(i32),
-    Bool(bool),
-}
-
-impl Cell {
-    fn rank(&self) -> u8 {
-        match self {
-            Cell::Null => 0,
-            Cell::Int(_) => 1,
-            Cell::Float(_) => 2,
-            Cell::Decimal { .. } => 3,
-            Cell::Text(_) => 4,
-            Cell::Date(_) => 5,
-            Cell::Bool(_) => 6,
-        }
-    }
-
-    /// A total order, only to sort rows before comparing them.
-    fn order(&self, other: &Cell) -> Ordering {
-        match (self, other) {
-            (Cell::Int(a), Cell::Int(b)) => a.cmp(b),
-            (Cell::Float(a), Cell::Float(b)) => a.total_cmp(b),
-            (Cell::Decimal { value: a, scale: x }, Cell::Decimal { value: b, scale: y }) => {
-                (x, a).cmp(&(y, b))
-            }
-            (Cell::Text(a), Cell::Text(b)) => a.cmp(b),
-            (Cell::Date(a), Cell::Date(b)) => a.cmp(b),
-            (Cell::Bool(a), Cell::Bool(b)) => a.cmp(b),
-            _ => self.rank().cmp(&other.rank()),
-        }
-    }
-
-    fn matches(&self, other: &Cell) -> bool {
-        match (self, other) {
-            (Cell::Float(a), Cell::Float(b)) => {
-                let diff = (a - b).abs();
-                diff <= FLOAT_ABSOLUTE || diff <= FLOAT_RELATIVE * a.abs().max(b.abs())
-            }
-            (Cell::Null, Cell::Null) => true,
-            (Cell::Int(a), Cell::Int(b)) => a == b,
-            (Cell::Decimal { value: a, scale: x }, Cell::Decimal { value: b, scale: y }) => {
-                a == b && x == y
-            }
-            (Cell::Text(a), Cell::Text(b)) => a == b,
-            (Cell::Date(a), Cell::Date(b)) => a == b,
-            (Cell::Bool(a), Cell::Bool(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
-/// The cell at `row` of `column`.
-fn cell(column: &dyn Array, row: usize) -> Result<Cell, String> {
-    if column.is_null(row) {
-        return Ok(Cell::Null);
-    }
-    Ok(match column.data_type() {
-        DataType::Int8 => Cell::Int(column.as_primitive::<Int8Type>().value(row).into()),
-        DataType::Int16 => Cell::Int(column.as_primitive::<Int16Type>().value(row).into()),
-        DataType::Int32 => Cell::Int(column.as_primitive::<Int32Type>().value(row).into()),
-        DataType::Int64 => Cell::Int(column.as_primitive::<Int64Type>().value(row).into()),
-        DataType::UInt8 => Cell::Int(column.as_primitive::<UInt8Type>().value(row).into()),
-        DataType::UInt16 => Cell::Int(column.as_primitive::<UInt16Type>().value(row).into()),
-        DataType::UInt32 => Cell::Int(column.as_primitive::<UInt32Type>().value(row).into()),
-        DataType::UInt64 => Cell::Int(column.as_primitive::<UInt64Type>().value(row).into()),
-        DataType::Float32 => Cell::Float(column.as_primitive::<Float32Type>().value(row).into()),
-        DataType::Float64 => Cell::Float(column.as_primitive::<Float64Type>().value(row)),
-        DataType::Decimal128(_, scale) => Cell::Decimal {
-            value: column.as_primitive::<Decimal128Type>().value(row),
-            scale: *scale,
-        },
-        DataType::Utf8 => Cell::Text(column.as_string::<i32>().value(row).to_string()),
-        DataType::LargeUtf8 => Cell::Text(column.as_string::<i64>().value(row).to_string()),
-        DataType::Utf8View => Cell::Text(column.as_string_view().value(row).to_string()),
-        DataType::Date32 => Cell::Date(column.as_primitive::<Date32Type>().value(row)),
-        DataType::Boolean => Cell::Bool(column.as_boolean().value(row)),
-        other => return Err(format!("no comparison for type {other}")),
-    })
-}
-
-/// Column names and sorted rows of a result.
-fn table(batches: &[RecordBatch]) -> Result<(Vec<String>, Vec<Vec<Cell>>), String> {
-    let names = batches
-        .first()
-        .map(|b| {
-            b.schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut rows = Vec::new();
-    for batch in batches {
-        for r in 0..batch.num_rows() {
-            let row = batch
-                .columns()
-                .iter()
-                .map(|c| cell(c.as_ref(), r))
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.push(row);
-        }
-    }
-    rows.sort_by(|a, b| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| x.order(y))
-            .find(|o| o.is_ne())
-            .unwrap_or(Ordering::Equal)
-    });
-    Ok((names, rows))
-}
-
-/// Why Ember's answer differs from DataFusion's, if it does.
-fn difference(ember: &[RecordBatch], datafusion: &[RecordBatch]) -> Option<String> {
-    let (ember_names, ember_rows) = match table(ember) {
-        Ok(t) => t,
-        Err(e) => return Some(format!("ember result: {e}")),
-    };
-    let (df_names, df_rows) = match table(datafusion) {
-        Ok(t) => t,
-        Err(e) => return Some(format!("datafusion result: {e}")),
-    };
-    // An empty result may come as no batches at all, so it has no column names to compare.
-    if !ember_rows.is_empty() && ember_names != df_names {
-        return Some(format!("columns {ember_names:?}, expected {df_names:?}"));
-    }
-    if ember_rows.len() != df_rows.len() {
-        return Some(format!(
-            "{} rows, expected {}",
-            ember_rows.len(),
-            df_rows.len()
-        ));
-    }
-    for (i, (e, d)) in ember_rows.iter().zip(&df_rows).enumerate() {
-        if e.len() != d.len() || e.iter().zip(d).any(|(x, y)| !x.matches(y)) {
-            return Some(format!("sorted row {i}: {e:?}, expected {d:?}"));
-        }
-    }
-    None
-}
 
 fn rows(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()

@@ -5,11 +5,24 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion::physical_expr::equivalence::{EquivalenceClass, EquivalenceGroup};
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::{AcrossPartitions, ConstExpr, EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::{ExecutionPlan, Partitioning, PlanProperties};
+use datafusion_proto::physical_plan::from_proto::{
+    parse_physical_expr_with_converter, parse_physical_sort_exprs, parse_protobuf_partitioning,
+};
+use datafusion_proto::physical_plan::to_proto::{
+    serialize_partitioning, serialize_physical_expr_with_converter, serialize_physical_sort_exprs,
+};
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf as df_proto;
 use prost::Message;
 
 use crate::block_read::BlockReadExec;
@@ -28,13 +41,22 @@ impl EmberCodec {
         &self,
         node: proto::BlockReadNode,
         ctx: &TaskContext,
+        converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let schema_proto = datafusion_proto::protobuf::Schema::decode(node.schema.as_ref())
+        let schema_proto = df_proto::Schema::decode(node.schema.as_ref())
             .map_err(|e| DataFusionError::Internal(format!("bad BlockReadNode schema: {e}")))?;
         let schema = Arc::new(Schema::try_from(&schema_proto)?);
         let dataset = DatasetId(node.dataset);
         let mut read = if node.groups.is_empty() {
-            BlockReadExec::with_schema(dataset, schema, node.partitions as usize)
+            let decode = PhysicalPlanDecodeContext::new(ctx, self);
+            let properties = decode_properties(
+                node.properties.unwrap_or_default(),
+                schema,
+                node.partitions as usize,
+                &decode,
+                converter,
+            )?;
+            BlockReadExec::new(dataset, properties)
         } else {
             let groups = node.groups.into_iter().map(|g| g.partitions).collect();
             BlockReadExec::grouped(dataset, schema, groups)
@@ -53,8 +75,12 @@ impl EmberCodec {
         Ok(Arc::new(read))
     }
 
-    fn encode_block_read(&self, read: &BlockReadExec) -> DfResult<proto::BlockReadNode> {
-        let schema = datafusion_proto::protobuf::Schema::try_from(read.schema().as_ref())?;
+    fn encode_block_read(
+        &self,
+        read: &BlockReadExec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<proto::BlockReadNode> {
+        let schema = df_proto::Schema::try_from(read.schema().as_ref())?;
         Ok(proto::BlockReadNode {
             dataset: read.dataset().0,
             partitions: u32::try_from(read.partitions())
@@ -80,8 +106,165 @@ impl EmberCodec {
                     partitions: g.clone(),
                 })
                 .collect(),
+            properties: Some(encode_properties(read.properties(), self, converter)?),
         })
     }
+}
+
+/// What a stage reading blocks may rely on: the producing plan's partitioning, orderings,
+/// equalities and constants (emission and boundedness are the reader's own).
+fn encode_properties(
+    properties: &PlanProperties,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> DfResult<proto::BlockProperties> {
+    let expr = |e: &Arc<dyn PhysicalExpr>| -> DfResult<bytes::Bytes> {
+        Ok(serialize_physical_expr_with_converter(e, codec, converter)?
+            .encode_to_vec()
+            .into())
+    };
+    let partitioning = match &properties.partitioning {
+        Partitioning::UnknownPartitioning(_) => Default::default(),
+        known => serialize_partitioning(known, codec, converter)?
+            .encode_to_vec()
+            .into(),
+    };
+    let equivalences = &properties.eq_properties;
+    let orderings = equivalences
+        .oeq_class()
+        .iter()
+        .map(|ordering| {
+            let nodes = serialize_physical_sort_exprs(ordering.iter().cloned(), codec, converter)?;
+            Ok(df_proto::PhysicalSortExprNodeCollection {
+                physical_sort_expr_nodes: nodes,
+            }
+            .encode_to_vec()
+            .into())
+        })
+        .collect::<DfResult<_>>()?;
+    let equal = equivalences
+        .eq_group()
+        .iter()
+        .filter(|class| class.len() > 1)
+        .map(|class| {
+            Ok(proto::ExprList {
+                exprs: class.iter().map(expr).collect::<DfResult<_>>()?,
+            })
+        })
+        .collect::<DfResult<_>>()?;
+    let constants = equivalences
+        .constants()
+        .into_iter()
+        .map(|constant| {
+            let (uniform, value) = match &constant.across_partitions {
+                AcrossPartitions::Heterogeneous => (false, Default::default()),
+                AcrossPartitions::Uniform(None) => (true, Default::default()),
+                AcrossPartitions::Uniform(Some(value)) => {
+                    let literal: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(value.clone()));
+                    (true, expr(&literal)?)
+                }
+            };
+            Ok(proto::ConstantExpr {
+                expr: expr(&constant.expr)?,
+                uniform,
+                value,
+            })
+        })
+        .collect::<DfResult<_>>()?;
+    Ok(proto::BlockProperties {
+        partitioning,
+        orderings,
+        equal,
+        constants,
+    })
+}
+
+/// Rebuilds the properties [`encode_properties`] wrote, over `schema`; a node without them
+/// has unknown partitioning over `partitions` blocks and no ordering.
+fn decode_properties(
+    node: proto::BlockProperties,
+    schema: SchemaRef,
+    partitions: usize,
+    ctx: &PhysicalPlanDecodeContext<'_>,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> DfResult<PlanProperties> {
+    let bad = |what: &str, e: prost::DecodeError| {
+        DataFusionError::Internal(format!("bad BlockReadNode {what}: {e}"))
+    };
+    let expr = |bytes: &[u8]| -> DfResult<Arc<dyn PhysicalExpr>> {
+        let node = df_proto::PhysicalExprNode::decode(bytes).map_err(|e| bad("expression", e))?;
+        parse_physical_expr_with_converter(&node, &schema, ctx, converter)
+    };
+    let partitioning = if node.partitioning.is_empty() {
+        Partitioning::UnknownPartitioning(partitions)
+    } else {
+        let proto = df_proto::Partitioning::decode(node.partitioning.as_ref())
+            .map_err(|e| bad("partitioning", e))?;
+        parse_protobuf_partitioning(Some(&proto), ctx, &schema, converter)?
+            .unwrap_or(Partitioning::UnknownPartitioning(partitions))
+    };
+    if partitioning.partition_count() != partitions {
+        return Err(DataFusionError::Internal(format!(
+            "BlockReadNode of {partitions} blocks declares {} partitions",
+            partitioning.partition_count()
+        )));
+    }
+    let mut equivalences = EquivalenceProperties::new(Arc::clone(&schema));
+    let classes = node
+        .equal
+        .iter()
+        .map(|list| {
+            let exprs = list
+                .exprs
+                .iter()
+                .map(|e| expr(e))
+                .collect::<DfResult<Vec<_>>>()?;
+            Ok(EquivalenceClass::new(exprs))
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    equivalences.add_equivalence_group(EquivalenceGroup::new(classes))?;
+    let constants = node
+        .constants
+        .iter()
+        .map(|constant| {
+            let across = match (constant.uniform, constant.value.is_empty()) {
+                (false, _) => AcrossPartitions::Heterogeneous,
+                (true, true) => AcrossPartitions::Uniform(None),
+                (true, false) => {
+                    let value = expr(&constant.value)?;
+                    let literal = value.downcast_ref::<Literal>().ok_or_else(|| {
+                        DataFusionError::Internal(
+                            "BlockReadNode constant value is not a literal".into(),
+                        )
+                    })?;
+                    AcrossPartitions::Uniform(Some(literal.value().clone()))
+                }
+            };
+            Ok(ConstExpr::new(expr(&constant.expr)?, across))
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    equivalences.add_constants(constants)?;
+    let orderings = node
+        .orderings
+        .iter()
+        .map(|bytes| {
+            let collection = df_proto::PhysicalSortExprNodeCollection::decode(bytes.as_ref())
+                .map_err(|e| bad("ordering", e))?;
+            parse_physical_sort_exprs(
+                &collection.physical_sort_expr_nodes,
+                ctx,
+                &schema,
+                converter,
+            )
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    equivalences.add_orderings(orderings);
+    Ok(PlanProperties::new(
+        equivalences,
+        partitioning,
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
 }
 
 impl PhysicalExtensionCodec for EmberCodec {
@@ -90,7 +273,7 @@ impl PhysicalExtensionCodec for EmberCodec {
         buf: &[u8],
         inputs: &[Arc<dyn ExecutionPlan>],
         ctx: &TaskContext,
-        _proto_converter: &dyn PhysicalProtoConverterExtension,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let node = proto::EmberPlanNode::decode(buf)
             .map_err(|e| DataFusionError::Internal(format!("bad Ember plan node: {e}")))?;
@@ -101,7 +284,7 @@ impl PhysicalExtensionCodec for EmberCodec {
                         "a block read is a leaf and takes no inputs".into(),
                     ));
                 }
-                self.decode_block_read(read, ctx)
+                self.decode_block_read(read, ctx, proto_converter)
             }
             Some(Node::Extension(ext)) => {
                 let plugin = extension::extension(&ext.extension).ok_or_else(|| {
@@ -120,10 +303,10 @@ impl PhysicalExtensionCodec for EmberCodec {
         &self,
         node: Arc<dyn ExecutionPlan>,
         buf: &mut Vec<u8>,
-        _proto_converter: &dyn PhysicalProtoConverterExtension,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
         let encoded = if let Some(read) = node.downcast_ref::<BlockReadExec>() {
-            Node::BlockRead(self.encode_block_read(read)?)
+            Node::BlockRead(self.encode_block_read(read, proto_converter)?)
         } else {
             let mut found = None;
             for plugin in extension::extensions() {

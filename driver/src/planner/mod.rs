@@ -1,14 +1,25 @@
 //! Planner: cuts a DataFusion physical plan into Ember's stages (datasets of the lineage
-//! graph) and the final fragment the driver runs, and describes the cut for `EXPLAIN`.
+//! graph) and the final fragment the driver runs, checks that every stage keeps the plan's
+//! invariants, and describes the cut for `EXPLAIN`.
+//!
+//! Stages are cut from the plan DataFusion has fully optimized (distribution and sorting
+//! rules included), not planned again per stage: every operator keeps the input
+//! partitioning and ordering the optimizer chose for it, because the leaf that reads a
+//! stage's blocks declares the partitioning, orderings and equalities of the plan that
+//! produced them (`BlockReadExec`, carried to executors by the plan codec).
 
 use std::sync::Arc;
 
+use datafusion::execution::TaskContext;
+use datafusion::physical_optimizer::sanity_checker::SanityCheckPlan;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use ember_engine::lineage::{cut_stages, reads_only_blocks, stage_of, Dataset, Persistence};
+use ember_engine::plan_codec::{decode_plan, encode_plan};
 use ember_engine::DatasetId;
 
-use crate::error::Result;
+use crate::error::{DriverError, Result};
 use crate::Driver;
 
 /// A query cut for the cluster: the stages a job computes and the fragment the driver runs
@@ -50,6 +61,32 @@ impl Driver {
     }
 }
 
+impl JobPlan {
+    /// Checks DataFusion's physical-plan invariants (every operator's required input
+    /// distribution and ordering hold, and each operator's own invariants) for every stage
+    /// as an executor decodes it from the bytes a task carries, and for the driver's final
+    /// fragment. Runs nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError::Internal`] naming the stage (its dataset) and what does not hold: a
+    /// planner bug, caught before any task runs.
+    pub fn check_invariants(&self, ctx: &TaskContext) -> Result<()> {
+        let options = ctx.session_config().options();
+        let check = |plan: Arc<dyn ExecutionPlan>| SanityCheckPlan::new().optimize(plan, options);
+        for stage in &self.stages {
+            let bad =
+                |what: String| DriverError::Internal(format!("stage of {}: {what}", stage.id()));
+            let bytes = encode_plan(Arc::clone(stage.plan())).map_err(|e| bad(e.to_string()))?;
+            let decoded = decode_plan(&bytes, ctx).map_err(|e| bad(e.to_string()))?;
+            check(decoded).map_err(|e| bad(e.to_string()))?;
+        }
+        check(Arc::clone(&self.root))
+            .map_err(|e| DriverError::Internal(format!("the driver's final fragment: {e}")))?;
+        Ok(())
+    }
+}
+
 /// Ember's stages for `plan` as `EXPLAIN` prints them (dataset ids numbered from 1, not
 /// taken from any driver).
 ///
@@ -64,6 +101,22 @@ pub fn explain_stages(plan: Arc<dyn ExecutionPlan>) -> Result<String> {
     };
     let (root, stages) = job_stages(plan, &mut next)?;
     Ok(describe_stages(&root, &stages))
+}
+
+/// Cuts `plan` as a job would (dataset ids numbered from 1, not taken from any driver) and
+/// checks the invariants of every stage ([`JobPlan::check_invariants`]); runs nothing.
+///
+/// # Errors
+///
+/// As [`Driver::plan_job`] and [`JobPlan::check_invariants`].
+pub fn check_stages(plan: Arc<dyn ExecutionPlan>, ctx: &TaskContext) -> Result<()> {
+    let mut id = 0u64;
+    let mut next = || {
+        id += 1;
+        DatasetId(id)
+    };
+    let (root, stages) = job_stages(plan, &mut next)?;
+    JobPlan { root, stages }.check_invariants(ctx)
 }
 
 /// Cuts a query's physical plan into the datasets a job computes and the final fragment the

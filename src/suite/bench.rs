@@ -1,7 +1,6 @@
-//! `ember tpch bench`: times the TPC-H queries on an Ember cluster and on single-process
-//! DataFusion over the same Parquet files, and prints both with Ember's job metrics;
-//! generates the data first if needed. Checks row counts only; answers are compared in
-//! `tests/tpch.rs`.
+//! `ember tpch bench` and `ember tpcds bench`: time a suite's queries on an Ember cluster and
+//! on single-process DataFusion over the same Parquet files, print both with Ember's job
+//! metrics and whether the answers agree; generate the data first if needed.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -15,16 +14,17 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_driver::JobMetrics;
 
-use super::{generate, missing_tables, query, register, register_datafusion, DEFAULT_PARTS};
+use super::{compare, Suite, DEFAULT_PARTS};
 use crate::session::Session;
 
 /// How many of the slowest Ember queries get a metrics breakdown.
 const SLOWEST_SHOWN: usize = 3;
 
-/// Arguments of `ember tpch bench`.
+/// Arguments of `ember tpch bench` and `ember tpcds bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Scale factor of the data (generated into target/tpch-sf<SF> unless --data is given).
+    /// Scale factor of the data (generated into target/<suite>-sf<SF> unless --data is
+    /// given).
     #[arg(long, default_value_t = 1.0, value_parser = super::parse_scale_factor,
           allow_hyphen_values = true)]
     pub sf: f64,
@@ -34,15 +34,15 @@ pub struct BenchArgs {
     /// Memory limit per executor (half for blocks, half for operators; both spill).
     #[arg(long, default_value = "2GiB", value_parser = crate::executor_main::parse_bytes)]
     pub memory: usize,
-    /// A data directory written by `ember tpch gen` (default: target/tpch-sf<SF>,
+    /// A data directory written by `ember <suite> gen` (default: target/<suite>-sf<SF>,
     /// generated if it is missing a table).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Files per big table when the data has to be generated.
     #[arg(long, default_value_t = DEFAULT_PARTS, value_parser = super::parse_parts)]
     pub parts: usize,
-    /// Queries to run, such as 1,3,5 (default: all 22).
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_query_number)]
+    /// Queries to run, such as 1,3,5 (default: all).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub queries: Vec<usize>,
     /// Timed runs per query and engine, after one warm-up run each; the median is shown.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
@@ -54,18 +54,17 @@ pub struct BenchArgs {
     pub timeout: u64,
 }
 
-fn parse_query_number(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
-        Ok(n) if query(n).is_some() => Ok(n),
-        _ => Err(format!("`{text}` is not a TPC-H query number (1 to 22)")),
-    }
-}
-
-/// One engine's answer to one query: the median time and the rows of the last run.
+/// One engine's answer to one query: the median time and the answer of the last run.
 #[derive(Debug, Clone)]
 struct Timing {
     median: Duration,
-    rows: usize,
+    answer: Vec<RecordBatch>,
+}
+
+impl Timing {
+    fn rows(&self) -> usize {
+        row_count(&self.answer)
+    }
 }
 
 /// Both engines' results for one query.
@@ -76,24 +75,23 @@ struct QueryResult {
     /// Each executor's peak resident set over the query's Ember runs, in bytes.
     peak_rss: Vec<u64>,
     datafusion: anyhow::Result<Timing>,
+    /// Why Ember's answer differs from DataFusion's, when both answered and they differ.
+    difference: Option<String>,
 }
 
 impl QueryResult {
     /// Why this query counts as failed, if it does.
     fn failure(&self) -> Option<String> {
-        match (&self.ember, &self.datafusion) {
-            (Err(_), _) => Some(format!("q{} (ember error)", self.n)),
-            (_, Err(_)) => Some(format!("q{} (datafusion error)", self.n)),
-            (Ok(e), Ok(d)) if e.rows != d.rows => Some(format!(
-                "q{} (ember {} rows, datafusion {})",
-                self.n, e.rows, d.rows
-            )),
+        match (&self.ember, &self.datafusion, &self.difference) {
+            (Err(_), _, _) => Some(format!("q{} (ember error)", self.n)),
+            (_, Err(_), _) => Some(format!("q{} (datafusion error)", self.n)),
+            (_, _, Some(why)) => Some(format!("q{} (answers differ: {why})", self.n)),
             _ => None,
         }
     }
 }
 
-/// Runs `ember tpch bench`: prepares the data, starts an Ember cluster of `executors`
+/// Runs `ember <suite> bench`: prepares the data, starts an Ember cluster of `executors`
 /// processes and a DataFusion context with one partition per core, runs each query once to
 /// warm up and then `runs` times on each (a run past `timeout` seconds fails the query on
 /// that engine), and prints one row per query as it finishes,
@@ -102,15 +100,20 @@ impl QueryResult {
 ///
 /// # Errors
 ///
-/// If the data cannot be found or generated or the cluster cannot start; after printing
-/// everything, if any query failed on either engine or the engines' row counts differ.
-pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+/// If a query number is not one of the suite's, the data cannot be found or generated or
+/// the cluster cannot start; after printing everything, if any query failed on either
+/// engine or the engines' answers differ.
+pub async fn bench(suite: &'static Suite, args: &BenchArgs) -> anyhow::Result<()> {
+    let count = suite.queries.len();
     let queries: Vec<usize> = if args.queries.is_empty() {
-        (1..=22).collect()
+        (1..=count).collect()
     } else {
         args.queries.clone()
     };
-    let dir = prepare_data(args).await?;
+    if let Some(n) = queries.iter().find(|n| suite.query(**n).is_none()) {
+        bail!("{n} is not a {} query number (1 to {count})", suite.name);
+    }
+    let dir = prepare_data(suite, args).await?;
 
     let session = Session::builder()
         .executors(args.executors)
@@ -118,7 +121,8 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         .local_cluster()
         .await
         .context("starting the Ember cluster")?;
-    register(&session, &dir)
+    suite
+        .register(&session, &dir)
         .await
         .with_context(|| format!("registering the tables of {} with Ember", dir.display()))?;
     let cores = std::thread::available_parallelism()
@@ -134,16 +138,20 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         SessionConfig::new().with_target_partitions(cores),
         runtime,
     );
-    register_datafusion(&ctx, &dir).await.with_context(|| {
-        format!(
-            "registering the tables of {} with DataFusion",
-            dir.display()
-        )
-    })?;
+    suite
+        .register_datafusion(&ctx, &dir)
+        .await
+        .with_context(|| {
+            format!(
+                "registering the tables of {} with DataFusion",
+                dir.display()
+            )
+        })?;
 
     println!(
-        "TPC-H from {}: Ember with {} executor processes of {} MiB, DataFusion with {cores} \
+        "{} from {}: Ember with {} executor processes of {} MiB, DataFusion with {cores} \
          partitions and a {} MiB pool; median of {} runs after 1 warm-up",
+        suite.name,
         dir.display(),
         args.executors,
         args.memory >> 20,
@@ -151,12 +159,13 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         args.runs
     );
     println!(
-        "{:<5} {:>9} {:>12} {:>7} {:>8} {:>7} {:>7} {:>11} {:>11} {:>15}",
+        "{:<5} {:>9} {:>12} {:>7} {:>8} {:>6} {:>7} {:>7} {:>11} {:>11} {:>15}",
         "query",
         "ember_s",
         "datafusion_s",
         "ratio",
         "rows",
+        "agree",
         "stages",
         "tasks",
         "MB_fetched",
@@ -166,26 +175,31 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let limit = Duration::from_secs(args.timeout);
     let mut results = Vec::with_capacity(queries.len());
     for n in queries {
-        let text = query(n).with_context(|| format!("no TPC-H query {n}"))?;
+        let text = suite
+            .query(n)
+            .with_context(|| format!("no {} query {n}", suite.name))?;
         executor_peaks(&session, true).await;
         let ember = time_runs(args.runs, limit, || async {
-            let batches = session.sql(text).await?.collect().await?;
-            Ok(row_count(&batches))
+            Ok(session.sql(text).await?.collect().await?)
         })
         .await;
         let metrics = ember.as_ref().ok().and_then(|_| session.last_job_metrics());
         let peak_rss = executor_peaks(&session, false).await;
         let datafusion = time_runs(args.runs, limit, || async {
-            let batches = ctx.sql(text).await?.collect().await?;
-            Ok(row_count(&batches))
+            Ok(ctx.sql(text).await?.collect().await?)
         })
         .await;
+        let difference = match (&ember, &datafusion) {
+            (Ok(e), Ok(d)) => compare::difference(&e.answer, &d.answer),
+            _ => None,
+        };
         let result = QueryResult {
             n,
             ember,
             metrics,
             peak_rss,
             datafusion,
+            difference,
         };
         println!("{}", row(&result));
         results.push(result);
@@ -231,45 +245,47 @@ async fn executor_peaks(session: &Session, reset: bool) -> Vec<u64> {
 }
 
 /// The data directory to use: `--data` if given (it must be complete), otherwise
-/// `target/tpch-sf<SF>`, generated unless all eight tables are already there.
-async fn prepare_data(args: &BenchArgs) -> anyhow::Result<PathBuf> {
+/// `target/<suite>-sf<SF>`, generated unless all the suite's tables are already there.
+async fn prepare_data(suite: &'static Suite, args: &BenchArgs) -> anyhow::Result<PathBuf> {
     if let Some(dir) = &args.data {
-        let missing = missing_tables(dir);
+        let missing = suite.missing_tables(dir);
         if !missing.is_empty() {
             bail!(
-                "{}: not a TPC-H data directory, no table {} (write one with \
-                 `ember tpch gen --sf SF --out {}`)",
+                "{}: not a {} data directory, no table {} (write one with \
+                 `ember {} gen --sf SF --out {}`)",
                 dir.display(),
+                suite.name,
                 missing.join(", "),
+                suite.command,
                 dir.display()
             );
         }
         return Ok(dir.clone());
     }
-    let dir = default_data_dir(args.sf);
-    if missing_tables(&dir).is_empty() {
+    let dir = Path::new("target").join(format!("{}-sf{}", suite.command, args.sf));
+    if suite.missing_tables(&dir).is_empty() {
         return Ok(dir);
     }
-    println!("generating TPC-H SF {} into {}", args.sf, dir.display());
+    println!(
+        "generating {} SF {} into {}",
+        suite.name,
+        args.sf,
+        dir.display()
+    );
     let (sf, parts, out) = (args.sf, args.parts, dir.clone());
-    let summary = tokio::task::spawn_blocking(move || generate(sf, &out, parts))
+    let summary = tokio::task::spawn_blocking(move || suite.generate(sf, &out, parts))
         .await
-        .context("the TPC-H generator task panicked")??;
+        .with_context(|| format!("the {} generator task panicked", suite.name))??;
     print!("{summary}");
     Ok(dir)
 }
 
-/// Where the bench keeps generated data of scale factor `sf`.
-fn default_data_dir(sf: f64) -> PathBuf {
-    Path::new("target").join(format!("tpch-sf{sf}"))
-}
-
 /// Runs `run` once to warm up and `runs` times timed, each within `limit`; returns the
-/// median time and the rows of the last run, or the first error.
+/// median time and the answer of the last run, or the first error.
 async fn time_runs<F, Fut>(runs: u32, limit: Duration, mut run: F) -> anyhow::Result<Timing>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<usize>>,
+    Fut: Future<Output = anyhow::Result<Vec<RecordBatch>>>,
 {
     let mut within_limit = || {
         let run = run();
@@ -281,15 +297,15 @@ where
     };
     within_limit().await?;
     let mut times = Vec::with_capacity(runs as usize);
-    let mut rows = 0;
+    let mut answer = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        rows = within_limit().await?;
+        answer = within_limit().await?;
         times.push(started.elapsed());
     }
     Ok(Timing {
         median: median(&mut times),
-        rows,
+        answer,
     })
 }
 
@@ -340,14 +356,15 @@ fn row(r: &QueryResult) -> String {
                 .map(|b| (b >> 20).to_string())
                 .collect::<Vec<_>>()
                 .join("/");
-            let rows = if e.rows == d.rows {
-                e.rows.to_string()
+            let rows = if e.rows() == d.rows() {
+                e.rows().to_string()
             } else {
-                format!("{}!={}", e.rows, d.rows)
+                format!("{}!={}", e.rows(), d.rows())
             };
+            let agree = if r.difference.is_none() { "yes" } else { "NO" };
             format!(
-                "{name:<5} {:>9.3} {:>12.3} {:>7.2} {rows:>8} {stages:>7} {tasks:>7} {fetched:>11} \
-                 {spilled:>11} {peaks:>15}",
+                "{name:<5} {:>9.3} {:>12.3} {:>7.2} {rows:>8} {agree:>6} {stages:>7} {tasks:>7} \
+                 {fetched:>11} {spilled:>11} {peaks:>15}",
                 e.median.as_secs_f64(),
                 d.median.as_secs_f64(),
                 e.median.as_secs_f64() / d.median.as_secs_f64()
@@ -440,13 +457,5 @@ mod tests {
             Duration::from_micros(2_500)
         );
         assert_eq!(median(&mut []), Duration::ZERO);
-    }
-
-    #[test]
-    fn query_numbers_are_1_to_22() {
-        assert_eq!(parse_query_number("22"), Ok(22));
-        assert!(parse_query_number("0").is_err());
-        assert!(parse_query_number("23").is_err());
-        assert!(parse_query_number("q1").is_err());
     }
 }

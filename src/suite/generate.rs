@@ -1,4 +1,4 @@
-//! TPC-H data generation: writes the eight tables with `tpchgen` as directories of Parquet
+//! Data generation: writes a suite's tables with its generator as directories of Parquet
 //! files, each table whole or not at all; knows nothing of sessions or queries.
 
 use std::fmt;
@@ -12,16 +12,8 @@ use arrow::record_batch::RecordBatchReader;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use tpchgen::generators::{
-    CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator,
-    PartSuppGenerator, RegionGenerator, SupplierGenerator,
-};
-use tpchgen_arrow::{
-    CustomerArrow, LineItemArrow, NationArrow, OrderArrow, PartArrow, PartSuppArrow, RegionArrow,
-    SupplierArrow,
-};
 
-use super::TABLES;
+use super::Suite;
 
 /// Files per big table when the caller does not say: fixed rather than the machine's
 /// cores, so a data directory means the same thing on every machine, and enough that a
@@ -31,14 +23,10 @@ pub const DEFAULT_PARTS: usize = 8;
 /// Rows per Parquet row group: a few per file at SF 1, so a scan can split a file.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// The tables split into `parts` files, largest first so the biggest files start first;
-/// nation, region and supplier are small at any scale and stay one file.
-const SPLIT_TABLES: [&str; 5] = ["lineitem", "orders", "partsupp", "part", "customer"];
-
-/// What [`generate`] wrote for one table.
+/// What [`Suite::generate`] wrote for one table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableSummary {
-    /// The table's name, one of [`TABLES`].
+    /// The table's name, one of the suite's tables.
     pub name: &'static str,
     /// Parquet files in its directory.
     pub files: usize,
@@ -48,7 +36,7 @@ pub struct TableSummary {
     pub bytes: u64,
 }
 
-/// What [`generate`] wrote: one entry per table, in [`TABLES`] order.
+/// What [`Suite::generate`] wrote: one entry per table, in the suite's order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenSummary {
     /// The scale factor.
@@ -82,13 +70,13 @@ impl fmt::Display for GenSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<10} {:>6} {:>12} {:>12}",
+            "{:<22} {:>6} {:>12} {:>12}",
             "table", "files", "rows", "MB"
         )?;
         for t in &self.tables {
             writeln!(
                 f,
-                "{:<10} {:>6} {:>12} {:>12.2}",
+                "{:<22} {:>6} {:>12} {:>12.2}",
                 t.name,
                 t.files,
                 t.rows,
@@ -112,20 +100,11 @@ fn megabytes(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
-/// The tables of [`TABLES`] that `dir` has no directory for; empty for a complete data
-/// directory (a table directory exists only once all its files are written).
-pub fn missing_tables(dir: &Path) -> Vec<&'static str> {
-    TABLES
-        .into_iter()
-        .filter(|t| !dir.join(t).is_dir())
-        .collect()
-}
-
 /// One Parquet file to write.
 #[derive(Debug)]
 struct FileJob {
     table: &'static str,
-    /// 1-based, as `tpchgen` counts parts.
+    /// 1-based, as the generators count parts.
     part: i32,
     parts: i32,
     path: PathBuf,
@@ -141,20 +120,13 @@ struct FileStats {
     bytes: u64,
 }
 
-/// Writes the eight TPC-H tables at scale factor `sf` under `out`, each as a directory
-/// `out/<table>/` of Parquet files `part-NNNNN.parquet` (Snappy-compressed). lineitem,
-/// orders, partsupp, part and customer are split into `parts` files; nation, region and
-/// supplier are one file each. Files are generated in parallel on all cores.
-///
-/// Each table is written to `out/<table>.tmp` first and renamed into place only when every
-/// table is complete, so an interrupted or failed run leaves no half table; an existing
-/// table directory is replaced.
-///
-/// # Errors
-///
-/// If `sf` is not a finite number above zero, `parts` is zero or too large, or a directory
-/// or file under `out` cannot be created or written (the error names the path).
-pub fn generate(sf: f64, out: &Path, parts: usize) -> anyhow::Result<GenSummary> {
+/// See [`Suite::generate`].
+pub(super) fn generate(
+    suite: &Suite,
+    sf: f64,
+    out: &Path,
+    parts: usize,
+) -> anyhow::Result<GenSummary> {
     if !(sf.is_finite() && sf > 0.0) {
         bail!("scale factor {sf} is not above zero (try 1 or 0.01)");
     }
@@ -167,15 +139,12 @@ pub fn generate(sf: f64, out: &Path, parts: usize) -> anyhow::Result<GenSummary>
         .with_context(|| format!("creating output directory {}", out.display()))?;
 
     let mut jobs = Vec::new();
-    for table in SPLIT_TABLES
-        .into_iter()
-        .chain(TABLES.into_iter().filter(|t| !SPLIT_TABLES.contains(t)))
+    let split = suite.split_tables;
+    for &table in split
+        .iter()
+        .chain(suite.tables.iter().filter(|t| !split.contains(t)))
     {
-        let count = if SPLIT_TABLES.contains(&table) {
-            parts_i32
-        } else {
-            1
-        };
+        let count = if split.contains(&table) { parts_i32 } else { 1 };
         let tmp = staging_dir(out, table);
         remove_dir_if_present(&tmp)?;
         fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -189,10 +158,10 @@ pub fn generate(sf: f64, out: &Path, parts: usize) -> anyhow::Result<GenSummary>
         }
     }
 
-    let stats = match write_files(sf, &jobs) {
+    let stats = match write_files(suite, sf, &jobs) {
         Ok(stats) => stats,
         Err(e) => {
-            for table in TABLES {
+            for table in suite.tables {
                 // Best effort: the error being returned matters more than a leftover
                 // staging directory, which the next run removes anyway.
                 let _ = fs::remove_dir_all(staging_dir(out, table));
@@ -201,8 +170,8 @@ pub fn generate(sf: f64, out: &Path, parts: usize) -> anyhow::Result<GenSummary>
         }
     };
 
-    let mut tables = Vec::with_capacity(TABLES.len());
-    for table in TABLES {
+    let mut tables = Vec::with_capacity(suite.tables.len());
+    for &table in suite.tables {
         let mut summary = TableSummary {
             name: table,
             files: 0,
@@ -244,7 +213,7 @@ fn remove_dir_if_present(dir: &Path) -> anyhow::Result<()> {
 
 /// Writes every job's file on a pool of scoped threads (one per core), stopping early after
 /// the first failure. Returns the stats in job order.
-fn write_files(sf: f64, jobs: &[FileJob]) -> anyhow::Result<Vec<FileStats>> {
+fn write_files(suite: &Suite, sf: f64, jobs: &[FileJob]) -> anyhow::Result<Vec<FileStats>> {
     let threads = std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1)
@@ -259,7 +228,7 @@ fn write_files(sf: f64, jobs: &[FileJob]) -> anyhow::Result<Vec<FileStats>> {
                     while !failed.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(job) = jobs.get(i) else { break };
-                        let result = write_file(sf, job);
+                        let result = write_file(suite, sf, job);
                         if result.is_err() {
                             failed.store(true, Ordering::Relaxed);
                         }
@@ -273,7 +242,7 @@ fn write_files(sf: f64, jobs: &[FileJob]) -> anyhow::Result<Vec<FileStats>> {
     });
     let mut stats = vec![None; jobs.len()];
     for outcome in outcomes {
-        let done = outcome.map_err(|_| anyhow!("a TPC-H generator thread panicked"))?;
+        let done = outcome.map_err(|_| anyhow!("a {} generator thread panicked", suite.name))?;
         for (i, result) in done {
             stats[i] = Some(result?);
         }
@@ -286,19 +255,9 @@ fn write_files(sf: f64, jobs: &[FileJob]) -> anyhow::Result<Vec<FileStats>> {
 }
 
 /// Generates one part of one table and writes it as a Parquet file.
-fn write_file(sf: f64, job: &FileJob) -> anyhow::Result<FileStats> {
-    let (part, parts) = (job.part, job.parts);
-    let batches: Box<dyn RecordBatchReader> = match job.table {
-        "customer" => Box::new(CustomerArrow::new(CustomerGenerator::new(sf, part, parts))),
-        "lineitem" => Box::new(LineItemArrow::new(LineItemGenerator::new(sf, part, parts))),
-        "nation" => Box::new(NationArrow::new(NationGenerator::new(sf, part, parts))),
-        "orders" => Box::new(OrderArrow::new(OrderGenerator::new(sf, part, parts))),
-        "part" => Box::new(PartArrow::new(PartGenerator::new(sf, part, parts))),
-        "partsupp" => Box::new(PartSuppArrow::new(PartSuppGenerator::new(sf, part, parts))),
-        "region" => Box::new(RegionArrow::new(RegionGenerator::new(sf, part, parts))),
-        "supplier" => Box::new(SupplierArrow::new(SupplierGenerator::new(sf, part, parts))),
-        other => bail!("no generator for table `{other}` (a bug)"),
-    };
+fn write_file(suite: &Suite, sf: f64, job: &FileJob) -> anyhow::Result<FileStats> {
+    let batches = (suite.reader)(job.table, sf, job.part, job.parts)
+        .with_context(|| format!("generating {}", job.table))?;
     write_parquet(batches, &job.path)
         .with_context(|| format!("writing {} of {}", job.path.display(), job.table))
 }
@@ -324,6 +283,7 @@ fn write_parquet(batches: Box<dyn RecordBatchReader>, path: &Path) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tpch::{generate, missing_tables};
 
     #[test]
     fn bad_scale_factor_or_parts_is_refused_before_anything_is_written() {
