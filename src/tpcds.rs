@@ -8,7 +8,7 @@
 //! use ember::prelude::*;
 //! let dir = tempfile::tempdir()?;
 //! let summary = ember::tpcds::SUITE.generate(0.01, dir.path(), 2)?;
-//! assert_eq!(summary.table("reason").map(|t| t.rows), Some(35));
+//! assert_eq!(summary.table("date_dim").map(|t| t.rows), Some(73_049));
 //!
 //! let session = Session::local(1).await?;
 //! ember::tpcds::SUITE.register(&session, dir.path()).await?;

@@ -8,18 +8,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
-use ember::suite::compare::difference;
 use ember::tpch;
 
 /// How long one query may take on Ember at SF 0.01 before it counts as hung (each takes
 /// well under a second when it works), so one stuck query cannot stall the whole test.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn rows(batches: &[RecordBatch]) -> usize {
-    batches.iter().map(RecordBatch::num_rows).sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_22_queries_on_a_cluster_match_datafusion() {
@@ -60,44 +54,16 @@ async fn all_22_queries_on_a_cluster_match_datafusion() {
         .await
         .expect("register with datafusion");
 
-    let mut failures = Vec::new();
-    let mut answered = Vec::new();
-    for n in 1..=22 {
-        let text = tpch::query(n).expect("query text");
-        let query_started = Instant::now();
-        let ember = tokio::time::timeout(QUERY_TIMEOUT, async {
-            session.sql(text).await?.collect().await
-        })
-        .await;
-        let ember_time = query_started.elapsed();
-        eprintln!("q{n}: ember answered in {:.2}s", ember_time.as_secs_f64());
-        let expected = match ctx.sql(text).await {
-            Ok(df) => df.collect().await,
-            Err(e) => Err(e),
-        };
-        match (ember, expected) {
-            (Err(_), _) => failures.push(format!(
-                "q{n}: no answer from ember within {QUERY_TIMEOUT:?}"
-            )),
-            (Ok(Err(e)), _) => failures.push(format!("q{n}: ember error: {e}")),
-            (_, Err(e)) => failures.push(format!("q{n}: datafusion error: {e}")),
-            (Ok(Ok(ember)), Ok(expected)) => match difference(&ember, &expected) {
-                Some(why) => failures.push(format!("q{n}: {why}")),
-                None => answered.push(format!(
-                    "q{n}: {} rows in {:.2}s",
-                    rows(&ember),
-                    ember_time.as_secs_f64()
-                )),
-            },
-        }
-        if n == 1 {
-            // Anchor: Q1 groups lineitem into its four (returnflag, linestatus) pairs.
-            assert!(
-                answered.len() == 1 && answered[0].starts_with("q1: 4 rows"),
-                "{answered:?} {failures:?}"
-            );
-        }
-    }
+    let (answered, failures) =
+        common::answers_against_datafusion(&tpch::SUITE, &session, &ctx, 1..=22, QUERY_TIMEOUT)
+            .await;
+    // Anchor: Q1 groups lineitem into its four (returnflag, linestatus) pairs.
+    assert!(
+        answered
+            .first()
+            .is_some_and(|a| a.starts_with("q1: 4 rows")),
+        "{answered:?} {failures:?}"
+    );
     eprintln!(
         "generated in {:.2}s; queries: {}; total {:.2}s",
         generated.as_secs_f64(),

@@ -348,3 +348,92 @@ pub fn decode_plan(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionP
         )?,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::common::ScalarValue;
+    use datafusion::physical_expr::expressions::col;
+    use datafusion::physical_expr::PhysicalSortExpr;
+    use datafusion::physical_plan::ExecutionPlanProperties;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Utf8, true),
+            Field::new("c", DataType::Int64, false),
+            Field::new("d", DataType::Int32, false),
+        ]))
+    }
+
+    #[test]
+    fn a_block_read_keeps_partitioning_orderings_equalities_and_constants() {
+        let schema = schema();
+        let column = |name: &str| col(name, &schema).expect("column");
+        let mut equivalences = EquivalenceProperties::new(Arc::clone(&schema));
+        equivalences
+            .add_equal_conditions(column("a"), column("c"))
+            .expect("a = c");
+        equivalences
+            .add_constants([ConstExpr::new(
+                column("d"),
+                AcrossPartitions::Uniform(Some(ScalarValue::Int32(Some(7)))),
+            )])
+            .expect("d = 7");
+        equivalences.add_ordering([
+            PhysicalSortExpr::new_default(column("b")),
+            PhysicalSortExpr::new_default(column("a")).desc(),
+        ]);
+        let properties = PlanProperties::new(
+            equivalences,
+            Partitioning::Hash(vec![column("a"), column("b")], 4),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        let read: Arc<dyn ExecutionPlan> =
+            Arc::new(BlockReadExec::new(DatasetId(9), properties).with_shuffle(3));
+
+        let bytes = encode_plan(Arc::clone(&read)).expect("encodes");
+        let decoded = decode_plan(&bytes, &TaskContext::default()).expect("decodes");
+        let block_read = decoded
+            .downcast_ref::<BlockReadExec>()
+            .expect("a block read");
+        assert_eq!(block_read.dataset(), DatasetId(9));
+        assert_eq!(block_read.map_partitions(), Some(3));
+
+        assert_eq!(decoded.output_partitioning(), read.output_partitioning());
+        assert_eq!(decoded.output_ordering(), read.output_ordering());
+        let (before, after) = (
+            read.equivalence_properties(),
+            decoded.equivalence_properties(),
+        );
+        assert_eq!(after.constants(), before.constants());
+        assert_eq!(after.eq_group().to_string(), before.eq_group().to_string());
+        assert!(after.eq_group().iter().any(|class| class.len() == 2));
+        // What an operator above may rely on: sorted by b, then by c descending (c is a),
+        // with d (a constant) anywhere.
+        let requirement = [
+            PhysicalSortExpr::new_default(column("b")),
+            PhysicalSortExpr::new_default(column("d")),
+            PhysicalSortExpr::new_default(column("c")).desc(),
+        ]
+        .map(Into::into);
+        assert!(after
+            .ordering_satisfy_requirement(requirement)
+            .expect("checks"));
+    }
+
+    #[test]
+    fn a_block_read_without_properties_has_unknown_partitioning() {
+        let read: Arc<dyn ExecutionPlan> =
+            Arc::new(BlockReadExec::with_schema(DatasetId(1), schema(), 5));
+        let bytes = encode_plan(read).expect("encodes");
+        let decoded = decode_plan(&bytes, &TaskContext::default()).expect("decodes");
+        assert!(matches!(
+            decoded.output_partitioning(),
+            Partitioning::UnknownPartitioning(5)
+        ));
+        assert!(decoded.output_ordering().is_none());
+    }
+}

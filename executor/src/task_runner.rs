@@ -115,9 +115,14 @@ fn with_source_files(
     let ExecutorError::Engine(engine) = error else {
         return error;
     };
+    // Failures that are not about the input keep their own class: a lack of memory (so
+    // the query is planned leaner instead of retried), a lost block, a bug.
     if matches!(
         engine,
-        EngineError::FetchFailed { .. } | EngineError::Reading { .. }
+        EngineError::FetchFailed { .. }
+            | EngineError::Reading { .. }
+            | EngineError::ResourcesExhausted(_)
+            | EngineError::Internal(_)
     ) {
         return ExecutorError::Engine(engine);
     }

@@ -244,3 +244,46 @@ pub async fn executor_statuses(session: &Session) -> Vec<ember::engine::proto::E
     }
     statuses
 }
+
+/// Runs queries `numbers` of `suite` on `session` and on single-process DataFusion
+/// (`ctx`, the same tables registered) and compares the answers
+/// ([`ember::suite::compare::difference`]); a query Ember does not answer within `timeout`
+/// counts as failed. Returns one line per answered query (`qN: R rows in S s`) and one per
+/// failure.
+pub async fn answers_against_datafusion(
+    suite: &ember::suite::Suite,
+    session: &Session,
+    ctx: &SessionContext,
+    numbers: impl IntoIterator<Item = usize>,
+    timeout: Duration,
+) -> (Vec<String>, Vec<String>) {
+    let mut answered = Vec::new();
+    let mut failures = Vec::new();
+    for n in numbers {
+        let text = suite.query(n).expect("query text");
+        let started = std::time::Instant::now();
+        let ember =
+            tokio::time::timeout(timeout, async { session.sql(text).await?.collect().await }).await;
+        let took = started.elapsed();
+        let expected = match ctx.sql(text).await {
+            Ok(df) => df.collect().await,
+            Err(e) => Err(e),
+        };
+        match (ember, expected) {
+            (Err(_), _) => failures.push(format!("q{n}: no answer from ember within {timeout:?}")),
+            (Ok(Err(e)), _) => failures.push(format!("q{n}: ember error: {e}")),
+            (_, Err(e)) => failures.push(format!("q{n}: datafusion error: {e}")),
+            (Ok(Ok(ember)), Ok(expected)) => {
+                match ember::suite::compare::difference(&ember, &expected) {
+                    Some(why) => failures.push(format!("q{n}: {why}")),
+                    None => answered.push(format!(
+                        "q{n}: {} rows in {:.2}s",
+                        row_count(&ember),
+                        took.as_secs_f64()
+                    )),
+                }
+            }
+        }
+    }
+    (answered, failures)
+}
