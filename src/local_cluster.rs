@@ -3,11 +3,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::executor_main::{self_exec_ready, RUN_AS_EXECUTOR_ENV};
 
-/// An executor process, killed and reaped when dropped (also when a test panics).
+/// How long a stopping executor gets to finish on its own (and remove its spill directory)
+/// before it is killed.
+const GRACEFUL_STOP: Duration = Duration::from_secs(2);
+
+/// An executor process, stopped and reaped when dropped (also when a test panics).
 #[derive(Debug)]
 pub(crate) struct ChildGuard {
     pub(crate) child: Child,
@@ -24,6 +29,21 @@ impl ChildGuard {
         let _ = self.child.wait();
     }
 
+    /// Asks the process to stop by closing its stdin (which it watches), waits up to
+    /// [`GRACEFUL_STOP`] for it to exit, which removes its spill directory, and kills it
+    /// after that.
+    pub(crate) fn stop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + GRACEFUL_STOP;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.kill();
+    }
+
     /// Whether the process has exited, and how.
     pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -32,7 +52,7 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 

@@ -52,6 +52,20 @@ pub struct BenchArgs {
     #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// A DataFusion setting for the baseline only, KEY=VALUE (repeatable), such as
+    /// `datafusion.optimizer.enable_dynamic_filter_pushdown=false` to see what one
+    /// optimization is worth.
+    #[arg(long = "baseline-option", value_name = "KEY=VALUE", value_parser = parse_option)]
+    pub baseline_options: Vec<(String, String)>,
+}
+
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
 }
 
 /// One engine's answer to one query: the median time and the answer of the last run.
@@ -134,10 +148,14 @@ pub async fn bench(suite: &'static Suite, args: &BenchArgs) -> anyhow::Result<()
         .with_memory_pool(Arc::new(FairSpillPool::new(total_memory)))
         .build_arc()
         .context("DataFusion runtime")?;
-    let ctx = SessionContext::new_with_config_rt(
-        SessionConfig::new().with_target_partitions(cores),
-        runtime,
-    );
+    let mut config = SessionConfig::new().with_target_partitions(cores);
+    for (key, value) in &args.baseline_options {
+        config
+            .options_mut()
+            .set(key, value)
+            .with_context(|| format!("--baseline-option {key}={value}"))?;
+    }
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     suite
         .register_datafusion(&ctx, &dir)
         .await
