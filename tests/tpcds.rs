@@ -1,17 +1,18 @@
 //! TPC-DS on a cluster: all 99 queries on two executor processes give single-process
 //! DataFusion's answers over the same generated data; every stage of every TPC-H and
 //! TPC-DS plan keeps DataFusion's physical-plan invariants as an executor decodes it; q72
-//! completes by spilling inside a small memory limit and leaves no spill file; and
+//! completes by spilling inside a small memory limit and leaves no spill file (nor spill
+//! directory once the cluster stops); and
 //! `ember tpcds gen` / `ember tpcds bench` work from the command line.
 
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Mode;
 use datafusion::prelude::SessionContext;
+use ember::prelude::*;
 use ember::{tpcds, tpch};
 
 /// How long one query may take on Ember at SF 0.1 before it counts as hung (the slowest
@@ -31,15 +32,20 @@ fn tpcds_data(sf: f64) -> tempfile::TempDir {
     dir
 }
 
-/// DataFusion over the same tables: the independent engine Ember's answers are compared
-/// with.
-async fn datafusion(suite: &ember::suite::Suite, dir: &Path) -> SessionContext {
+/// A local cluster from `builder` and single-process DataFusion (the independent engine
+/// Ember's answers are compared with), both with the TPC-DS tables of `dir` registered.
+async fn cluster_and_datafusion(builder: SessionBuilder, dir: &Path) -> (Session, SessionContext) {
+    let session = builder.local_cluster().await.expect("cluster starts");
+    tpcds::SUITE
+        .register(&session, dir)
+        .await
+        .expect("register");
     let ctx = SessionContext::new();
-    suite
+    tpcds::SUITE
         .register_datafusion(&ctx, dir)
         .await
         .expect("register with datafusion");
-    ctx
+    (session, ctx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,15 +53,7 @@ async fn all_99_queries_on_a_cluster_match_datafusion() {
     let started = Instant::now();
     let data = tpcds_data(0.1);
     let generated = started.elapsed();
-    let session = common::builder(2)
-        .local_cluster()
-        .await
-        .expect("cluster starts");
-    tpcds::SUITE
-        .register(&session, data.path())
-        .await
-        .expect("register");
-    let ctx = datafusion(&tpcds::SUITE, data.path()).await;
+    let (session, ctx) = cluster_and_datafusion(common::builder(2), data.path()).await;
 
     let (answered, failures) =
         common::answers_against_datafusion(&tpcds::SUITE, &session, &ctx, 1..=99, QUERY_TIMEOUT)
@@ -125,16 +123,11 @@ async fn every_stage_of_every_tpch_and_tpcds_plan_keeps_datafusion_invariants() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q72_spills_inside_a_small_memory_limit_and_leaves_no_spill_file() {
     let data = tpcds_data(0.1);
-    let session = common::builder(2)
-        .memory_per_executor(96 << 20)
-        .local_cluster()
-        .await
-        .expect("cluster starts");
-    tpcds::SUITE
-        .register(&session, data.path())
-        .await
-        .expect("register");
-    let ctx = datafusion(&tpcds::SUITE, data.path()).await;
+    let (session, ctx) = cluster_and_datafusion(
+        common::builder(2).memory_per_executor(96 << 20),
+        data.path(),
+    )
+    .await;
     let (answered, failures) =
         common::answers_against_datafusion(&tpcds::SUITE, &session, &ctx, [72], QUERY_TIMEOUT)
             .await;
@@ -150,19 +143,28 @@ async fn q72_spills_inside_a_small_memory_limit_and_leaves_no_spill_file() {
         "q72 did not spill within 96 MiB executors: {metrics:?}"
     );
     common::assert_executors_hold_nothing(&session).await;
-}
 
-fn ember() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
-    cmd.env("RUST_LOG", "error");
-    cmd
+    // Stopping the cluster removes every executor's spill directory.
+    let dirs: Vec<String> = common::executor_statuses(&session)
+        .await
+        .into_iter()
+        .map(|s| s.spill_dir)
+        .collect();
+    assert_eq!(dirs.len(), 2);
+    for dir in &dirs {
+        assert!(Path::new(dir).is_dir(), "{dir} is not a directory");
+    }
+    drop(session);
+    for dir in &dirs {
+        assert!(!Path::new(dir).exists(), "{dir} is left behind");
+    }
 }
 
 #[test]
 fn gen_and_bench_from_the_command_line() {
     let scratch = tempfile::tempdir().expect("tmp");
     let out = scratch.path().join("ds");
-    let run = ember()
+    let run = common::ember_command(env!("CARGO_BIN_EXE_ember"))
         .args(["tpcds", "gen", "--sf", "0.01", "--parts", "2", "--out"])
         .arg(&out)
         .output()
@@ -176,7 +178,7 @@ fn gen_and_bench_from_the_command_line() {
     assert!(stdout.contains("wrote 24 tables"), "{stdout}");
     assert!(tpcds::SUITE.missing_tables(&out).is_empty());
 
-    let run = ember()
+    let run = common::ember_command(env!("CARGO_BIN_EXE_ember"))
         .args([
             "tpcds",
             "bench",
@@ -207,7 +209,7 @@ fn gen_and_bench_from_the_command_line() {
         .last()
         .is_some_and(|l| l.starts_with("total ember=")));
 
-    let run = ember()
+    let run = common::ember_command(env!("CARGO_BIN_EXE_ember"))
         .args(["tpcds", "bench", "--queries", "100", "--data"])
         .arg(&out)
         .output()

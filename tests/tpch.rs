@@ -79,9 +79,7 @@ async fn all_22_queries_on_a_cluster_match_datafusion() {
 }
 
 fn ember() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
-    cmd.env("RUST_LOG", "error");
-    cmd
+    common::ember_command(env!("CARGO_BIN_EXE_ember"))
 }
 
 fn parquet_files(dir: &Path) -> usize {

@@ -433,6 +433,11 @@ impl BlockManager {
         }
     }
 
+    /// The directory spill files go to, if blocks may spill.
+    pub fn spill_dir(&self) -> Option<&Path> {
+        self.spill_dir.as_deref()
+    }
+
     /// Bytes of blocks spilled to disk and held now.
     pub fn disk_bytes(&self) -> usize {
         self.blocks

@@ -231,6 +231,12 @@ impl ExecutorService for ExecutorServiceImpl {
                 datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as u64,
                 _ => 0,
             },
+            spill_dir: self
+                .env
+                .blocks
+                .spill_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
         }))
     }
 

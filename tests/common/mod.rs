@@ -287,3 +287,11 @@ pub async fn answers_against_datafusion(
     }
     (answered, failures)
 }
+
+/// The `ember` binary at `path` (a test's `env!("CARGO_BIN_EXE_ember")`), logging errors
+/// only.
+pub fn ember_command(path: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(path);
+    cmd.env("RUST_LOG", "error");
+    cmd
+}
