@@ -94,12 +94,7 @@ impl JobPlan {
 ///
 /// As [`Driver::plan_job`].
 pub fn explain_stages(plan: Arc<dyn ExecutionPlan>) -> Result<String> {
-    let mut id = 0u64;
-    let mut next = || {
-        id += 1;
-        DatasetId(id)
-    };
-    let (root, stages) = job_stages(plan, &mut next)?;
+    let (root, stages) = job_stages(plan, &mut local_ids())?;
     Ok(describe_stages(&root, &stages))
 }
 
@@ -110,13 +105,17 @@ pub fn explain_stages(plan: Arc<dyn ExecutionPlan>) -> Result<String> {
 ///
 /// As [`Driver::plan_job`] and [`JobPlan::check_invariants`].
 pub fn check_stages(plan: Arc<dyn ExecutionPlan>, ctx: &TaskContext) -> Result<()> {
+    let (root, stages) = job_stages(plan, &mut local_ids())?;
+    JobPlan { root, stages }.check_invariants(ctx)
+}
+
+/// Dataset ids numbered from 1, for a cut that no driver runs (`EXPLAIN`, checks).
+fn local_ids() -> impl FnMut() -> DatasetId {
     let mut id = 0u64;
-    let mut next = || {
+    move || {
         id += 1;
         DatasetId(id)
-    };
-    let (root, stages) = job_stages(plan, &mut next)?;
-    JobPlan { root, stages }.check_invariants(ctx)
+    }
 }
 
 /// Cuts a query's physical plan into the datasets a job computes and the final fragment the
