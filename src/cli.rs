@@ -1,4 +1,5 @@
 //! The `ember` command line: `ember sql` runs a query on a local cluster and prints it;
+//! `ember server` serves the Spark Connect protocol for PySpark clients;
 //! `ember tpch` and `ember tpcds` (`gen`, `bench`) write a benchmark's data and time its
 //! queries.
 
@@ -25,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run SQL on a local cluster and print the result.
     Sql(SqlArgs),
+    /// Serve the Spark Connect protocol: PySpark (`sc://host:port`) runs on an Ember cluster.
+    Server(ServerArgs),
     /// Run an executor (same as the `ember-executor` binary).
     Executor(crate::executor_main::ExecutorArgs),
     /// Generate TPC-H data or benchmark the 22 TPC-H queries.
@@ -101,10 +104,38 @@ pub struct SqlArgs {
     pub format: Format,
 }
 
+/// Arguments of `ember server`.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Port of the Spark Connect endpoint (0 picks a free one; the URL printed says which).
+    #[arg(long, default_value_t = 15002)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// Executor processes to start.
+    #[arg(long, default_value_t = 2)]
+    pub executors: usize,
+    /// Memory limit per executor (half for blocks, half for operators; both spill).
+    #[arg(long, default_value = "2GiB", value_parser = crate::executor_main::parse_bytes)]
+    pub memory: usize,
+    /// Start no executors: wait for `ember-executor --driver ADDR` processes started
+    /// elsewhere to register with the driver on `--driver-port`.
+    #[arg(long)]
+    pub standalone: bool,
+    /// Driver port executors register with in `--standalone` mode.
+    #[arg(long, default_value_t = 7077)]
+    pub driver_port: u16,
+    /// A table every client session sees, NAME=PATH (as `ember sql --table`).
+    #[arg(long = "table", value_name = "NAME=PATH")]
+    pub tables: Vec<String>,
+}
+
 /// Runs the command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sql(args) => run_sql(args).await,
+        Command::Server(args) => run_server(args).await,
         Command::Executor(args) => crate::executor_main::run_executor(args).await,
         Command::Tpch(args) => run_suite(&crate::tpch::SUITE, args).await,
         Command::Tpcds(args) => run_suite(&crate::tpcds::SUITE, args).await,
@@ -122,6 +153,50 @@ async fn run_suite(suite: &'static crate::suite::Suite, args: SuiteArgs) -> anyh
         }
         SuiteCommand::Bench(args) => crate::suite::bench(suite, &args).await,
     }
+}
+
+/// `ember server`: a cluster and its Spark Connect endpoint, until SIGINT or SIGTERM.
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind((args.bind, args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
+    let addr = listener.local_addr()?;
+    let builder = Session::builder()
+        .executors(args.executors)
+        .memory_per_executor(args.memory);
+    let session = if args.standalone {
+        let driver = std::net::SocketAddr::new(args.bind, args.driver_port);
+        eprintln!("waiting for executors to register with the driver at {driver}");
+        builder.standalone(driver).await?
+    } else {
+        builder.local_cluster().await?
+    };
+    for table in &args.tables {
+        let (name, path) = table
+            .split_once('=')
+            .with_context(|| format!("--table `{table}`: expected NAME=PATH"))?;
+        register(&session, name, Path::new(path))
+            .await
+            .with_context(|| format!("--table {name}"))?;
+    }
+    let url = crate::connect::connect_url(addr);
+    tracing::info!(%url, executors = session.executors().len(), "Spark Connect server started");
+    println!("Spark Connect server listening on {url}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("shutting down");
+    };
+    crate::connect::serve(session.clone(), listener, shutdown).await?;
+    // The executors stop (and remove their spill directories) with the last session handle.
+    drop(session);
+    Ok(())
 }
 
 async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {

@@ -11,7 +11,8 @@
 //! - `local_cluster`: executor child processes and their cleanup.
 //! - `cached_table`: how cached DataFrames appear to the planner.
 //! - [`ml`]: mllib's pipelines, features, models and evaluators on [`DataFrame`]s.
-//! - [`cli`]: the `ember` command line (`ember sql`, `ember tpch`).
+//! - [`cli`]: the `ember` command line (`ember sql`, `ember server`, `ember tpch`).
+//! - [`connect`]: the Spark Connect endpoint `ember server` serves PySpark on.
 //! - [`tpch`]: TPC-H queries, data generation and the benchmark against DataFusion.
 //! - [`prelude`]: everything an application imports.
 //!
@@ -32,6 +33,8 @@
 mod cached_table;
 /// The `ember` command line.
 pub mod cli;
+/// `ember server`: the Spark Connect endpoint.
+pub mod connect;
 /// The lazy DataFrame API.
 pub mod dataframe;
 /// The facade's error type.

@@ -52,7 +52,6 @@ enum Executors {
 }
 
 struct Inner {
-    ctx: SessionContext,
     driver: DriverHandle,
     executors: Mutex<Executors>,
     last_metrics: Mutex<Option<JobMetrics>>,
@@ -88,11 +87,24 @@ impl Drop for Inner {
 /// assert_eq!(batches[0].num_rows(), 1);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Session {
     inner: Arc<Inner>,
+    /// The SQL catalog, configuration and planner of this handle (shared by its clones;
+    /// see [`Session::isolated`]).
+    ctx: SessionContext,
     /// The scheduling pool this handle's jobs run in (see [`Session::with_pool`]).
     pool: Arc<str>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("cluster", &self.inner)
+            .field("session_id", &self.ctx.session_id())
+            .field("pool", &self.pool)
+            .finish()
+    }
 }
 
 /// Options for starting a session.
@@ -468,8 +480,8 @@ impl Session {
             .with_default_features()
             .build();
         Ok(Session {
+            ctx: SessionContext::new_with_state(state),
             inner: Arc::new(Inner {
-                ctx: SessionContext::new_with_state(state),
                 driver,
                 executors: Mutex::new(executors),
                 last_metrics: Mutex::new(None),
@@ -485,7 +497,26 @@ impl Session {
     pub fn with_pool(&self, pool: &str) -> Session {
         Session {
             inner: Arc::clone(&self.inner),
+            ctx: self.ctx.clone(),
             pool: Arc::from(pool),
+        }
+    }
+
+    /// A handle on the same cluster with a catalog and configuration of its own: tables
+    /// and views registered through it are not seen by other handles, nor theirs by it,
+    /// while jobs, executors and the block cache are shared. Spark Connect sessions of one
+    /// `ember server` are isolated this way.
+    pub fn isolated(&self) -> Session {
+        let config = self.ctx.copied_config();
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.ctx.runtime_env())
+            .with_default_features()
+            .build();
+        Session {
+            inner: Arc::clone(&self.inner),
+            ctx: SessionContext::new_with_state(state),
+            pool: Arc::clone(&self.pool),
         }
     }
 
@@ -553,7 +584,7 @@ impl Session {
 
     /// DataFusion's context: the catalog and planner this session uses.
     pub fn context(&self) -> &SessionContext {
-        &self.inner.ctx
+        &self.ctx
     }
 
     /// The driver (registry, block locations, lineage).
@@ -670,12 +701,12 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn sql(&self, query: &str) -> Result<DataFrame> {
-        let df = self.inner.ctx.sql(query).await?;
+        let df = self.ctx.sql(query).await?;
         match df.logical_plan() {
             // EXPLAIN shows Ember's stages as well as DataFusion's plans.
             LogicalPlan::Explain(explain) => {
                 let inner = datafusion::dataframe::DataFrame::new(
-                    self.inner.ctx.state(),
+                    self.ctx.state(),
                     explain.plan.as_ref().clone(),
                 );
                 let text = DataFrame::new(self.clone(), inner).explain().await?;
@@ -694,7 +725,7 @@ impl Session {
                     && Path::new(&copy.output_url).extension().is_none() =>
             {
                 let input = datafusion::dataframe::DataFrame::new(
-                    self.inner.ctx.state(),
+                    self.ctx.state(),
                     copy.input.as_ref().clone(),
                 );
                 DataFrame::new(self.clone(), input)
@@ -722,17 +753,13 @@ impl Session {
     fn one_value(&self, name: &str, value: arrow::array::ArrayRef) -> Result<DataFrame> {
         let batch = RecordBatch::try_from_iter(vec![(name, value)])
             .map_err(ember_engine::EngineError::from)?;
-        Ok(DataFrame::new(
-            self.clone(),
-            self.inner.ctx.read_batch(batch)?,
-        ))
+        Ok(DataFrame::new(self.clone(), self.ctx.read_batch(batch)?))
     }
 
     /// A DataFrame over a Parquet file or directory.
     pub async fn read_parquet(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
         let path = existing(path.as_ref())?;
         let df = self
-            .inner
             .ctx
             .read_parquet(path, ParquetReadOptions::default())
             .await?;
@@ -742,7 +769,7 @@ impl Session {
     /// A DataFrame over a CSV file or directory (with a header row).
     pub async fn read_csv(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
         let path = existing(path.as_ref())?;
-        let df = self.inner.ctx.read_csv(path, CsvReadOptions::new()).await?;
+        let df = self.ctx.read_csv(path, CsvReadOptions::new()).await?;
         Ok(DataFrame::new(self.clone(), df))
     }
 
@@ -751,7 +778,6 @@ impl Session {
         let path = existing(path.as_ref())?;
         let ext = extension_of(path.as_ref(), ".json");
         let df = self
-            .inner
             .ctx
             .read_json(path, JsonReadOptions::default().file_extension(&ext))
             .await?;
@@ -761,8 +787,7 @@ impl Session {
     /// Registers a Parquet file or directory as table `name` for SQL.
     pub async fn register_parquet(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
         let path = existing(path.as_ref())?;
-        self.inner
-            .ctx
+        self.ctx
             .register_parquet(name, path, ParquetReadOptions::default())
             .await?;
         Ok(())
@@ -772,8 +797,7 @@ impl Session {
     pub async fn register_csv(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
         let path = existing(path.as_ref())?;
         let ext = extension_of(path.as_ref(), ".csv");
-        self.inner
-            .ctx
+        self.ctx
             .register_csv(name, path, CsvReadOptions::new().file_extension(&ext))
             .await?;
         Ok(())
@@ -783,8 +807,7 @@ impl Session {
     pub async fn register_json(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
         let path = existing(path.as_ref())?;
         let ext = extension_of(path.as_ref(), ".json");
-        self.inner
-            .ctx
+        self.ctx
             .register_json(name, path, JsonReadOptions::default().file_extension(&ext))
             .await?;
         Ok(())
@@ -795,7 +818,6 @@ impl Session {
         let path = existing(path.as_ref())?;
         let ext = extension_of(path.as_ref(), ".arrow");
         let df = self
-            .inner
             .ctx
             .read_arrow(
                 path,
@@ -812,8 +834,7 @@ impl Session {
     pub async fn register_arrow(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
         let path = existing(path.as_ref())?;
         let ext = extension_of(path.as_ref(), ".arrow");
-        self.inner
-            .ctx
+        self.ctx
             .register_arrow(
                 name,
                 &path,
@@ -828,8 +849,7 @@ impl Session {
 
     /// Registers a DataFrame as a view named `name` for SQL.
     pub fn register_dataframe(&self, name: &str, df: &DataFrame) -> Result<()> {
-        self.inner
-            .ctx
+        self.ctx
             .register_table(name, df.inner().clone().into_view())?;
         Ok(())
     }

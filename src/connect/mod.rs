@@ -1,0 +1,80 @@
+//! `ember server`'s Spark Connect endpoint: PySpark and other Spark Connect clients run
+//! SQL and DataFrame queries on an Ember cluster unchanged.
+//!
+//! - [`proto`]: the protocol subset Ember serves (generated from `proto/`).
+//! - `service`: the gRPC service (sessions, ExecutePlan, AnalyzePlan, Config, Interrupt,
+//!   Reattach/Release).
+//! - `plan` and `expr`: relations and expressions as DataFusion plans.
+//! - `types`: Spark types and Arrow types; `show`: `df.show()`'s text.
+//! - `operation`: reattachable response streams; `session`: per-client state.
+//! - `error`: errors as the exceptions a Spark client raises.
+
+mod error;
+mod expr;
+mod operation;
+mod plan;
+mod service;
+mod session;
+mod show;
+mod types;
+
+/// Messages and service of the Spark Connect protocol subset (package `spark.connect`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("spark.connect");
+
+    /// The `google.rpc` status details a client decodes from a failed call.
+    pub mod google_rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+pub use error::{ConnectError, ConnectResult};
+pub use service::ConnectService;
+pub use session::SPARK_VERSION;
+
+use crate::Session;
+
+/// Largest request or response message the endpoint accepts (a `createDataFrame` of a
+/// large pandas DataFrame arrives as one local relation).
+const MAX_MESSAGE_BYTES: usize = 512 << 20;
+
+/// Serves the Spark Connect protocol on `listener` for `ember`'s cluster until `shutdown`
+/// completes; every client session then is closed (its cached blocks removed).
+///
+/// # Errors
+///
+/// The listener failed.
+pub async fn serve(
+    ember: Session,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> crate::Result<()> {
+    let service = std::sync::Arc::new(ConnectService::new(ember));
+    let server = proto::spark_connect_service_server::SparkConnectServiceServer::from_arc(
+        std::sync::Arc::clone(&service),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(server)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| crate::Error::Cluster(format!("Spark Connect endpoint: {e}")))?;
+    service.close_all().await;
+    Ok(())
+}
+
+/// The `sc://` URL a client connects to for a server listening on `addr`.
+pub fn connect_url(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "localhost".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    format!("sc://{host}:{}", addr.port())
+}

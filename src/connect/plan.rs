@@ -1,0 +1,1689 @@
+//! Spark Connect relations as DataFusion logical plans over a session's catalog, which
+//! Ember then cuts into stages and runs like any other query. Relations that need data to
+//! be planned (`show`, `tail`, `describe`, a pivot without values) run their input first.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{Column, DFSchema, JoinType, ParamValues, ScalarValue};
+use datafusion::dataframe::DataFrame as DFrame;
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::{
+    cast, col, lit, Expr, GroupingSet, LogicalPlan, LogicalPlanBuilder,
+};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+use futures::future::BoxFuture;
+use prost::Message;
+
+use super::error::{ConnectError, ConnectResult};
+use super::expr::{
+    has_aggregate, identifier_parts, literal, split_aggregates, Named, PlanColumns, Resolver,
+};
+use super::proto::expression::ExprType;
+use super::proto::relation::RelType;
+use super::proto::{self, Relation};
+use super::session::ConnectSession;
+use super::show::show_string;
+use super::types::{parse_schema, simple_string};
+
+/// Translates the relations of one request.
+pub struct Planner<'a> {
+    session: &'a ConnectSession,
+    /// Output columns of each relation with a plan id, in translation order.
+    plans: PlanColumns,
+    /// Counter for the aliases given to join sides whose columns clash.
+    aliases: usize,
+}
+
+fn unimplemented_relation(name: &str) -> ConnectError {
+    ConnectError::unimplemented(format!("relation {name}"))
+}
+
+impl<'a> Planner<'a> {
+    /// A planner for `session`.
+    pub fn new(session: &'a ConnectSession) -> Self {
+        Self {
+            session,
+            plans: Vec::new(),
+            aliases: 0,
+        }
+    }
+
+    fn ctx(&self) -> &datafusion::prelude::SessionContext {
+        self.session.ember.context()
+    }
+
+    fn resolver<'b>(
+        &'b self,
+        schema: &'b DFSchema,
+        state: &'b datafusion::execution::session_state::SessionState,
+    ) -> Resolver<'b> {
+        Resolver {
+            schema,
+            state,
+            plans: &self.plans,
+        }
+    }
+
+    /// Runs `df` on the cluster and returns its rows.
+    pub async fn collect(&self, df: DFrame) -> ConnectResult<Vec<RecordBatch>> {
+        Ok(crate::DataFrame::new(self.session.ember.clone(), df)
+            .collect()
+            .await?)
+    }
+
+    fn batches_frame(&self, schema: SchemaRef, batches: Vec<RecordBatch>) -> ConnectResult<DFrame> {
+        let table = MemTable::try_new(schema, vec![batches])?;
+        Ok(self.ctx().read_table(Arc::new(table))?)
+    }
+
+    /// The relation `rel` as a DataFusion DataFrame.
+    pub fn relation<'b>(&'b mut self, rel: &'b Relation) -> BoxFuture<'b, ConnectResult<DFrame>> {
+        Box::pin(async move {
+            // A DataFrame the client cached reads its cached blocks.
+            if let Some(cached) = self.cached(rel) {
+                self.record(rel, &cached);
+                return Ok(cached);
+            }
+            let start = self.plans.len();
+            let df = self.translate(rel, start).await?;
+            self.record(rel, &df);
+            Ok(df)
+        })
+    }
+
+    /// The cached DataFrame for `rel`, if the client cached it.
+    fn cached(&self, rel: &Relation) -> Option<DFrame> {
+        let key = rel.encode_to_vec();
+        let cached = self
+            .session
+            .cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        cached.get(&key).map(|df| df.inner().clone())
+    }
+
+    fn record(&mut self, rel: &Relation, df: &DFrame) {
+        if let Some(id) = rel.common.as_ref().and_then(|c| c.plan_id) {
+            self.plans.push((id, df.schema().columns()));
+        }
+    }
+
+    /// Gives `df` the qualifier `alias`, and moves the plan-id columns recorded since
+    /// `from` (the relations inside `df`) to it.
+    fn requalify(&mut self, df: DFrame, alias: &str, from: usize) -> ConnectResult<DFrame> {
+        let old = df.schema().clone();
+        let df = df.alias(alias)?;
+        for (_, columns) in &mut self.plans[from..] {
+            for c in columns.iter_mut() {
+                if old.has_column(c) {
+                    *c = Column::new(Some(alias), c.name.clone());
+                }
+            }
+        }
+        Ok(df)
+    }
+
+    async fn input(&mut self, input: &Option<Box<Relation>>) -> ConnectResult<DFrame> {
+        match input.as_deref() {
+            Some(rel) => self.relation(rel).await,
+            None => Err(ConnectError::invalid("a relation without its input")),
+        }
+    }
+
+    async fn translate(&mut self, rel: &Relation, start: usize) -> ConnectResult<DFrame> {
+        let Some(kind) = &rel.rel_type else {
+            return Err(ConnectError::invalid("a relation without a type"));
+        };
+        match kind {
+            RelType::Read(read) => self.read(read).await,
+            RelType::Project(p) => {
+                let input = match p.input.as_deref() {
+                    Some(rel) => self.relation(rel).await?,
+                    None => self.ctx().read_empty()?,
+                };
+                self.project(input, &p.expressions)
+            }
+            RelType::Filter(f) => {
+                let input = self.input(&f.input).await?;
+                let condition = f
+                    .condition
+                    .as_ref()
+                    .ok_or_else(|| ConnectError::invalid("a filter without a condition"))?;
+                let state = self.ctx().state();
+                let e = self.resolver(input.schema(), &state).expr(condition)?;
+                Ok(input.filter(e.expr)?)
+            }
+            RelType::Join(j) => self.join(j).await,
+            RelType::SetOp(s) => self.set_operation(s).await,
+            RelType::Sort(s) => {
+                let input = self.input(&s.input).await?;
+                let state = self.ctx().state();
+                let r = self.resolver(input.schema(), &state);
+                let order = s
+                    .order
+                    .iter()
+                    .map(|o| r.sort_order(o))
+                    .collect::<ConnectResult<Vec<_>>>()?;
+                Ok(input.sort(order)?)
+            }
+            RelType::Limit(l) => {
+                let input = self.input(&l.input).await?;
+                Ok(input.limit(0, Some(l.limit.max(0) as usize))?)
+            }
+            RelType::Offset(o) => {
+                let input = self.input(&o.input).await?;
+                Ok(input.limit(o.offset.max(0) as usize, None)?)
+            }
+            RelType::Tail(t) => {
+                let input = self.input(&t.input).await?;
+                let schema: SchemaRef = Arc::new(input.schema().as_arrow().clone());
+                let batches = self.collect(input).await?;
+                let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+                let skip = total.saturating_sub(t.limit.max(0) as usize);
+                let all = arrow::compute::concat_batches(&schema, &batches)
+                    .map_err(ember_engine::EngineError::from)?;
+                let tail = all.slice(skip, total - skip);
+                self.batches_frame(schema, vec![tail])
+            }
+            RelType::Aggregate(a) => self.aggregate(a).await,
+            RelType::Sql(sql) => {
+                self.sql(
+                    &sql.query,
+                    &sql.args,
+                    &sql.pos_args,
+                    sql.named_arguments.is_empty() && sql.pos_arguments.is_empty(),
+                )
+                .await
+            }
+            RelType::LocalRelation(l) => self.local_relation(l),
+            RelType::Sample(s) => {
+                if s.with_replacement == Some(true) {
+                    return Err(ConnectError::unimplemented("sample with replacement"));
+                }
+                if s.lower_bound > 0.0 {
+                    return Err(ConnectError::unimplemented(
+                        "randomSplit (a sample with a lower bound)",
+                    ));
+                }
+                let input = self.input(&s.input).await?;
+                let random = datafusion::functions::math::expr_fn::random();
+                Ok(input.filter(random.lt(lit(s.upper_bound)))?)
+            }
+            RelType::Deduplicate(d) => {
+                let input = self.input(&d.input).await?;
+                if d.within_watermark == Some(true) {
+                    return Err(ConnectError::unimplemented("dropDuplicatesWithinWatermark"));
+                }
+                if d.all_columns_as_keys == Some(true) || d.column_names.is_empty() {
+                    return Ok(input.distinct()?);
+                }
+                let state = self.ctx().state();
+                let r = self.resolver(input.schema(), &state);
+                let keys = d
+                    .column_names
+                    .iter()
+                    .map(|n| Ok(r.column(n, None)?.expr))
+                    .collect::<ConnectResult<Vec<_>>>()?;
+                let all: Vec<Expr> = input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                Ok(input.distinct_on(keys, all, None)?)
+            }
+            RelType::Range(r) => self.range(r),
+            RelType::SubqueryAlias(a) => {
+                let input = self.input(&a.input).await?;
+                self.requalify(input, &a.alias, start)
+            }
+            RelType::Repartition(r) => self.input(&r.input).await,
+            RelType::RepartitionByExpression(r) => self.input(&r.input).await,
+            RelType::Hint(h) => self.input(&h.input).await,
+            RelType::ToDf(t) => {
+                let input = self.input(&t.input).await?;
+                let columns = input.schema().columns();
+                if columns.len() != t.column_names.len() {
+                    return Err(ConnectError::analysis(
+                        "INVALID_COLUMN_NAMES",
+                        format!(
+                            "toDF was given {} names for {} columns",
+                            t.column_names.len(),
+                            columns.len()
+                        ),
+                    ));
+                }
+                let exprs = columns
+                    .into_iter()
+                    .zip(&t.column_names)
+                    .map(|(c, n)| Expr::Column(c).alias(n))
+                    .collect::<Vec<_>>();
+                Ok(input.select(exprs)?)
+            }
+            RelType::WithColumnsRenamed(w) => {
+                let input = self.input(&w.input).await?;
+                let mut renames: Vec<(String, String)> = w
+                    .rename_columns_map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                renames.extend(
+                    w.renames
+                        .iter()
+                        .map(|r| (r.col_name.clone(), r.new_col_name.clone())),
+                );
+                let exprs = input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(|c| {
+                        match renames
+                            .iter()
+                            .find(|(from, _)| from.eq_ignore_ascii_case(&c.name))
+                        {
+                            Some((_, to)) => Expr::Column(c).alias(to),
+                            None => Expr::Column(c),
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                Ok(input.select(exprs)?)
+            }
+            RelType::ShowString(s) => {
+                let input = self.input(&s.input).await?;
+                let names: Vec<String> = input
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                let rows = s.num_rows.max(0) as usize;
+                let batches = self.collect(input.limit(0, Some(rows + 1))?).await?;
+                let batches: Vec<RecordBatch> =
+                    batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+                let text = show_string(
+                    &batches,
+                    &names,
+                    rows,
+                    s.truncate.max(0) as usize,
+                    s.vertical,
+                )?;
+                self.one_string("show_string", text)
+            }
+            RelType::Drop(d) => {
+                let input = self.input(&d.input).await?;
+                let state = self.ctx().state();
+                let r = self.resolver(input.schema(), &state);
+                let mut dropped: HashSet<Column> = HashSet::new();
+                for e in &d.columns {
+                    // Spark ignores columns that do not exist.
+                    if let Ok(Named {
+                        expr: Expr::Column(c),
+                        ..
+                    }) = r.expr(e)
+                    {
+                        dropped.insert(c);
+                    }
+                }
+                let keep: Vec<Expr> = input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .filter(|c| {
+                        !dropped.contains(c)
+                            && !d
+                                .column_names
+                                .iter()
+                                .any(|n| n.eq_ignore_ascii_case(&c.name))
+                    })
+                    .map(Expr::Column)
+                    .collect();
+                Ok(input.select(keep)?)
+            }
+            RelType::WithColumns(w) => {
+                let input = self.input(&w.input).await?;
+                let state = self.ctx().state();
+                let r = self.resolver(input.schema(), &state);
+                let mut new: Vec<(String, Expr)> = Vec::new();
+                for a in &w.aliases {
+                    let [name] = a.name.as_slice() else {
+                        return Err(ConnectError::unimplemented(
+                            "withColumns with a multi-part name",
+                        ));
+                    };
+                    let e = a
+                        .expr
+                        .as_deref()
+                        .ok_or_else(|| ConnectError::invalid("withColumn without an expression"))?;
+                    new.push((name.clone(), r.expr(e)?.expr));
+                }
+                let mut exprs = Vec::new();
+                for c in input.schema().columns() {
+                    match new
+                        .iter()
+                        .position(|(n, _)| n.eq_ignore_ascii_case(&c.name))
+                    {
+                        Some(i) => {
+                            let (n, e) = new.remove(i);
+                            exprs.push(e.alias(n));
+                        }
+                        None => exprs.push(Expr::Column(c)),
+                    }
+                }
+                exprs.extend(new.into_iter().map(|(n, e)| e.alias(n)));
+                Ok(input.select(exprs)?)
+            }
+            RelType::FillNa(f) => self.fill_na(f).await,
+            RelType::DropNa(d) => self.drop_na(d).await,
+            RelType::Summary(s) => {
+                let input = self.input(&s.input).await?;
+                let stats = if s.statistics.is_empty() {
+                    ["count", "mean", "stddev", "min", "25%", "50%", "75%", "max"]
+                        .map(String::from)
+                        .to_vec()
+                } else {
+                    s.statistics.clone()
+                };
+                self.describe(input, &[], &stats).await
+            }
+            RelType::Describe(d) => {
+                let input = self.input(&d.input).await?;
+                let stats = ["count", "mean", "stddev", "min", "max"].map(String::from);
+                self.describe(input, &d.cols, &stats).await
+            }
+            RelType::Catalog(c) => self.catalog(c).await,
+            RelType::CachedRemoteRelation(r) => Err(ConnectError::invalid(format!(
+                "cached remote relation {} is unknown to this session",
+                r.relation_id
+            ))),
+            RelType::Unpivot(_) => Err(unimplemented_relation("Unpivot")),
+            RelType::ToSchema(_) => Err(unimplemented_relation("ToSchema (DataFrame.to)")),
+            RelType::MapPartitions(_) => Err(unimplemented_relation(
+                "MapPartitions (mapInPandas/mapInArrow)",
+            )),
+            RelType::CollectMetrics(_) => Err(unimplemented_relation("CollectMetrics (observe)")),
+            RelType::Parse(_) => Err(unimplemented_relation(
+                "Parse (from_csv/from_json on a Dataset)",
+            )),
+            RelType::GroupMap(_) => Err(unimplemented_relation("GroupMap (applyInPandas)")),
+            RelType::CoGroupMap(_) => Err(unimplemented_relation("CoGroupMap")),
+            RelType::WithWatermark(_) => Err(unimplemented_relation("WithWatermark (streaming)")),
+            RelType::ApplyInPandasWithState(_) => {
+                Err(unimplemented_relation("ApplyInPandasWithState"))
+            }
+            RelType::HtmlString(_) => Err(unimplemented_relation("HtmlString")),
+            RelType::CachedLocalRelation(_) => {
+                Err(unimplemented_relation("CachedLocalRelation (artifacts)"))
+            }
+            RelType::CommonInlineUserDefinedTableFunction(_) => {
+                Err(unimplemented_relation("Python UDTF"))
+            }
+            RelType::AsOfJoin(_) => Err(unimplemented_relation("AsOfJoin")),
+            RelType::CommonInlineUserDefinedDataSource(_) => {
+                Err(unimplemented_relation("Python data source"))
+            }
+            RelType::WithRelations(_) => Err(unimplemented_relation(
+                "WithRelations (SQL with DataFrame arguments)",
+            )),
+            RelType::Transpose(_) => Err(unimplemented_relation("Transpose")),
+            RelType::UnresolvedTableValuedFunction(_) => {
+                Err(unimplemented_relation("table-valued function"))
+            }
+            RelType::LateralJoin(_) => Err(unimplemented_relation("LateralJoin")),
+            RelType::ChunkedCachedLocalRelation(_) => Err(unimplemented_relation(
+                "ChunkedCachedLocalRelation (artifacts)",
+            )),
+            RelType::RelationChanges(_) => Err(unimplemented_relation("RelationChanges")),
+            RelType::NearestByJoin(_) => Err(unimplemented_relation("NearestByJoin")),
+            RelType::Replace(_) => Err(unimplemented_relation("NAReplace (DataFrame.replace)")),
+            RelType::Crosstab(_) => Err(unimplemented_relation("StatCrosstab")),
+            RelType::Cov(_) => Err(unimplemented_relation("StatCov")),
+            RelType::Corr(_) => Err(unimplemented_relation("StatCorr")),
+            RelType::ApproxQuantile(_) => Err(unimplemented_relation("StatApproxQuantile")),
+            RelType::FreqItems(_) => Err(unimplemented_relation("StatFreqItems")),
+            RelType::SampleBy(_) => Err(unimplemented_relation("StatSampleBy")),
+            RelType::MlRelation(_) => Err(unimplemented_relation("MlRelation (pyspark.ml)")),
+            RelType::Extension(_) => Err(unimplemented_relation("extension")),
+            RelType::Unknown(_) => Err(unimplemented_relation("Unknown")),
+        }
+    }
+
+    /// A one-row, one-column string relation.
+    fn one_string(&self, name: &str, text: String) -> ConnectResult<DFrame> {
+        let batch = RecordBatch::try_from_iter(vec![(
+            name,
+            Arc::new(StringArray::from(vec![text])) as ArrayRef,
+        )])
+        .map_err(ember_engine::EngineError::from)?;
+        Ok(self.ctx().read_batch(batch)?)
+    }
+
+    /// A relation of `columns` (name, values), one row per value.
+    fn columns_frame(&self, columns: Vec<(&str, ArrayRef)>) -> ConnectResult<DFrame> {
+        if columns.is_empty() {
+            let schema = Arc::new(Schema::empty());
+            return self.batches_frame(Arc::clone(&schema), vec![RecordBatch::new_empty(schema)]);
+        }
+        let batch = RecordBatch::try_from_iter(columns).map_err(ember_engine::EngineError::from)?;
+        Ok(self.ctx().read_batch(batch)?)
+    }
+
+    fn project(
+        &mut self,
+        input: DFrame,
+        expressions: &[proto::Expression],
+    ) -> ConnectResult<DFrame> {
+        let state = self.ctx().state();
+        let r = self.resolver(input.schema(), &state);
+        let mut named = Vec::new();
+        for e in expressions {
+            match &e.expr_type {
+                Some(ExprType::UnresolvedStar(star)) => {
+                    let columns = input.schema().columns();
+                    let selected: Vec<Column> = match (&star.unparsed_target, star.plan_id) {
+                        (_, Some(id)) => {
+                            let of_plan: Vec<Column> = self
+                                .plans
+                                .iter()
+                                .rev()
+                                .find(|(p, _)| *p == id)
+                                .map(|(_, c)| c.clone())
+                                .unwrap_or_default();
+                            columns
+                                .into_iter()
+                                .filter(|c| of_plan.contains(c))
+                                .collect()
+                        }
+                        (Some(target), None) => {
+                            let target = target.trim_end_matches(".*");
+                            let parts = identifier_parts(target)?;
+                            let want = parts.join(".");
+                            columns
+                                .into_iter()
+                                .filter(|c| {
+                                    c.relation.as_ref().is_some_and(|q| {
+                                        q.table().eq_ignore_ascii_case(&want)
+                                            || q.to_string().eq_ignore_ascii_case(&want)
+                                    })
+                                })
+                                .collect()
+                        }
+                        (None, None) => columns,
+                    };
+                    named.extend(selected.into_iter().map(|c| Named {
+                        name: c.name.clone(),
+                        expr: Expr::Column(c),
+                    }));
+                }
+                _ => named.push(r.expr(e)?),
+            }
+        }
+        if named.iter().any(|n| has_aggregate(&n.expr)) {
+            let exprs: Vec<Expr> = named.into_iter().map(Named::aliased).collect();
+            let (aggregates, rewritten) = split_aggregates(exprs)?;
+            return Ok(input.aggregate(vec![], aggregates)?.select(rewritten)?);
+        }
+        Ok(input.select(named.into_iter().map(Named::aliased).collect::<Vec<_>>())?)
+    }
+
+    async fn read(&mut self, read: &proto::Read) -> ConnectResult<DFrame> {
+        use proto::read::ReadType;
+        if read.is_streaming {
+            return Err(ConnectError::unimplemented("streaming reads (readStream)"));
+        }
+        match &read.read_type {
+            Some(ReadType::NamedTable(t)) => self.table(&t.unparsed_identifier).await,
+            Some(ReadType::DataSource(source)) => self.data_source(source).await,
+            None => Err(ConnectError::invalid("a read without a source")),
+        }
+    }
+
+    /// The table or view `name` of the session's catalog.
+    pub async fn table(&self, name: &str) -> ConnectResult<DFrame> {
+        let parts = identifier_parts(name)?;
+        let reference = datafusion::common::TableReference::from(parts.join("."));
+        if !self.ctx().table_exist(reference.clone()).unwrap_or(false) {
+            return Err(ConnectError::analysis(
+                "TABLE_OR_VIEW_NOT_FOUND",
+                format!("The table or view `{name}` cannot be found."),
+            ));
+        }
+        Ok(self.ctx().table(reference).await?)
+    }
+
+    async fn data_source(&mut self, source: &proto::read::DataSource) -> ConnectResult<DFrame> {
+        if !source.predicates.is_empty() {
+            return Err(ConnectError::unimplemented("JDBC predicates"));
+        }
+        let format = source
+            .format
+            .as_deref()
+            .unwrap_or("parquet")
+            .to_ascii_lowercase();
+        let option = |key: &str| -> Option<&str> {
+            source
+                .options
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.as_str())
+        };
+        let truthy = |key: &str, default: bool| {
+            option(key).map_or(default, |v| v.eq_ignore_ascii_case("true"))
+        };
+        let mut paths = source.paths.clone();
+        if paths.is_empty() {
+            if let Some(p) = option("path") {
+                paths.push(p.to_string());
+            }
+        }
+        if paths.is_empty() {
+            return Err(ConnectError::invalid(format!(
+                "read.{format}() without a path"
+            )));
+        }
+        for p in paths.iter_mut() {
+            if let Some(stripped) = p.strip_prefix("file://") {
+                *p = stripped.to_string();
+            } else if let Some(stripped) = p.strip_prefix("file:") {
+                *p = stripped.to_string();
+            }
+            if !Path::new(p.as_str()).exists() {
+                return Err(ConnectError::analysis(
+                    "PATH_NOT_FOUND",
+                    format!("Path does not exist: file:{p}."),
+                ));
+            }
+        }
+        let schema = source
+            .schema
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(parse_schema)
+            .transpose()?;
+        let ctx = self.ctx();
+        let first = Path::new(&paths[0]);
+        let extension = |default: &str| {
+            if first.is_file() {
+                first
+                    .extension()
+                    .map(|e| format!(".{}", e.to_string_lossy()))
+                    .unwrap_or_default()
+            } else {
+                default.to_string()
+            }
+        };
+        match format.as_str() {
+            "parquet" => {
+                let ext = extension(".parquet");
+                let mut options = ParquetReadOptions::default().file_extension(&ext);
+                if let Some(s) = &schema {
+                    options = options.schema(s);
+                }
+                Ok(ctx.read_parquet(paths, options).await?)
+            }
+            "csv" => {
+                let ext = extension(".csv");
+                let header = truthy("header", false);
+                let sep = option("sep").or_else(|| option("delimiter")).unwrap_or(",");
+                let sep = *sep.as_bytes().first().unwrap_or(&b',');
+                let infer = truthy("inferSchema", false);
+                let base = CsvReadOptions::new()
+                    .has_header(header)
+                    .delimiter(sep)
+                    .file_extension(&ext);
+                let df = match &schema {
+                    Some(s) => ctx.read_csv(paths, base.schema(s)).await?,
+                    None if infer => ctx.read_csv(paths, base).await?,
+                    None => {
+                        // Without inferSchema Spark reads every column as a string.
+                        let inferred = ctx.read_csv(paths.clone(), base.clone()).await?;
+                        let strings = Schema::new(
+                            inferred
+                                .schema()
+                                .fields()
+                                .iter()
+                                .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                                .collect::<Vec<_>>(),
+                        );
+                        ctx.read_csv(paths, base.schema(&strings)).await?
+                    }
+                };
+                if header || schema.is_some() {
+                    return Ok(df);
+                }
+                // Spark names header-less columns _c0, _c1, ...
+                let exprs = df
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| Expr::Column(c).alias(format!("_c{i}")))
+                    .collect::<Vec<_>>();
+                Ok(df.select(exprs)?)
+            }
+            "json" => {
+                if truthy("multiLine", false) {
+                    return Err(ConnectError::unimplemented("multi-line JSON"));
+                }
+                let ext = extension(".json");
+                let mut options = JsonReadOptions::default().file_extension(&ext);
+                if let Some(s) = &schema {
+                    options = options.schema(s);
+                }
+                Ok(ctx.read_json(paths, options).await?)
+            }
+            other => Err(ConnectError::unimplemented(format!(
+                "data source format {other}"
+            ))),
+        }
+    }
+
+    async fn join(&mut self, j: &proto::Join) -> ConnectResult<DFrame> {
+        use proto::join::JoinType as J;
+        let left_start = self.plans.len();
+        let mut left = self.input(&j.left).await?;
+        let right_start = self.plans.len();
+        let mut right = self.input(&j.right).await?;
+        let right_end = self.plans.len();
+        let clash = left
+            .schema()
+            .columns()
+            .iter()
+            .any(|c| right.schema().has_column(c));
+        if clash {
+            self.aliases += 1;
+            let (l, r) = (format!("_l{}", self.aliases), format!("_r{}", self.aliases));
+            // Move only each side's own plan ids: requalify works on a range.
+            let right_entries: Vec<_> = self.plans.splice(right_start..right_end, []).collect();
+            left = self.requalify(left, &l, left_start)?;
+            let at = self.plans.len();
+            self.plans.extend(right_entries);
+            right = self.requalify(right, &r, at)?;
+        }
+        let join_type = match j.join_type() {
+            J::Unspecified | J::Inner | J::Cross => JoinType::Inner,
+            J::FullOuter => JoinType::Full,
+            J::LeftOuter => JoinType::Left,
+            J::RightOuter => JoinType::Right,
+            J::LeftAnti => JoinType::LeftAnti,
+            J::LeftSemi => JoinType::LeftSemi,
+        };
+        if !j.using_columns.is_empty() {
+            return self.join_using(left, right, join_type, &j.using_columns);
+        }
+        match &j.join_condition {
+            Some(condition) => {
+                let joined = left.schema().join(right.schema())?;
+                let state = self.ctx().state();
+                let cond = self.resolver(&joined, &state).expr(condition)?;
+                Ok(left.join_on(right, join_type, vec![cond.expr])?)
+            }
+            None => {
+                let (state, left_plan) = left.into_parts();
+                let (_, right_plan) = right.into_parts();
+                let plan = LogicalPlanBuilder::from(left_plan)
+                    .cross_join(right_plan)?
+                    .build()?;
+                Ok(DFrame::new(state, plan))
+            }
+        }
+    }
+
+    /// `left.join(right, [names])`: one output column per key (Spark's USING), then the
+    /// other columns of each side.
+    fn join_using(
+        &mut self,
+        left: DFrame,
+        right: DFrame,
+        join_type: JoinType,
+        names: &[String],
+    ) -> ConnectResult<DFrame> {
+        let state = self.ctx().state();
+        let mut left_keys = Vec::new();
+        let mut right_keys = Vec::new();
+        for n in names {
+            let l = match self.resolver(left.schema(), &state).column(n, None)?.expr {
+                Expr::Column(c) => c,
+                _ => {
+                    return Err(ConnectError::invalid(format!(
+                        "join key {n} is not a column"
+                    )))
+                }
+            };
+            let r = match self.resolver(right.schema(), &state).column(n, None)?.expr {
+                Expr::Column(c) => c,
+                _ => {
+                    return Err(ConnectError::invalid(format!(
+                        "join key {n} is not a column"
+                    )))
+                }
+            };
+            left_keys.push(l);
+            right_keys.push(r);
+        }
+        let left_columns = left.schema().columns();
+        let right_columns = right.schema().columns();
+        let lk: Vec<String> = left_keys.iter().map(|c| c.flat_name()).collect();
+        let rk: Vec<String> = right_keys.iter().map(|c| c.flat_name()).collect();
+        let lk: Vec<&str> = lk.iter().map(String::as_str).collect();
+        let rk: Vec<&str> = rk.iter().map(String::as_str).collect();
+        let joined = left.join(right, join_type, &lk, &rk, None)?;
+        let mut exprs = Vec::new();
+        for ((l, r), n) in left_keys.iter().zip(&right_keys).zip(names) {
+            let key = match join_type {
+                JoinType::Right => Expr::Column(r.clone()),
+                JoinType::Full => datafusion::functions::core::expr_fn::coalesce(vec![
+                    Expr::Column(l.clone()),
+                    Expr::Column(r.clone()),
+                ]),
+                _ => Expr::Column(l.clone()),
+            };
+            exprs.push(key.alias(l.name.clone()).alias_if_changed(n.clone())?);
+        }
+        exprs.extend(
+            left_columns
+                .into_iter()
+                .filter(|c| !left_keys.contains(c))
+                .map(Expr::Column),
+        );
+        if !matches!(join_type, JoinType::LeftSemi | JoinType::LeftAnti) {
+            exprs.extend(
+                right_columns
+                    .into_iter()
+                    .filter(|c| !right_keys.contains(c))
+                    .map(Expr::Column),
+            );
+        }
+        Ok(joined.select(exprs)?)
+    }
+
+    async fn set_operation(&mut self, s: &proto::SetOperation) -> ConnectResult<DFrame> {
+        use proto::set_operation::SetOpType;
+        let left = self.input(&s.left_input).await?;
+        let right = self.input(&s.right_input).await?;
+        let all = s.is_all.unwrap_or(false);
+        match s.set_op_type() {
+            SetOpType::Union => {
+                if s.by_name == Some(true) {
+                    if s.allow_missing_columns != Some(true) {
+                        let names = |df: &DFrame| -> HashSet<String> {
+                            df.schema()
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().to_ascii_lowercase())
+                                .collect()
+                        };
+                        let (l, r) = (names(&left), names(&right));
+                        if let Some(missing) = l.symmetric_difference(&r).next() {
+                            return Err(ConnectError::analysis(
+                                "NUM_COLUMNS_MISMATCH",
+                                format!("unionByName: column `{missing}` is not on both sides (pass allowMissingColumns=True to fill it with nulls)"),
+                            ));
+                        }
+                    }
+                    return Ok(if all {
+                        left.union_by_name(right)?
+                    } else {
+                        left.union_by_name_distinct(right)?
+                    });
+                }
+                let (ln, rn) = (left.schema().fields().len(), right.schema().fields().len());
+                if ln != rn {
+                    return Err(ConnectError::analysis(
+                        "NUM_COLUMNS_MISMATCH",
+                        format!("UNION can only be performed on inputs with the same number of columns, but the first input has {ln} columns and the second input has {rn} columns."),
+                    ));
+                }
+                Ok(if all {
+                    left.union(right)?
+                } else {
+                    left.union_distinct(right)?
+                })
+            }
+            SetOpType::Intersect => Ok(if all {
+                left.intersect(right)?
+            } else {
+                left.intersect_distinct(right)?
+            }),
+            SetOpType::Except => Ok(if all {
+                left.except(right)?
+            } else {
+                left.except_distinct(right)?
+            }),
+            SetOpType::Unspecified => Err(ConnectError::invalid("a set operation without a type")),
+        }
+    }
+
+    async fn aggregate(&mut self, a: &proto::Aggregate) -> ConnectResult<DFrame> {
+        use proto::aggregate::GroupType;
+        let input = self.input(&a.input).await?;
+        let state = self.ctx().state();
+        let r = self.resolver(input.schema(), &state);
+        let groups = a
+            .grouping_expressions
+            .iter()
+            .map(|e| r.expr(e))
+            .collect::<ConnectResult<Vec<_>>>()?;
+        let aggregates = a
+            .aggregate_expressions
+            .iter()
+            .map(|e| r.expr(e))
+            .collect::<ConnectResult<Vec<_>>>()?;
+        // Output references to each grouping expression, by the name it gets.
+        let mut group_exprs = Vec::new();
+        let mut group_refs = Vec::new();
+        for g in groups {
+            match &g.expr {
+                Expr::Column(c) => {
+                    group_refs.push(Expr::Column(c.clone()));
+                    group_exprs.push(g.expr);
+                }
+                _ => {
+                    group_refs.push(col(format!("\"{}\"", g.name.replace('"', "\"\""))));
+                    group_exprs.push(g.aliased());
+                }
+            }
+        }
+        let grouping = match a.group_type() {
+            GroupType::Unspecified | GroupType::Groupby => group_exprs,
+            GroupType::Rollup => vec![Expr::GroupingSet(GroupingSet::Rollup(group_exprs))],
+            GroupType::Cube => vec![Expr::GroupingSet(GroupingSet::Cube(group_exprs))],
+            GroupType::GroupingSets => {
+                let sets = a
+                    .grouping_sets
+                    .iter()
+                    .map(|s| {
+                        s.grouping_set
+                            .iter()
+                            .map(|e| Ok(r.expr(e)?.expr))
+                            .collect::<ConnectResult<Vec<_>>>()
+                    })
+                    .collect::<ConnectResult<Vec<_>>>()?;
+                vec![Expr::GroupingSet(GroupingSet::GroupingSets(sets))]
+            }
+            GroupType::Pivot => {
+                let pivot = a
+                    .pivot
+                    .as_ref()
+                    .ok_or_else(|| ConnectError::invalid("a pivot without its column"))?;
+                return self
+                    .pivot(input, group_exprs, group_refs, aggregates, pivot)
+                    .await;
+            }
+        };
+        let exprs: Vec<Expr> = aggregates.into_iter().map(Named::aliased).collect();
+        let (aggs, rewritten) = split_aggregates(exprs)?;
+        let df = input.aggregate(grouping, aggs)?;
+        let mut out = group_refs;
+        out.extend(rewritten);
+        Ok(df.select(out)?)
+    }
+
+    /// `groupBy(...).pivot(col, values).agg(...)`: one aggregate per value and aggregate,
+    /// each over the rows whose pivot column equals the value.
+    async fn pivot(
+        &mut self,
+        input: DFrame,
+        group_exprs: Vec<Expr>,
+        group_refs: Vec<Expr>,
+        aggregates: Vec<Named>,
+        pivot: &proto::aggregate::Pivot,
+    ) -> ConnectResult<DFrame> {
+        let state = self.ctx().state();
+        let column = pivot
+            .col
+            .as_ref()
+            .ok_or_else(|| ConnectError::invalid("a pivot without its column"))?;
+        let column = self.resolver(input.schema(), &state).expr(column)?;
+        let mut values: Vec<(ScalarValue, String)> = pivot
+            .values
+            .iter()
+            .map(literal)
+            .collect::<ConnectResult<_>>()?;
+        if values.is_empty() {
+            // Spark finds the values first (sorted, at most 10000).
+            let distinct = input
+                .clone()
+                .select(vec![column.expr.clone().alias("v")])?
+                .distinct()?
+                .sort(vec![col("v").sort(true, true)])?
+                .limit(0, Some(10_001))?;
+            let batches = self.collect(distinct).await?;
+            for b in &batches {
+                for i in 0..b.num_rows() {
+                    let v = ScalarValue::try_from_array(b.column(0), i)?;
+                    let name = if v.is_null() {
+                        "null".to_string()
+                    } else {
+                        v.to_string()
+                    };
+                    values.push((v, name));
+                }
+            }
+            if values.len() > 10_000 {
+                return Err(ConnectError::analysis(
+                    "PIVOT_VALUE_DATA_TYPE_MISMATCH",
+                    "the pivot column has more than 10000 distinct values".to_string(),
+                ));
+            }
+        }
+        let mut aggs = Vec::new();
+        let mut out = group_refs;
+        for (value, value_name) in &values {
+            for a in &aggregates {
+                let (inner, agg_name) = match &a.expr {
+                    Expr::Alias(alias) => (alias.expr.as_ref().clone(), alias.name.clone()),
+                    other => (other.clone(), a.name.clone()),
+                };
+                let Expr::AggregateFunction(mut f) = inner else {
+                    return Err(ConnectError::unimplemented(
+                        "a pivot of an expression over aggregates",
+                    ));
+                };
+                let matches = if value.is_null() {
+                    column.expr.clone().is_null()
+                } else {
+                    column.expr.clone().eq(lit(value.clone()))
+                };
+                f.params.filter = Some(Box::new(matches));
+                let name = if aggregates.len() == 1 {
+                    value_name.clone()
+                } else {
+                    format!("{value_name}_{agg_name}")
+                };
+                let internal = format!("__pivot_{}", aggs.len());
+                aggs.push(Expr::AggregateFunction(f).alias(&internal));
+                out.push(col(format!("\"{internal}\"")).alias(name));
+            }
+        }
+        Ok(input.aggregate(group_exprs, aggs)?.select(out)?)
+    }
+
+    /// A SQL query as a relation, with its parameters.
+    pub async fn sql(
+        &self,
+        query: &str,
+        args: &std::collections::HashMap<String, proto::expression::Literal>,
+        pos_args: &[proto::expression::Literal],
+        plain: bool,
+    ) -> ConnectResult<DFrame> {
+        if !plain {
+            return Err(ConnectError::unimplemented("SQL with expression arguments"));
+        }
+        let (text, params) = sql_parameters(query, args, pos_args)?;
+        let df = self.ctx().sql(&text).await?;
+        Ok(match params {
+            Some(p) => df.with_param_values(p)?,
+            None => df,
+        })
+    }
+
+    fn local_relation(&self, l: &proto::LocalRelation) -> ConnectResult<DFrame> {
+        let declared = l
+            .schema
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(parse_schema)
+            .transpose()?;
+        let Some(data) = l.data.as_ref().filter(|d| !d.is_empty()) else {
+            let schema = Arc::new(declared.unwrap_or_else(Schema::empty));
+            return self.batches_frame(Arc::clone(&schema), vec![RecordBatch::new_empty(schema)]);
+        };
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(data.to_vec()), None)
+                .map_err(|e| ConnectError::invalid(format!("local relation data: {e}")))?;
+        let mut schema = reader.schema();
+        let mut batches = reader
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConnectError::invalid(format!("local relation data: {e}")))?;
+        if let Some(declared) = declared.filter(|d| d.fields().len() == schema.fields().len()) {
+            // The declared schema names and types the columns.
+            let target = Arc::new(declared);
+            batches = batches
+                .iter()
+                .map(|b| {
+                    let columns = b
+                        .columns()
+                        .iter()
+                        .zip(target.fields())
+                        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    RecordBatch::try_new(
+                        Arc::new(Schema::new(
+                            target
+                                .fields()
+                                .iter()
+                                .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                                .collect::<Vec<_>>(),
+                        )),
+                        columns,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    ConnectError::invalid(format!("local relation does not match its schema: {e}"))
+                })?;
+            schema = Arc::new(Schema::new(
+                target
+                    .fields()
+                    .iter()
+                    .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(Arc::clone(&schema)));
+        }
+        self.batches_frame(schema, batches)
+    }
+
+    fn range(&self, r: &proto::Range) -> ConnectResult<DFrame> {
+        let start = r.start.unwrap_or(0);
+        let (end, step) = (r.end, r.step);
+        if step == 0 {
+            return Err(ConnectError::invalid("range step must not be 0"));
+        }
+        let count = if (step > 0 && end > start) || (step < 0 && end < start) {
+            ((i128::from(end) - i128::from(start) + i128::from(step) - i128::from(step.signum()))
+                / i128::from(step)) as u64
+        } else {
+            0
+        };
+        const MAX_ROWS: u64 = 500_000_000;
+        if count > MAX_ROWS {
+            return Err(ConnectError::unimplemented(format!(
+                "range of {count} rows (Ember builds ranges in memory, up to {MAX_ROWS} rows)"
+            )));
+        }
+        let parts = r
+            .num_partitions
+            .filter(|n| *n > 0)
+            .map(|n| n as u64)
+            .unwrap_or_else(|| self.ctx().copied_config().target_partitions() as u64)
+            .max(1);
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let mut partitions = Vec::new();
+        let per = count.div_ceil(parts).max(1);
+        let mut i = 0;
+        while i < count || partitions.is_empty() {
+            let n = per.min(count - i);
+            let values: Int64Array = (i..i + n).map(|k| start + (k as i64) * step).collect();
+            let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)])
+                .map_err(ember_engine::EngineError::from)?;
+            partitions.push(vec![batch]);
+            i += n;
+            if n == 0 {
+                break;
+            }
+        }
+        let table = MemTable::try_new(schema, partitions)?;
+        Ok(self.ctx().read_table(Arc::new(table))?)
+    }
+
+    /// Columns `names` (all if empty) of `df` whose type `keep` accepts.
+    fn pick_columns(
+        df: &DFrame,
+        names: &[String],
+        keep: impl Fn(&DataType) -> bool,
+    ) -> ConnectResult<Vec<Column>> {
+        let all = df.schema().columns();
+        if names.is_empty() {
+            return Ok(all
+                .into_iter()
+                .filter(|c| {
+                    df.schema()
+                        .field_with_name(c.relation.as_ref(), &c.name)
+                        .map(|f| keep(f.data_type()))
+                        .unwrap_or(false)
+                })
+                .collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                all.iter()
+                    .find(|c| c.name.eq_ignore_ascii_case(n))
+                    .cloned()
+                    .ok_or_else(|| {
+                        ConnectError::analysis(
+                            "UNRESOLVED_COLUMN.WITH_SUGGESTION",
+                            format!("A column with name `{n}` cannot be resolved."),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    async fn fill_na(&mut self, f: &proto::NaFill) -> ConnectResult<DFrame> {
+        let input = self.input(&f.input).await?;
+        let values = f
+            .values
+            .iter()
+            .map(literal)
+            .collect::<ConnectResult<Vec<_>>>()?;
+        if values.is_empty() {
+            return Err(ConnectError::invalid("fillna without a value"));
+        }
+        if values.len() > 1 && values.len() != f.cols.len() {
+            return Err(ConnectError::invalid("fillna: one value per column"));
+        }
+        let schema = input.schema().clone();
+        let accepts = |value: &ScalarValue, t: &DataType| -> bool {
+            match value {
+                ScalarValue::Utf8(_) => {
+                    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+                }
+                ScalarValue::Boolean(_) => matches!(t, DataType::Boolean),
+                _ => t.is_numeric(),
+            }
+        };
+        let mut targets: Vec<(Column, ScalarValue)> = Vec::new();
+        if values.len() == 1 {
+            let v = values[0].0.clone();
+            for c in Self::pick_columns(&input, &f.cols, |t| accepts(&v, t))? {
+                targets.push((c, v.clone()));
+            }
+        } else {
+            for (c, (v, _)) in Self::pick_columns(&input, &f.cols, |_| true)?
+                .into_iter()
+                .zip(values)
+            {
+                targets.push((c, v));
+            }
+        }
+        let exprs = schema
+            .columns()
+            .into_iter()
+            .map(|c| {
+                let field = schema.field_with_name(c.relation.as_ref(), &c.name)?;
+                Ok(match targets.iter().find(|(t, _)| *t == c) {
+                    Some((_, v)) if accepts(v, field.data_type()) => {
+                        datafusion::functions::core::expr_fn::coalesce(vec![
+                            Expr::Column(c.clone()),
+                            cast(lit(v.clone()), field.data_type().clone()),
+                        ])
+                        .alias(c.name.clone())
+                    }
+                    _ => Expr::Column(c),
+                })
+            })
+            .collect::<ConnectResult<Vec<_>>>()?;
+        Ok(input.select(exprs)?)
+    }
+
+    async fn drop_na(&mut self, d: &proto::NaDrop) -> ConnectResult<DFrame> {
+        let input = self.input(&d.input).await?;
+        let columns = Self::pick_columns(&input, &d.cols, |_| true)?;
+        let min = d.min_non_nulls.unwrap_or(columns.len() as i32);
+        if columns.is_empty() {
+            return Ok(input);
+        }
+        let non_null = columns
+            .into_iter()
+            .map(|c| {
+                let e = Expr::Column(c);
+                let not_nan = e.clone().is_not_null();
+                Expr::Case(datafusion::logical_expr::Case::new(
+                    None,
+                    vec![(Box::new(not_nan), Box::new(lit(1i64)))],
+                    Some(Box::new(lit(0i64))),
+                ))
+            })
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| lit(0i64));
+        Ok(input.filter(non_null.gt_eq(lit(i64::from(min))))?)
+    }
+
+    /// `describe()` / `summary()`: one row per statistic, one string column per column.
+    async fn describe(
+        &self,
+        input: DFrame,
+        cols: &[String],
+        stats: &[String],
+    ) -> ConnectResult<DFrame> {
+        let is_string =
+            |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        let columns = Self::pick_columns(&input, cols, |t| t.is_numeric() || is_string(t))?;
+        let state = self.ctx().state();
+        let mut aggs = Vec::new();
+        let mut cells: Vec<Vec<Option<usize>>> = vec![Vec::new(); stats.len()];
+        for c in &columns {
+            let t = input
+                .schema()
+                .field_with_name(c.relation.as_ref(), &c.name)?
+                .data_type()
+                .clone();
+            let numeric = t.is_numeric();
+            let quoted = format!("\"{}\"", c.name.replace('"', "\"\""));
+            let qualified = match &c.relation {
+                Some(q) => format!("{q}.{quoted}"),
+                None => quoted,
+            };
+            for (row, stat) in stats.iter().enumerate() {
+                let sql = match stat.as_str() {
+                    "count" => Some(format!("count({qualified})")),
+                    "min" => Some(format!("min({qualified})")),
+                    "max" => Some(format!("max({qualified})")),
+                    "mean" | "avg" if numeric => Some(format!("avg(CAST({qualified} AS DOUBLE))")),
+                    "stddev" if numeric => Some(format!("stddev(CAST({qualified} AS DOUBLE))")),
+                    "count_distinct" => Some(format!("count(DISTINCT {qualified})")),
+                    p if p.ends_with('%') && numeric => {
+                        let fraction: f64 = p
+                            .trim_end_matches('%')
+                            .parse::<f64>()
+                            .map_err(|_| ConnectError::invalid(format!("statistic {p}")))?
+                            / 100.0;
+                        Some(format!("approx_percentile_cont({fraction}) WITHIN GROUP (ORDER BY CAST({qualified} AS DOUBLE))"))
+                    }
+                    "mean" | "avg" | "stddev" => None,
+                    p if p.ends_with('%') => None,
+                    other => {
+                        return Err(ConnectError::invalid(format!("unknown statistic {other}")))
+                    }
+                };
+                cells[row].push(
+                    sql.map(|s| -> ConnectResult<usize> {
+                        let e = state.create_logical_expr(&s, input.schema())?;
+                        aggs.push(cast(e, DataType::Utf8).alias(format!("__s{}", aggs.len())));
+                        Ok(aggs.len() - 1)
+                    })
+                    .transpose()?,
+                );
+            }
+        }
+        let values: Vec<Option<String>> = if aggs.is_empty() {
+            Vec::new()
+        } else {
+            let batches = self.collect(input.aggregate(vec![], aggs)?).await?;
+            let batch = batches
+                .into_iter()
+                .find(|b| b.num_rows() > 0)
+                .ok_or_else(|| ConnectError::internal("describe returned no row"))?;
+            (0..batch.num_columns())
+                .map(|i| {
+                    let a = arrow::compute::cast(batch.column(i), &DataType::Utf8)
+                        .map_err(ember_engine::EngineError::from)?;
+                    let s = a
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .ok_or_else(|| ConnectError::internal("describe cell"))?;
+                    Ok((!s.is_null(0)).then(|| s.value(0).to_string()))
+                })
+                .collect::<ConnectResult<_>>()?
+        };
+        let mut out: Vec<(String, ArrayRef)> = vec![(
+            "summary".into(),
+            Arc::new(StringArray::from(stats.to_vec())) as ArrayRef,
+        )];
+        for (i, c) in columns.iter().enumerate() {
+            let column: StringArray = cells
+                .iter()
+                .map(|row| row[i].and_then(|k| values[k].clone()))
+                .collect();
+            out.push((c.name.clone(), Arc::new(column)));
+        }
+        let batch = RecordBatch::try_from_iter(out).map_err(ember_engine::EngineError::from)?;
+        Ok(self.ctx().read_batch(batch)?)
+    }
+
+    async fn catalog(&mut self, c: &proto::Catalog) -> ConnectResult<DFrame> {
+        use proto::catalog::CatType;
+        let Some(kind) = &c.cat_type else {
+            return Err(ConnectError::invalid("a catalog request without a type"));
+        };
+        let bool_frame = |this: &Self, name: &str, v: bool| {
+            this.columns_frame(vec![(
+                name,
+                Arc::new(BooleanArray::from(vec![v])) as ArrayRef,
+            )])
+        };
+        match kind {
+            CatType::CurrentDatabase(_) => self.one_string("current_database()", "default".into()),
+            CatType::CurrentCatalog(_) => {
+                self.one_string("current_catalog()", "spark_catalog".into())
+            }
+            CatType::SetCurrentDatabase(s) => {
+                if s.db_name.eq_ignore_ascii_case("default") {
+                    self.columns_frame(vec![])
+                } else {
+                    Err(ConnectError::analysis(
+                        "SCHEMA_NOT_FOUND",
+                        format!("The schema `{}` cannot be found.", s.db_name),
+                    ))
+                }
+            }
+            CatType::ListDatabases(_) => self.columns_frame(vec![
+                (
+                    "name",
+                    Arc::new(StringArray::from(vec!["default"])) as ArrayRef,
+                ),
+                (
+                    "catalog",
+                    Arc::new(StringArray::from(vec!["spark_catalog"])),
+                ),
+                (
+                    "description",
+                    Arc::new(StringArray::from(vec!["default database"])),
+                ),
+                ("locationUri", Arc::new(StringArray::from(vec![""]))),
+            ]),
+            CatType::DatabaseExists(d) => {
+                bool_frame(self, "exists", d.db_name.eq_ignore_ascii_case("default"))
+            }
+            CatType::ListTables(t) => {
+                let mut names = self.table_names()?;
+                if let Some(pattern) = &t.pattern {
+                    names.retain(|n| like(pattern, n));
+                }
+                let n = names.len();
+                let empty: Vec<Option<&str>> = vec![None; n];
+                let namespaces = ListArray::from_iter_primitive::<arrow::datatypes::Int32Type, _, _>(
+                    std::iter::repeat_n(Some(Vec::<Option<i32>>::new()), n),
+                );
+                let namespace = arrow::compute::cast(
+                    &namespaces,
+                    &DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                )
+                .map_err(ember_engine::EngineError::from)?;
+                self.columns_frame(vec![
+                    ("name", Arc::new(StringArray::from(names)) as ArrayRef),
+                    ("catalog", Arc::new(StringArray::from(empty.clone()))),
+                    ("namespace", namespace),
+                    ("description", Arc::new(StringArray::from(empty))),
+                    (
+                        "tableType",
+                        Arc::new(StringArray::from(vec!["TEMPORARY"; n])),
+                    ),
+                    ("isTemporary", Arc::new(BooleanArray::from(vec![true; n]))),
+                ])
+            }
+            CatType::TableExists(t) => {
+                let exists = self
+                    .ctx()
+                    .table_exist(t.table_name.as_str())
+                    .unwrap_or(false);
+                bool_frame(self, "exists", exists)
+            }
+            CatType::ListColumns(l) => {
+                let df = self.table(&l.table_name).await?;
+                let fields: Vec<_> = df.schema().fields().iter().cloned().collect();
+                let n = fields.len();
+                let none: Vec<Option<&str>> = vec![None; n];
+                self.columns_frame(vec![
+                    (
+                        "name",
+                        Arc::new(StringArray::from(
+                            fields.iter().map(|f| f.name().clone()).collect::<Vec<_>>(),
+                        )) as ArrayRef,
+                    ),
+                    ("description", Arc::new(StringArray::from(none))),
+                    (
+                        "dataType",
+                        Arc::new(StringArray::from(
+                            fields
+                                .iter()
+                                .map(|f| simple_string(f.data_type()))
+                                .collect::<Vec<_>>(),
+                        )),
+                    ),
+                    (
+                        "nullable",
+                        Arc::new(BooleanArray::from(
+                            fields.iter().map(|f| f.is_nullable()).collect::<Vec<_>>(),
+                        )),
+                    ),
+                    ("isPartition", Arc::new(BooleanArray::from(vec![false; n]))),
+                    ("isBucket", Arc::new(BooleanArray::from(vec![false; n]))),
+                    ("isCluster", Arc::new(BooleanArray::from(vec![false; n]))),
+                ])
+            }
+            CatType::DropTempView(v) | CatType::DropGlobalTempView(v) => {
+                self.uncache_table(&v.view_name).await?;
+                let dropped = self.ctx().deregister_table(v.view_name.as_str())?.is_some();
+                bool_frame(self, "dropped", dropped)
+            }
+            CatType::IsCached(t) => {
+                self.table(&t.table_name).await?;
+                let cached = self
+                    .session
+                    .cached_tables
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&t.table_name.to_ascii_lowercase());
+                bool_frame(self, "cached", cached)
+            }
+            CatType::CacheTable(t) => {
+                self.cache_table(&t.table_name).await?;
+                self.columns_frame(vec![])
+            }
+            CatType::UncacheTable(t) => {
+                self.table(&t.table_name).await?;
+                self.uncache_table(&t.table_name).await?;
+                self.columns_frame(vec![])
+            }
+            CatType::ClearCache(_) => {
+                let names: Vec<String> = self
+                    .session
+                    .cached_tables
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect();
+                for n in names {
+                    self.uncache_table(&n).await?;
+                }
+                let cached: Vec<crate::DataFrame> = self
+                    .session
+                    .cached
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain()
+                    .map(|(_, d)| d)
+                    .collect();
+                for df in cached {
+                    let _ = df.unpersist().await?;
+                }
+                self.columns_frame(vec![])
+            }
+            CatType::ListFunctions(_) => Err(ConnectError::unimplemented("catalog.listFunctions")),
+            CatType::GetDatabase(_) => Err(ConnectError::unimplemented("catalog.getDatabase")),
+            CatType::GetTable(_) => Err(ConnectError::unimplemented("catalog.getTable")),
+            CatType::GetFunction(_) => Err(ConnectError::unimplemented("catalog.getFunction")),
+            CatType::FunctionExists(_) => {
+                Err(ConnectError::unimplemented("catalog.functionExists"))
+            }
+            CatType::CreateExternalTable(_) | CatType::CreateTable(_) => {
+                Err(ConnectError::unimplemented("catalog.createTable"))
+            }
+            CatType::RecoverPartitions(_) => {
+                Err(ConnectError::unimplemented("catalog.recoverPartitions"))
+            }
+            CatType::RefreshTable(_) | CatType::RefreshByPath(_) => {
+                Err(ConnectError::unimplemented("catalog.refreshTable"))
+            }
+            CatType::SetCurrentCatalog(_) | CatType::ListCatalogs(_) => Err(
+                ConnectError::unimplemented("catalogs other than spark_catalog"),
+            ),
+            _ => Err(ConnectError::unimplemented("this catalog operation")),
+        }
+    }
+
+    fn table_names(&self) -> ConnectResult<Vec<String>> {
+        let ctx = self.ctx();
+        let state = ctx.state();
+        let options = state.config().options();
+        let catalog = ctx
+            .catalog(&options.catalog.default_catalog)
+            .ok_or_else(|| ConnectError::internal("the session has no default catalog"))?;
+        let schema = catalog
+            .schema(&options.catalog.default_schema)
+            .ok_or_else(|| ConnectError::internal("the session has no default schema"))?;
+        let mut names = schema.table_names();
+        names.sort();
+        Ok(names)
+    }
+
+    /// `spark.catalog.cacheTable(name)`: the table's rows cached on the executors and the
+    /// name registered over them.
+    pub async fn cache_table(&self, name: &str) -> ConnectResult<()> {
+        let key = name.to_ascii_lowercase();
+        if self
+            .session
+            .cached_tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&key)
+        {
+            return Ok(());
+        }
+        let df = self.table(name).await?;
+        let original = self.ctx().table_provider(name).await?;
+        let cached = crate::DataFrame::new(self.session.ember.clone(), df)
+            .cache()
+            .await?;
+        self.ctx().deregister_table(name)?;
+        self.ctx()
+            .register_table(name, cached.inner().clone().into_view())?;
+        self.session
+            .cached_tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, super::session::CachedTable { cached, original });
+        Ok(())
+    }
+
+    /// Drops the cache of table `name` (if cached) and registers its original again.
+    pub async fn uncache_table(&self, name: &str) -> ConnectResult<()> {
+        let entry = self
+            .session
+            .cached_tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name.to_ascii_lowercase());
+        if let Some(entry) = entry {
+            self.ctx().deregister_table(name)?;
+            self.ctx().register_table(name, entry.original)?;
+            let _ = entry.cached.unpersist().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` matches a catalog pattern (`*` any text, `|` alternatives).
+fn like(pattern: &str, name: &str) -> bool {
+    fn matches(p: &[char], s: &[char]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some(('*', rest)) => (0..=s.len()).any(|i| matches(rest, &s[i..])),
+            Some((c, rest)) => s
+                .split_first()
+                .is_some_and(|(h, t)| h.eq_ignore_ascii_case(c) && matches(rest, t)),
+        }
+    }
+    let s: Vec<char> = name.chars().collect();
+    pattern
+        .split('|')
+        .any(|alt| matches(&alt.trim().chars().collect::<Vec<_>>(), &s))
+}
+
+/// The query with Spark's parameter markers (`:name`, `?`) as DataFusion's (`$name`, `$1`),
+/// and the values to bind.
+pub fn sql_parameters(
+    query: &str,
+    args: &std::collections::HashMap<String, proto::expression::Literal>,
+    pos_args: &[proto::expression::Literal],
+) -> ConnectResult<(String, Option<ParamValues>)> {
+    if args.is_empty() && pos_args.is_empty() {
+        return Ok((query.to_string(), None));
+    }
+    let mut out = String::with_capacity(query.len());
+    let mut chars = query.chars().peekable();
+    let mut quote: Option<char> = None;
+    let mut position = 0;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => {
+                quote = None;
+                out.push(c);
+            }
+            (Some(_), c) => out.push(c),
+            (None, '\'' | '"' | '`') => {
+                quote = Some(c);
+                out.push(c);
+            }
+            (None, '?') if !pos_args.is_empty() => {
+                position += 1;
+                out.push_str(&format!("${position}"));
+            }
+            (None, ':')
+                if !args.is_empty()
+                    && chars.peek().is_some_and(|n| n.is_alphabetic() || *n == '_') =>
+            {
+                out.push('$');
+            }
+            (None, c) => out.push(c),
+        }
+    }
+    let params = if !pos_args.is_empty() {
+        ParamValues::List(
+            pos_args
+                .iter()
+                .map(|l| Ok(literal(l)?.0.into()))
+                .collect::<ConnectResult<Vec<_>>>()?,
+        )
+    } else {
+        ParamValues::Map(
+            args.iter()
+                .map(|(k, l)| Ok((k.clone(), literal(l)?.0.into())))
+                .collect::<ConnectResult<_>>()?,
+        )
+    };
+    Ok((out, Some(params)))
+}
+
+/// Whether a SQL statement's plan is a query (returned as a relation and run lazily) rather
+/// than a command run at once.
+pub fn is_query(plan: &LogicalPlan) -> bool {
+    !matches!(
+        plan,
+        LogicalPlan::Ddl(_)
+            | LogicalPlan::Dml(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Explain(_)
+            | LogicalPlan::Analyze(_)
+            | LogicalPlan::DescribeTable(_)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_patterns_match_like_spark() {
+        assert!(like("tab*", "table1"));
+        assert!(like("x|tab*", "TABLE1"));
+        assert!(!like("tab", "table1"));
+    }
+
+    #[test]
+    fn parameter_markers_become_datafusion_placeholders() {
+        let mut args = std::collections::HashMap::new();
+        args.insert(
+            "lo".to_string(),
+            proto::expression::Literal {
+                literal_type: Some(proto::expression::literal::LiteralType::Long(3)),
+            },
+        );
+        let (q, p) = sql_parameters("SELECT ':lo', x FROM t WHERE x > :lo", &args, &[]).unwrap();
+        assert_eq!(q, "SELECT ':lo', x FROM t WHERE x > $lo");
+        assert!(matches!(p, Some(ParamValues::Map(m)) if m.len() == 1));
+    }
+}
