@@ -475,8 +475,17 @@ impl Session {
             .options_mut()
             .execution
             .enable_file_stream_work_stealing = false;
+        // Every read lists its directory again (as Spark does): a listing kept for the
+        // session's life would hide files written after the first read.
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_cache_manager(
+                datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+                    .with_list_files_cache_limit(0),
+            )
+            .build_arc()?;
         let state = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(runtime)
             .with_default_features()
             .build();
         Ok(Session {

@@ -325,7 +325,12 @@ impl Resolver<'_> {
             ExprType::CallFunction(f) => self.function(&f.function_name, &f.arguments, false),
             ExprType::ExpressionString(s) => {
                 let expr = self.state.create_logical_expr(&s.expression, self.schema)?;
-                Ok(Named::new(expr, s.expression.clone()))
+                let name = match &expr {
+                    Expr::Alias(a) => a.name.clone(),
+                    Expr::Column(c) => c.name.clone(),
+                    _ => s.expression.clone(),
+                };
+                Ok(Named::new(expr, name))
             }
             ExprType::UnresolvedStar(_) => Err(ConnectError::analysis(
                 "INVALID_USAGE_OF_STAR_OR_REGEX",
@@ -950,7 +955,10 @@ impl Resolver<'_> {
         let mut builder = Expr::from(function)
             .partition_by(partition_by)
             .order_by(order_by);
-        builder = builder.window_frame(frame.unwrap_or_else(|| WindowFrame::new(Some(has_order))));
+        // Spark's default frame: the whole partition, or up to the current row's peers when
+        // ordered.
+        let default = WindowFrame::new(has_order.then_some(false));
+        builder = builder.window_frame(frame.unwrap_or(default));
         let name = format!("{} OVER (...)", inner.name);
         Ok(Named::new(builder.build()?, name))
     }

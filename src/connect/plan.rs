@@ -14,7 +14,7 @@ use datafusion::common::{Column, DFSchema, JoinType, ParamValues, ScalarValue};
 use datafusion::dataframe::DataFrame as DFrame;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{
-    cast, col, lit, Expr, GroupingSet, LogicalPlan, LogicalPlanBuilder,
+    cast, col, lit, Expr, ExprFunctionExt, GroupingSet, LogicalPlan, LogicalPlanBuilder,
 };
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use futures::future::BoxFuture;
@@ -845,16 +845,10 @@ impl<'a> Planner<'a> {
                     left.union_distinct(right)?
                 })
             }
-            SetOpType::Intersect => Ok(if all {
-                left.intersect(right)?
-            } else {
-                left.intersect_distinct(right)?
-            }),
-            SetOpType::Except => Ok(if all {
-                left.except(right)?
-            } else {
-                left.except_distinct(right)?
-            }),
+            SetOpType::Intersect if all => bag_operation(left, right, DFrame::intersect_distinct),
+            SetOpType::Except if all => bag_operation(left, right, DFrame::except_distinct),
+            SetOpType::Intersect => Ok(left.intersect_distinct(right)?),
+            SetOpType::Except => Ok(left.except_distinct(right)?),
             SetOpType::Unspecified => Err(ConnectError::invalid("a set operation without a type")),
         }
     }
@@ -1573,6 +1567,48 @@ impl<'a> Planner<'a> {
         }
         Ok(())
     }
+}
+
+/// INTERSECT ALL / EXCEPT ALL with bag semantics (a row kept as many times as it is in
+/// excess): each copy of a row is numbered on both sides, and the numbered rows go
+/// through the distinct operation.
+fn bag_operation(
+    left: DFrame,
+    right: DFrame,
+    op: fn(DFrame, DFrame) -> datafusion::error::Result<DFrame>,
+) -> ConnectResult<DFrame> {
+    const COPY: &str = "__ember_copy";
+    let number = |df: DFrame| -> ConnectResult<DFrame> {
+        let columns: Vec<Expr> = df
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        let copy = datafusion::functions_window::expr_fn::row_number()
+            .partition_by(columns.clone())
+            .build()?
+            .alias(COPY);
+        let mut exprs = columns;
+        exprs.push(copy);
+        Ok(df.select(exprs)?)
+    };
+    let names: Vec<String> = left
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let out = op(number(left)?, number(right)?)?;
+    let keep: Vec<Expr> = out
+        .schema()
+        .columns()
+        .into_iter()
+        .filter(|c| c.name != COPY)
+        .zip(names)
+        .map(|(c, n)| Expr::Column(c).alias(n))
+        .collect();
+    Ok(out.select(keep)?)
 }
 
 /// Whether `name` matches a catalog pattern (`*` any text, `|` alternatives).

@@ -246,22 +246,32 @@ impl Responder {
     /// `spark.sql(text)`: a query comes back as a relation to run later; a command (DDL,
     /// SET, EXPLAIN, COPY) runs now and its result comes back as a local relation.
     async fn sql_command(&self, c: proto::SqlCommand) -> ConnectResult<()> {
-        if !c.named_arguments.is_empty() || !c.pos_arguments.is_empty() || c.input.is_some() {
+        // Newer clients send the statement as a SQL relation in `input`.
+        let sql = match c.input.map(|i| i.rel_type) {
+            Some(Some(proto::relation::RelType::Sql(sql))) => sql,
+            Some(_) => {
+                return Err(ConnectError::invalid(
+                    "a SQL command whose input is not SQL",
+                ))
+            }
+            None => proto::Sql {
+                query: c.sql,
+                args: c.args,
+                pos_args: c.pos_args,
+                named_arguments: c.named_arguments,
+                pos_arguments: c.pos_arguments,
+            },
+        };
+        if !sql.named_arguments.is_empty() || !sql.pos_arguments.is_empty() {
             return Err(ConnectError::unimplemented("SQL with expression arguments"));
         }
         let state = self.session.ember.context().state();
-        let (text, _) = super::plan::sql_parameters(&c.sql, &c.args, &c.pos_args)?;
+        let (text, _) = super::plan::sql_parameters(&sql.query, &sql.args, &sql.pos_args)?;
         let plan = state.create_logical_plan(&text).await?;
         let relation = if is_query(&plan) {
             proto::Relation {
                 common: None,
-                rel_type: Some(proto::relation::RelType::Sql(proto::Sql {
-                    query: c.sql,
-                    args: c.args,
-                    pos_args: c.pos_args,
-                    named_arguments: Default::default(),
-                    pos_arguments: vec![],
-                })),
+                rel_type: Some(proto::relation::RelType::Sql(sql)),
             }
         } else {
             let df = self.session.ember.sql(&text).await?;

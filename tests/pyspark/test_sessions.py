@@ -1,0 +1,255 @@
+"""Sessions, SQL, files, configuration, caching, errors, concurrency and interruption."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from pyspark.errors import (
+    AnalysisException,
+    ParseException,
+    PySparkException,
+    UnsupportedOperationException,
+)
+from pyspark.sql import Row
+from pyspark.sql import functions as F
+
+from conftest import TPCH_DIR, executor_pids, new_session
+
+
+def test_temp_views_sql_and_the_catalog(spark):
+    spark.range(5).createOrReplaceTempView("nums")
+    assert spark.sql("SELECT sum(id) AS s FROM nums").first().s == 10
+    assert spark.table("nums").count() == 5
+    assert spark.catalog.tableExists("nums")
+    names = [t.name for t in spark.catalog.listTables()]
+    assert "nums" in names and "lineitem" in names
+    cols = spark.catalog.listColumns("nums")
+    assert [(c.name, c.dataType) for c in cols] == [("id", "bigint")]
+    assert spark.catalog.currentDatabase() == "default"
+    with pytest.raises(AnalysisException, match="already exists"):
+        spark.range(1).createTempView("nums")
+    spark.sql("CREATE VIEW evens AS SELECT id FROM nums WHERE id % 2 = 0")
+    assert spark.sql("SELECT count(*) AS n FROM evens").first().n == 3
+    assert spark.catalog.dropTempView("nums") is True
+    assert not spark.catalog.tableExists("nums")
+    described = spark.sql("DESCRIBE evens").collect()
+    assert described[0][0] == "id"
+
+
+def test_sessions_are_isolated(spark):
+    other = new_session()
+    try:
+        spark.range(3).createOrReplaceTempView("mine")
+        assert not other.catalog.tableExists("mine")
+        other.conf.set("spark.sql.shuffle.partitions", "7")
+        assert spark.conf.get("spark.sql.shuffle.partitions") != "7"
+        # Tables given to the server are seen by every session.
+        assert other.table("nation").count() == 25
+    finally:
+        other.stop()
+
+
+def test_configuration(spark):
+    assert spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.ember.test", "1")
+    assert spark.conf.get("spark.ember.test") == "1"
+    spark.conf.unset("spark.ember.test")
+    assert spark.conf.get("spark.ember.test", "fallback") == "fallback"
+    with pytest.raises(PySparkException, match="spark.ember.nothing"):
+        spark.conf.get("spark.ember.nothing")
+    assert spark.conf.isModifiable("spark.sql.shuffle.partitions")
+    assert "spark.app.name" in spark.conf.getAll
+    spark.conf.set("datafusion.execution.batch_size", "1024")
+    with pytest.raises(Exception):
+        spark.conf.set("datafusion.no_such_option", "1")
+
+
+def test_reading_parquet_csv_and_json(spark, workdir):
+    nation = spark.read.parquet(os.path.join(TPCH_DIR, "nation"))
+    assert nation.count() == 25
+    assert len(nation.inputFiles()) >= 1
+    csv = os.path.join(workdir, "people.csv")
+    with open(csv, "w") as f:
+        f.write("id;name;score\n1;ann;2.5\n2;ben;3.5\n")
+    as_strings = spark.read.option("header", True).option("sep", ";").csv(csv)
+    assert dict(as_strings.dtypes) == {"id": "string", "name": "string", "score": "string"}
+    inferred = spark.read.csv(csv, header=True, sep=";", inferSchema=True)
+    assert dict(inferred.dtypes)["score"] == "double"
+    assert inferred.agg(F.sum("score")).first()[0] == 6.0
+    typed = spark.read.csv(csv, header=True, sep=";", schema="id INT, name STRING, score DOUBLE")
+    assert typed.filter("id = 2").first().name == "ben"
+    headless = spark.read.csv(csv, sep=";")
+    assert headless.columns == ["_c0", "_c1", "_c2"] and headless.count() == 3
+    js = os.path.join(workdir, "rows.json")
+    with open(js, "w") as f:
+        f.write('{"a": 1, "b": "x"}\n{"a": 2, "b": "y"}\n')
+    assert spark.read.json(js).agg(F.sum("a")).first()[0] == 3
+
+
+def test_writing_with_every_mode(spark, workdir):
+    out = os.path.join(workdir, "written")
+    df = spark.range(10).withColumn("g", F.col("id") % 3)
+    df.write.parquet(out)
+    assert spark.read.parquet(out).count() == 10
+    with pytest.raises(AnalysisException, match="already exists"):
+        df.write.parquet(out)
+    df.write.mode("ignore").parquet(out)
+    assert spark.read.parquet(out).count() == 10
+    df.write.mode("append").parquet(out)
+    assert spark.read.parquet(out).count() == 20
+    df.filter("id < 4").write.mode("overwrite").parquet(out)
+    assert spark.read.parquet(out).count() == 4
+    parts = os.path.join(workdir, "parts")
+    df.write.partitionBy("g").parquet(parts)
+    assert sorted(os.listdir(parts)) == ["g=0", "g=1", "g=2"]
+    csv = os.path.join(workdir, "csv")
+    df.write.option("header", True).csv(csv)
+    assert spark.read.csv(csv, header=True, inferSchema=True).agg(F.sum("id")).first()[0] == 45
+    js = os.path.join(workdir, "json")
+    df.write.json(js)
+    assert spark.read.json(js).count() == 10
+
+
+def test_cache_persist_and_the_catalog_cache(spark):
+    df = spark.read.parquet(os.path.join(TPCH_DIR, "orders")).filter("o_totalprice > 1000")
+    expected = df.count()
+    cached = df.cache()
+    assert cached.is_cached
+    assert cached.storageLevel.useMemory
+    assert cached.count() == expected
+    assert cached.groupBy("o_orderstatus").count().agg(F.sum("count")).first()[0] == expected
+    cached.unpersist()
+    assert not cached.is_cached
+    assert cached.count() == expected
+    spark.read.parquet(os.path.join(TPCH_DIR, "nation")).createOrReplaceTempView("n")
+    spark.catalog.cacheTable("n")
+    assert spark.catalog.isCached("n")
+    assert spark.sql("SELECT count(*) AS c FROM n").first().c == 25
+    spark.catalog.clearCache()
+    assert not spark.catalog.isCached("n")
+    assert spark.table("n").count() == 25
+
+
+def test_cached_partitions_survive_a_killed_executor(spark):
+    df = spark.read.parquet(os.path.join(TPCH_DIR, "lineitem")).select(
+        "l_orderkey", "l_quantity"
+    )
+    cached = df.persist()
+    total = cached.agg(F.sum("l_quantity")).first()[0]
+    count = cached.count()
+    before = executor_pids()
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGKILL)
+    # The lost partitions are recomputed from lineage; the answer does not change.
+    assert cached.count() == count
+    assert cached.agg(F.sum("l_quantity")).first()[0] == total
+    cached.unpersist()
+    deadline = time.time() + 20
+    while len(executor_pids()) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(executor_pids()) == 2, "the local cluster replaces the killed executor"
+
+
+def test_errors_name_what_is_wrong_and_the_session_goes_on(spark, workdir):
+    df = spark.range(3)
+    with pytest.raises(AnalysisException, match="no_such_col") as e:
+        df.select("no_such_col").collect()
+    assert e.value.getErrorClass().startswith("UNRESOLVED_COLUMN")
+    with pytest.raises(AnalysisException, match="missing_table"):
+        spark.table("missing_table").collect()
+    with pytest.raises(AnalysisException):
+        spark.sql("SELECT * FROM missing_table").collect()
+    with pytest.raises(ParseException, match="(?i)line|column|position"):
+        spark.sql("SELEC 1").collect()
+    missing = os.path.join(workdir, "nope.parquet")
+    with pytest.raises(AnalysisException, match="nope.parquet"):
+        spark.read.parquet(missing).collect()
+    with pytest.raises(UnsupportedOperationException, match="UNIMPLEMENTED: function"):
+        df.select(F.explode(F.array(F.lit(1)))).collect()
+    with pytest.raises(UnsupportedOperationException, match="UNIMPLEMENTED"):
+        df.unpivot("id", [], "var", "val").collect()
+    bad = spark.createDataFrame([("12",), ("x",)], "s STRING")
+    with pytest.raises(PySparkException) as e:
+        bad.select(F.col("s").cast("int")).collect()
+    assert "partition" in str(e.value) or "x" in str(e.value)
+    assert spark.sql("SELECT 1 AS ok").first().ok == 1
+
+
+def test_concurrent_clients_in_separate_sessions():
+    errors = []
+
+    def client(i):
+        try:
+            s = new_session()
+            try:
+                s.range(i * 10, i * 10 + 100).createOrReplaceTempView("t")
+                for _ in range(3):
+                    got = s.sql("SELECT min(id) AS lo, count(*) AS n FROM t").first()
+                    assert (got.lo, got.n) == (i * 10, 100), got
+                q6 = s.sql(
+                    "SELECT sum(l_extendedprice * l_discount) AS revenue FROM lineitem "
+                    "WHERE l_discount BETWEEN 0.05 AND 0.07 AND l_quantity < 24"
+                ).first()
+                assert q6.revenue is not None
+            finally:
+                s.stop()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append((i, repr(e)))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+
+
+def long_query(spark):
+    # Billions of pairs: runs until interrupted.
+    return spark.range(2_000_000).crossJoin(spark.range(200_000).withColumnRenamed("id", "j"))
+
+
+def run_in_thread(fn):
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except Exception as e:  # noqa: BLE001 - inspected by the test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, outcome
+
+
+def test_interrupt_all_stops_a_long_query(spark):
+    thread, outcome = run_in_thread(lambda: long_query(spark).count())
+    time.sleep(2)
+    started = time.time()
+    interrupted = spark.interruptAll()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the query stopped"
+    assert time.time() - started < 30
+    assert len(interrupted) == 1
+    assert "error" in outcome and "CANCEL" in str(outcome["error"]).upper()
+    assert spark.range(3).count() == 3
+
+
+def test_interrupt_by_tag(spark):
+    def tagged():
+        # Tags belong to the thread that sets them.
+        spark.addTag("slow")
+        return long_query(spark).count()
+
+    thread, outcome = run_in_thread(tagged)
+    untagged, other = run_in_thread(lambda: spark.range(1000).count())
+    time.sleep(2)
+    assert len(spark.interruptTag("slow")) == 1
+    thread.join(timeout=30)
+    untagged.join(timeout=30)
+    assert not thread.is_alive() and "error" in outcome
+    assert other.get("value") == 1000
+    assert spark.interruptTag("slow") == []
