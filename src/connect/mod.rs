@@ -59,7 +59,8 @@ pub async fn serve(
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle's algorithm off: small responses would otherwise wait for delayed ACKs.
+    let incoming = ember_engine::rpc::incoming(listener);
     tonic::transport::Server::builder()
         .add_service(server)
         .serve_with_incoming_shutdown(incoming, shutdown)
