@@ -256,3 +256,46 @@ fn classify(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn details(e: &ConnectError) -> (tonic::Status, google_rpc::Status, google_rpc::ErrorInfo) {
+        let status = e.to_status();
+        let decoded = google_rpc::Status::decode(status.details()).expect("status details");
+        let info =
+            google_rpc::ErrorInfo::decode(decoded.details[0].value.as_slice()).expect("error info");
+        (status, decoded, info)
+    }
+
+    #[test]
+    fn details_repeat_the_status_and_name_the_spark_exception() {
+        let e = ConnectError::analysis("TABLE_OR_VIEW_NOT_FOUND", "The table `t` cannot be found.");
+        let (status, decoded, info) = details(&e);
+        // A client checks that the details carry the call's own code and message.
+        assert_eq!(decoded.code, status.code() as i32);
+        assert_eq!(decoded.message, status.message());
+        assert_eq!(info.reason, ANALYSIS);
+        assert_eq!(info.metadata["errorClass"], "TABLE_OR_VIEW_NOT_FOUND");
+        assert_eq!(info.metadata["sqlState"], "42P01");
+        assert!(status.message().contains("`t`"));
+    }
+
+    #[test]
+    fn bad_sql_is_a_parse_exception_and_unsupported_work_is_named() {
+        let sql = ConnectError::from(EngineError::Plan(
+            "SQL: ParserError(\"Expected: an SQL statement, found: SELEC at Line: 1, Column: 1\")"
+                .into(),
+        ));
+        let (status, _, info) = details(&sql);
+        assert_eq!(info.reason, PARSE);
+        assert!(status.message().contains("Line: 1, Column: 1"));
+        let (status, _, info) = details(&ConnectError::unimplemented("function explode"));
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert_eq!(info.reason, "java.lang.UnsupportedOperationException");
+        assert!(status
+            .message()
+            .starts_with("UNIMPLEMENTED: function explode"));
+    }
+}

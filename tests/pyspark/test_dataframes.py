@@ -35,6 +35,8 @@ def people(spark):
 
 def test_sql_and_range(spark):
     assert spark.sql("SELECT 40 + 2 AS answer").collect() == [Row(answer=42)]
+    assert spark.sql("SELECT :x + 1 AS y", args={"x": 41}).first().y == 42
+    assert spark.sql("SELECT ? * 2 AS y", args=[21]).first().y == 42
     df = spark.range(10)
     assert df.columns == ["id"]
     assert [r.id for r in df.filter(F.col("id") >= 7).collect()] == [7, 8, 9]
@@ -179,6 +181,7 @@ def test_joins_of_every_type(spark):
     assert [r.id for r in left.join(right, "id", "left_semi").orderBy("id").collect()] == [2, 3]
     assert [r.id for r in left.join(right, "id", "left_anti").collect()] == [1]
     assert left.crossJoin(right).count() == 9
+    assert left.join(right.hint("broadcast"), "id").count() == 2
     cond = left.join(right, left.id == right.id, "inner").select(left.id, right.r)
     assert sorted(cond.collect()) == [Row(id=2, r="x"), Row(id=3, r="y")]
     aliased = left.alias("a").join(right.alias("b"), F.col("a.id") < F.col("b.id"))
