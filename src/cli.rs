@@ -171,14 +171,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         builder.local_cluster().await?
     };
-    for table in &args.tables {
-        let (name, path) = table
-            .split_once('=')
-            .with_context(|| format!("--table `{table}`: expected NAME=PATH"))?;
-        register(&session, name, Path::new(path))
-            .await
-            .with_context(|| format!("--table {name}"))?;
-    }
+    register_tables(&session, &args.tables).await?;
     let url = crate::connect::connect_url(addr);
     tracing::info!(%url, executors = session.executors().len(), "Spark Connect server started");
     println!("Spark Connect server listening on {url}");
@@ -212,14 +205,7 @@ async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
         .memory_per_executor(args.memory)
         .local_cluster()
         .await?;
-    for table in &args.tables {
-        let (name, path) = table
-            .split_once('=')
-            .with_context(|| format!("--table `{table}`: expected NAME=PATH"))?;
-        register(&session, name, Path::new(path))
-            .await
-            .with_context(|| format!("--table {name}"))?;
-    }
+    register_tables(&session, &args.tables).await?;
     let statements: Vec<&str> = sql
         .split(';')
         .map(str::trim)
@@ -351,6 +337,19 @@ impl Printer {
 
 fn print_table(batches: &[RecordBatch]) -> anyhow::Result<()> {
     println!("{}", arrow::util::pretty::pretty_format_batches(batches)?);
+    Ok(())
+}
+
+/// Registers each `NAME=PATH` of `--table`.
+async fn register_tables(session: &Session, tables: &[String]) -> anyhow::Result<()> {
+    for table in tables {
+        let (name, path) = table
+            .split_once('=')
+            .with_context(|| format!("--table `{table}`: expected NAME=PATH"))?;
+        register(session, name, Path::new(path))
+            .await
+            .with_context(|| format!("--table {name}"))?;
+    }
     Ok(())
 }
 

@@ -13,6 +13,10 @@ use super::proto::ExecutePlanResponse;
 /// How many responses the producer may run ahead of the client before it waits.
 const AHEAD: usize = 16;
 
+/// How long a producer waits for a client that reads nothing before it gives the
+/// operation up (a reattachable operation whose client never came back).
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Default)]
 struct State {
     /// Responses not yet released, oldest first.
@@ -64,23 +68,34 @@ impl Operation {
         *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     }
 
-    /// Adds a response, waiting while the client is far behind.
-    pub async fn push(&self, response: ExecutePlanResponse) {
+    /// Adds a response, waiting while the client is far behind. Returns `false` when the
+    /// operation is over (interrupted, or abandoned by its client): the producer stops.
+    pub async fn push(&self, response: ExecutePlanResponse) -> bool {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             {
                 let mut s = self.state();
+                if s.done.is_some() {
+                    return false;
+                }
                 let end = s.first + s.responses.len();
                 if end < s.delivered + AHEAD {
                     s.responses.push_back(response);
                     drop(s);
                     self.changed.notify_waiters();
-                    return;
+                    return true;
                 }
             }
-            changed.await;
+            if tokio::time::timeout(ABANDONED_AFTER, changed)
+                .await
+                .is_err()
+            {
+                tracing::warn!(operation = %self.id, "no client read the operation's results; giving it up");
+                self.interrupt();
+                return false;
+            }
         }
     }
 
@@ -144,9 +159,10 @@ impl Operation {
     /// (or with the operation's error).
     pub fn stream_from(self: &Arc<Self>, from: usize) -> ResponseStream {
         let op = Arc::clone(self);
+        let guard = ClientGone(Arc::clone(self));
         Box::pin(futures::stream::unfold(
-            (op, from, false),
-            |(op, next, ended)| async move {
+            (op, from, false, guard),
+            |(op, next, ended, guard)| async move {
                 if ended {
                     return None;
                 }
@@ -162,7 +178,7 @@ impl Operation {
                                  operation {} was released",
                                 op.id
                             ));
-                            return Some((Err(e), (Arc::clone(&op), next, true)));
+                            return Some((Err(e), (Arc::clone(&op), next, true, guard)));
                         }
                         if next < s.first + s.responses.len() {
                             let i = next - s.first;
@@ -176,13 +192,13 @@ impl Operation {
                             s.delivered = s.delivered.max(next + 1);
                             drop(s);
                             op.changed.notify_waiters();
-                            return Some((Ok(response), (Arc::clone(&op), next + 1, false)));
+                            return Some((Ok(response), (Arc::clone(&op), next + 1, false, guard)));
                         }
                         match &s.done {
                             Some(Ok(())) => return None,
                             Some(Err(e)) => {
                                 let e = e.clone();
-                                return Some((Err(e), (Arc::clone(&op), next, true)));
+                                return Some((Err(e), (Arc::clone(&op), next, true, guard)));
                             }
                             None => {}
                         }
@@ -191,6 +207,18 @@ impl Operation {
                 }
             },
         ))
+    }
+}
+
+/// Held by a client's response stream: when a client that cannot reattach goes away
+/// before the end, its operation (and job) is stopped.
+struct ClientGone(Arc<Operation>);
+
+impl Drop for ClientGone {
+    fn drop(&mut self) {
+        if !self.0.reattachable && !self.0.is_done() {
+            self.0.interrupt();
+        }
     }
 }
 
@@ -210,7 +238,7 @@ mod tests {
     async fn a_reattached_stream_resumes_after_the_last_response_seen() {
         let op = Operation::new("op".into(), vec![], true);
         for id in ["a", "b", "c"] {
-            op.push(response(id)).await;
+            assert!(op.push(response(id)).await);
         }
         op.finish(Ok(()));
         let first: Vec<_> = op.stream_from(0).take(1).collect().await;
@@ -238,5 +266,25 @@ mod tests {
         let e = op.stream_from(0).next().await.unwrap().unwrap_err();
         assert!(e.message().contains("OPERATION_CANCELED"), "{e}");
         assert!(!op.interrupt());
+        assert!(
+            !op.push(response("late")).await,
+            "an interrupted producer stops"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_stops_its_operation() {
+        let op = Operation::new("op".into(), vec![], false);
+        assert!(op.push(response("a")).await);
+        let mut stream = op.stream_from(0);
+        assert!(stream.next().await.unwrap().is_ok());
+        drop(stream);
+        assert!(op.is_done());
+        let kept = Operation::new("kept".into(), vec![], true);
+        drop(kept.stream_from(0));
+        assert!(
+            !kept.is_done(),
+            "a reattachable operation waits for its client"
+        );
     }
 }

@@ -192,15 +192,7 @@ impl<'a> Planner<'a> {
                 self.batches_frame(schema, vec![tail])
             }
             RelType::Aggregate(a) => self.aggregate(a).await,
-            RelType::Sql(sql) => {
-                self.sql(
-                    &sql.query,
-                    &sql.args,
-                    &sql.pos_args,
-                    sql.named_arguments.is_empty() && sql.pos_arguments.is_empty(),
-                )
-                .await
-            }
+            RelType::Sql(sql) => self.sql(sql).await,
             RelType::LocalRelation(l) => self.local_relation(l),
             RelType::Sample(s) => {
                 if s.with_replacement == Some(true) {
@@ -397,10 +389,24 @@ impl<'a> Planner<'a> {
                 self.describe(input, &d.cols, &stats).await
             }
             RelType::Catalog(c) => self.catalog(c).await,
-            RelType::CachedRemoteRelation(r) => Err(ConnectError::invalid(format!(
-                "cached remote relation {} is unknown to this session",
-                r.relation_id
-            ))),
+            RelType::CachedRemoteRelation(r) => {
+                let checkpoints = self
+                    .session
+                    .checkpoints
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                match checkpoints.get(&r.relation_id) {
+                    Some(df) => Ok(df.inner().clone()),
+                    None => Err(ConnectError::analysis(
+                        "INVALID_HANDLE.CACHED_REMOTE_RELATION_NOT_FOUND",
+                        format!(
+                            "The checkpointed relation {} is unknown to this session (removed, or \
+                             the session was released).",
+                            r.relation_id
+                        ),
+                    )),
+                }
+            }
             RelType::Unpivot(_) => Err(unimplemented_relation("Unpivot")),
             RelType::ToSchema(_) => Err(unimplemented_relation("ToSchema (DataFrame.to)")),
             RelType::MapPartitions(_) => Err(unimplemented_relation(
@@ -999,17 +1005,9 @@ impl<'a> Planner<'a> {
     }
 
     /// A SQL query as a relation, with its parameters.
-    pub async fn sql(
-        &self,
-        query: &str,
-        args: &std::collections::HashMap<String, proto::expression::Literal>,
-        pos_args: &[proto::expression::Literal],
-        plain: bool,
-    ) -> ConnectResult<DFrame> {
-        if !plain {
-            return Err(ConnectError::unimplemented("SQL with expression arguments"));
-        }
-        let (text, params) = sql_parameters(query, args, pos_args)?;
+    pub async fn sql(&self, sql: &proto::Sql) -> ConnectResult<DFrame> {
+        let (args, pos_args) = literal_arguments(sql)?;
+        let (text, params) = sql_parameters(&sql.query, &args, &pos_args)?;
         let df = self.ctx().sql(&text).await?;
         Ok(match params {
             Some(p) => df.with_param_values(p)?,
@@ -1106,7 +1104,9 @@ impl<'a> Planner<'a> {
         let mut i = 0;
         while i < count || partitions.is_empty() {
             let n = per.min(count - i);
-            let values: Int64Array = (i..i + n).map(|k| start + (k as i64) * step).collect();
+            let values: Int64Array = (i..i + n)
+                .map(|k| (i128::from(start) + i128::from(k) * i128::from(step)) as i64)
+                .collect();
             let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)])
                 .map_err(ember_engine::EngineError::from)?;
             partitions.push(vec![batch]);
@@ -1626,6 +1626,31 @@ fn like(pattern: &str, name: &str) -> bool {
     pattern
         .split('|')
         .any(|alt| matches(&alt.trim().chars().collect::<Vec<_>>(), &s))
+}
+
+/// A SQL statement's named and positional arguments as literals (clients send them as
+/// literal expressions or, older ones, as literals).
+pub fn literal_arguments(
+    sql: &proto::Sql,
+) -> ConnectResult<(
+    std::collections::HashMap<String, proto::expression::Literal>,
+    Vec<proto::expression::Literal>,
+)> {
+    let as_literal = |e: &proto::Expression| match &e.expr_type {
+        Some(ExprType::Literal(l)) => Ok(l.clone()),
+        _ => Err(ConnectError::unimplemented(
+            "SQL arguments that are not literals",
+        )),
+    };
+    let mut args = sql.args.clone();
+    for (k, e) in &sql.named_arguments {
+        args.insert(k.clone(), as_literal(e)?);
+    }
+    let mut pos_args = sql.pos_args.clone();
+    for e in &sql.pos_arguments {
+        pos_args.push(as_literal(e)?);
+    }
+    Ok((args, pos_args))
 }
 
 /// The query with Spark's parameter markers (`:name`, `?`) as DataFusion's (`$name`, `$1`),

@@ -153,6 +153,16 @@ impl Responder {
         }
     }
 
+    /// Hands `response` to the client; an error once the operation is over (interrupted,
+    /// or given up by its client), which stops the producer.
+    async fn send(&self, response: proto::ExecutePlanResponse) -> ConnectResult<()> {
+        if self.op.push(response).await {
+            Ok(())
+        } else {
+            Err(ConnectError::Cancelled(self.op.id.clone()))
+        }
+    }
+
     /// Sends `df`'s rows as Arrow batches, the schema first.
     async fn send_rows(&self, df: DFrame) -> ConnectResult<()> {
         let schema = client_schema(df.schema().as_arrow());
@@ -204,8 +214,7 @@ impl Responder {
             *sent_schema = true;
         }
         *offset += batch.num_rows() as i64;
-        self.op.push(response).await;
-        Ok(())
+        self.send(response).await
     }
 
     async fn run(&self, plan: proto::Plan) -> ConnectResult<()> {
@@ -220,6 +229,19 @@ impl Responder {
                 Some(CommandType::SqlCommand(c)) => self.sql_command(c).await?,
                 Some(CommandType::WriteOperation(w)) => self.write(w).await?,
                 Some(CommandType::CreateDataframeView(v)) => self.create_view(v).await?,
+                Some(CommandType::CheckpointCommand(c)) => self.checkpoint(c).await?,
+                Some(CommandType::RemoveCachedRemoteRelationCommand(r)) => {
+                    let id = r.relation.map(|r| r.relation_id).unwrap_or_default();
+                    let removed = self
+                        .session
+                        .checkpoints
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    if let Some(df) = removed {
+                        let _ = df.unpersist().await?;
+                    }
+                }
                 Some(other) => {
                     return Err(ConnectError::unimplemented(format!(
                         "command {}",
@@ -237,10 +259,8 @@ impl Responder {
                 ))
             }
         }
-        self.op
-            .push(self.response(epr::ResponseType::ResultComplete(epr::ResultComplete {})))
-            .await;
-        Ok(())
+        self.send(self.response(epr::ResponseType::ResultComplete(epr::ResultComplete {})))
+            .await
     }
 
     /// `spark.sql(text)`: a query comes back as a relation to run later; a command (DDL,
@@ -262,11 +282,9 @@ impl Responder {
                 pos_arguments: c.pos_arguments,
             },
         };
-        if !sql.named_arguments.is_empty() || !sql.pos_arguments.is_empty() {
-            return Err(ConnectError::unimplemented("SQL with expression arguments"));
-        }
         let state = self.session.ember.context().state();
-        let (text, _) = super::plan::sql_parameters(&sql.query, &sql.args, &sql.pos_args)?;
+        let (args, pos_args) = super::plan::literal_arguments(&sql)?;
+        let (text, _) = super::plan::sql_parameters(&sql.query, &args, &pos_args)?;
         let plan = state.create_logical_plan(&text).await?;
         let relation = if is_query(&plan) {
             proto::Relation {
@@ -296,14 +314,40 @@ impl Responder {
                 )),
             }
         };
-        self.op
-            .push(
-                self.response(epr::ResponseType::SqlCommandResult(epr::SqlCommandResult {
-                    relation: Some(relation),
-                })),
-            )
-            .await;
-        Ok(())
+        self.send(
+            self.response(epr::ResponseType::SqlCommandResult(epr::SqlCommandResult {
+                relation: Some(relation),
+            })),
+        )
+        .await
+    }
+
+    /// `df.checkpoint()` / `localCheckpoint()`: the DataFrame cached on the executors
+    /// (computed now when `eager`), named by a relation id the client refers to it by.
+    /// Lost partitions are recomputed from lineage: Ember keeps no checkpoint files.
+    async fn checkpoint(&self, c: proto::CheckpointCommand) -> ConnectResult<()> {
+        let rel = c
+            .relation
+            .ok_or_else(|| ConnectError::invalid("a checkpoint without a relation"))?;
+        let df = Planner::new(&self.session).relation(&rel).await?;
+        let cached = crate::DataFrame::new(self.session.ember.clone(), df)
+            .cache()
+            .await?;
+        if c.eager {
+            cached.count().await?;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        self.session
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), cached);
+        self.send(self.response(epr::ResponseType::CheckpointCommandResult(
+            proto::CheckpointCommandResult {
+                relation: Some(proto::CachedRemoteRelation { relation_id: id }),
+            },
+        )))
+        .await
     }
 
     async fn create_view(&self, v: proto::CreateDataFrameViewCommand) -> ConnectResult<()> {
@@ -506,8 +550,6 @@ fn command_name(c: &proto::command::CommandType) -> &'static str {
         C::RegisterTableFunction(_) => "RegisterTableFunction (Python UDTFs)",
         C::RegisterDataSource(_) => "RegisterDataSource (Python data sources)",
         C::CreateResourceProfileCommand(_) => "CreateResourceProfileCommand",
-        C::CheckpointCommand(_) => "CheckpointCommand (checkpoint / localCheckpoint)",
-        C::RemoveCachedRemoteRelationCommand(_) => "RemoveCachedRemoteRelationCommand",
         C::MergeIntoTableCommand(_) => "MergeIntoTableCommand",
         C::MlCommand(_) => "MlCommand (pyspark.ml)",
         C::ExecuteExternalCommand(_) => "ExecuteExternalCommand",
@@ -516,6 +558,8 @@ fn command_name(c: &proto::command::CommandType) -> &'static str {
         C::WriteOperation(_) => "WriteOperation",
         C::CreateDataframeView(_) => "CreateDataFrameViewCommand",
         C::SqlCommand(_) => "SqlCommand",
+        C::CheckpointCommand(_) => "CheckpointCommand",
+        C::RemoveCachedRemoteRelationCommand(_) => "RemoveCachedRemoteRelationCommand",
     }
 }
 

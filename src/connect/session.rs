@@ -34,6 +34,8 @@ pub struct ConnectSession {
     pub config: Mutex<BTreeMap<String, String>>,
     /// DataFrames cached by `df.cache()` / `persist()`, by their encoded plan.
     pub cached: Mutex<HashMap<Vec<u8>, DataFrame>>,
+    /// Checkpointed DataFrames, by the relation id the client refers to them with.
+    pub checkpoints: Mutex<HashMap<String, DataFrame>>,
     /// Tables cached by `spark.catalog.cacheTable`, by lower-cased name.
     pub cached_tables: Mutex<HashMap<String, CachedTable>>,
     /// Operations (ExecutePlan calls) of this session that have not been released.
@@ -140,6 +142,7 @@ impl ConnectSession {
             ember,
             config: Mutex::new(config),
             cached: Mutex::new(HashMap::new()),
+            checkpoints: Mutex::new(HashMap::new()),
             cached_tables: Mutex::new(HashMap::new()),
             operations: dashmap::DashMap::new(),
         }
@@ -156,12 +159,17 @@ impl ConnectSession {
             let mut map = self.cached.lock().unwrap_or_else(|e| e.into_inner());
             map.drain().map(|(_, df)| df).collect()
         };
+        let checkpoints: Vec<DataFrame> = {
+            let mut map = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+            map.drain().map(|(_, df)| df).collect()
+        };
         let tables: Vec<CachedTable> = {
             let mut map = self.cached_tables.lock().unwrap_or_else(|e| e.into_inner());
             map.drain().map(|(_, t)| t).collect()
         };
         for df in cached
             .into_iter()
+            .chain(checkpoints)
             .chain(tables.into_iter().map(|t| t.cached))
         {
             if let Err(e) = df.unpersist().await {

@@ -363,8 +363,12 @@ impl<'a> TypeParser<'a> {
     }
 
     fn skip_ws(&mut self) {
-        while self.text[self.pos..].starts_with(|c: char| c.is_whitespace()) {
-            self.pos += 1;
+        while let Some(c) = self.text[self.pos..]
+            .chars()
+            .next()
+            .filter(|c| c.is_whitespace())
+        {
+            self.pos += c.len_utf8();
         }
     }
 
@@ -661,6 +665,22 @@ mod tests {
             simple_string(&t),
             "array<struct<a:int,b:map<string,double>>>"
         );
+    }
+
+    #[test]
+    fn any_text_gives_a_type_or_an_error() {
+        for text in [
+            "a\u{a0}int",
+            "\u{3000}",
+            "`é`",
+            "map<",
+            "struct<a:int",
+            "décimal(1)",
+        ] {
+            let _ = parse_schema(text);
+            let _ = parse_type(text);
+        }
+        assert!(parse_schema("a\u{a0}int").is_ok());
     }
 
     #[test]

@@ -156,7 +156,7 @@ def test_errors_name_what_is_wrong_and_the_session_goes_on(spark, workdir):
     df = spark.range(3)
     with pytest.raises(AnalysisException, match="no_such_col") as e:
         df.select("no_such_col").collect()
-    assert e.value.getErrorClass().startswith("UNRESOLVED_COLUMN")
+    assert e.value.getCondition().startswith("UNRESOLVED_COLUMN")
     with pytest.raises(AnalysisException, match="missing_table"):
         spark.table("missing_table").collect()
     with pytest.raises(AnalysisException):
@@ -225,11 +225,23 @@ def run_in_thread(fn):
     return thread, outcome
 
 
+def interrupt_when_running(interrupt):
+    """Interrupts as soon as the server has the operation (it may take a moment to arrive
+    on a loaded machine); returns what was interrupted."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        interrupted = interrupt()
+        if interrupted:
+            return interrupted
+        time.sleep(0.2)
+    return []
+
+
 def test_interrupt_all_stops_a_long_query(spark):
     thread, outcome = run_in_thread(lambda: long_query(spark).count())
-    time.sleep(2)
+    time.sleep(1)
     started = time.time()
-    interrupted = spark.interruptAll()
+    interrupted = interrupt_when_running(spark.interruptAll)
     thread.join(timeout=30)
     assert not thread.is_alive(), "the query stopped"
     assert time.time() - started < 30
@@ -246,10 +258,19 @@ def test_interrupt_by_tag(spark):
 
     thread, outcome = run_in_thread(tagged)
     untagged, other = run_in_thread(lambda: spark.range(1000).count())
-    time.sleep(2)
-    assert len(spark.interruptTag("slow")) == 1
+    time.sleep(1)
+    assert len(interrupt_when_running(lambda: spark.interruptTag("slow"))) == 1
     thread.join(timeout=30)
     untagged.join(timeout=30)
     assert not thread.is_alive() and "error" in outcome
     assert other.get("value") == 1000
     assert spark.interruptTag("slow") == []
+
+
+def test_checkpoints_are_kept_on_the_executors(spark):
+    df = spark.range(100).filter("id % 3 = 0")
+    local = df.localCheckpoint()
+    assert local.count() == 34
+    assert local.agg(F.sum("id")).first()[0] == sum(range(0, 100, 3))
+    lazy = df.checkpoint(eager=False)
+    assert lazy.filter("id > 50").count() == 17
