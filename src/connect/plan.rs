@@ -184,12 +184,22 @@ impl<'a> Planner<'a> {
                 let input = self.input(&t.input).await?;
                 let schema: SchemaRef = Arc::new(input.schema().as_arrow().clone());
                 let batches = self.collect(input).await?;
-                let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-                let skip = total.saturating_sub(t.limit.max(0) as usize);
-                let all = arrow::compute::concat_batches(&schema, &batches)
-                    .map_err(ember_engine::EngineError::from)?;
-                let tail = all.slice(skip, total - skip);
-                self.batches_frame(schema, vec![tail])
+                // The last `limit` rows: whole batches from the end, the first one sliced.
+                let mut wanted = t.limit.max(0) as usize;
+                let mut tail = Vec::new();
+                for b in batches.iter().rev() {
+                    if wanted == 0 {
+                        break;
+                    }
+                    let take = wanted.min(b.num_rows());
+                    tail.push(b.slice(b.num_rows() - take, take));
+                    wanted -= take;
+                }
+                tail.reverse();
+                if tail.is_empty() {
+                    tail.push(RecordBatch::new_empty(Arc::clone(&schema)));
+                }
+                self.batches_frame(schema, tail)
             }
             RelType::Aggregate(a) => self.aggregate(a).await,
             RelType::Sql(sql) => self.sql(sql).await,
@@ -1034,8 +1044,15 @@ impl<'a> Planner<'a> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConnectError::invalid(format!("local relation data: {e}")))?;
         if let Some(declared) = declared.filter(|d| d.fields().len() == schema.fields().len()) {
-            // The declared schema names and types the columns.
-            let target = Arc::new(declared);
+            // The declared schema names and types the columns (all nullable, as Spark's
+            // local relations are).
+            let target = Arc::new(Schema::new(
+                declared
+                    .fields()
+                    .iter()
+                    .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                    .collect::<Vec<_>>(),
+            ));
             batches = batches
                 .iter()
                 .map(|b| {
@@ -1045,28 +1062,13 @@ impl<'a> Planner<'a> {
                         .zip(target.fields())
                         .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
                         .collect::<Result<Vec<_>, _>>()?;
-                    RecordBatch::try_new(
-                        Arc::new(Schema::new(
-                            target
-                                .fields()
-                                .iter()
-                                .map(|f| Field::new(f.name(), f.data_type().clone(), true))
-                                .collect::<Vec<_>>(),
-                        )),
-                        columns,
-                    )
+                    RecordBatch::try_new(Arc::clone(&target), columns)
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| {
                     ConnectError::invalid(format!("local relation does not match its schema: {e}"))
                 })?;
-            schema = Arc::new(Schema::new(
-                target
-                    .fields()
-                    .iter()
-                    .map(|f| Field::new(f.name(), f.data_type().clone(), true))
-                    .collect::<Vec<_>>(),
-            ));
+            schema = target;
         }
         if batches.is_empty() {
             batches.push(RecordBatch::new_empty(Arc::clone(&schema)));

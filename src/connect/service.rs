@@ -308,7 +308,7 @@ impl Responder {
                 common: None,
                 rel_type: Some(proto::relation::RelType::LocalRelation(
                     proto::LocalRelation {
-                        data: Some(data.into()),
+                        data: Some(data),
                         schema: None,
                     },
                 )),
@@ -439,8 +439,12 @@ impl Responder {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
-        let moved = (|| -> std::io::Result<()> {
-            if w.mode() == SaveMode::Overwrite && dir.exists() {
+        // Renames and removals of a whole output tree: off the async workers.
+        let overwrite = w.mode() == SaveMode::Overwrite;
+        let target = dir.clone();
+        let moved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let dir = target;
+            if overwrite && dir.exists() {
                 if dir.is_dir() {
                     std::fs::remove_dir_all(&dir)?;
                 } else {
@@ -454,7 +458,9 @@ impl Responder {
             let tag = uuid::Uuid::new_v4().simple().to_string();
             move_tree(&staging, &dir, &tag[..8])?;
             std::fs::remove_dir_all(&staging)
-        })();
+        })
+        .await
+        .map_err(|e| ConnectError::internal(format!("moving the written files: {e}")))?;
         moved.map_err(|e| ConnectError::from(ember_engine::EngineError::io(&dir, e)))
     }
 
