@@ -103,6 +103,12 @@ impl ConnectService {
         Ok(session)
     }
 
+    /// The session a request names (see [`ConnectService::session`]).
+    async fn session_of(&self, req: &impl SessionRequest) -> Result<Arc<ConnectSession>, Status> {
+        let (id, observed) = req.ids();
+        self.session(id, observed).await
+    }
+
     fn existing_session(&self, id: &str) -> Result<Arc<ConnectSession>, Status> {
         self.sessions
             .get(id)
@@ -115,6 +121,28 @@ impl ConnectService {
             })
     }
 }
+
+/// A request that names its session and the server-side session id the client last saw.
+trait SessionRequest {
+    fn ids(&self) -> (&str, Option<&str>);
+}
+
+macro_rules! session_requests {
+    ($($request:ty),*) => {
+        $(impl SessionRequest for $request {
+            fn ids(&self) -> (&str, Option<&str>) {
+                (&self.session_id, self.client_observed_server_side_session_id.as_deref())
+            }
+        })*
+    };
+}
+
+session_requests!(
+    proto::ExecutePlanRequest,
+    proto::AnalyzePlanRequest,
+    proto::ConfigRequest,
+    proto::InterruptRequest
+);
 
 /// Registers the tables of the server's own session (`ember server --table`) in a new
 /// client session, so every client sees them.
@@ -589,12 +617,7 @@ impl SparkConnectService for ConnectService {
         request: Request<proto::ExecutePlanRequest>,
     ) -> Result<Response<ResponseStream>, Status> {
         let req = request.into_inner();
-        let session = self
-            .session(
-                &req.session_id,
-                req.client_observed_server_side_session_id.as_deref(),
-            )
-            .await?;
+        let session = self.session_of(&req).await?;
         let op_id = req
             .operation_id
             .clone()
@@ -634,12 +657,7 @@ impl SparkConnectService for ConnectService {
         use proto::analyze_plan_request::Analyze;
         use proto::analyze_plan_response as out;
         let req = request.into_inner();
-        let session = self
-            .session(
-                &req.session_id,
-                req.client_observed_server_side_session_id.as_deref(),
-            )
-            .await?;
+        let session = self.session_of(&req).await?;
         let analyze = req.analyze.ok_or_else(|| {
             status(ConnectError::invalid(
                 "an AnalyzePlan request without a question",
@@ -780,12 +798,7 @@ impl SparkConnectService for ConnectService {
     ) -> Result<Response<proto::ConfigResponse>, Status> {
         use proto::config_request::operation::OpType;
         let req = request.into_inner();
-        let session = self
-            .session(
-                &req.session_id,
-                req.client_observed_server_side_session_id.as_deref(),
-            )
-            .await?;
+        let session = self.session_of(&req).await?;
         let op = req.operation.and_then(|o| o.op_type).ok_or_else(|| {
             status(ConnectError::invalid(
                 "a Config request without an operation",
@@ -901,12 +914,7 @@ impl SparkConnectService for ConnectService {
     ) -> Result<Response<proto::InterruptResponse>, Status> {
         use proto::interrupt_request::{Interrupt, InterruptType};
         let req = request.into_inner();
-        let session = self
-            .session(
-                &req.session_id,
-                req.client_observed_server_side_session_id.as_deref(),
-            )
-            .await?;
+        let session = self.session_of(&req).await?;
         let kind = req.interrupt_type();
         let selected: Vec<Arc<Operation>> = session
             .operations
