@@ -232,6 +232,21 @@ fn datafusion_name(spark: &str) -> &str {
     }
 }
 
+/// Spark's one-argument operators: how each builds its expression, and the text around
+/// its argument's name in Spark's column name.
+type Unary = (fn(Expr) -> Expr, &'static str, &'static str);
+
+fn unary_operator(name: &str) -> Option<Unary> {
+    Some(match name {
+        "not" | "!" => (|e| Expr::Not(Box::new(e)), "(NOT ", ")"),
+        "isnull" => (Expr::is_null, "(", " IS NULL)"),
+        "isnotnull" => (Expr::is_not_null, "(", " IS NOT NULL)"),
+        "negative" => (|e| Expr::Negative(Box::new(e)), "(- ", ")"),
+        "positive" => (|e| e, "(+ ", ")"),
+        _ => return None,
+    })
+}
+
 fn binary_operator(name: &str) -> Option<(Operator, &'static str)> {
     Some(match name {
         "+" => (Operator::Plus, "+"),
@@ -560,18 +575,21 @@ impl Resolver<'_> {
                 ))
             }
         };
+        // `-x` arrives as "-" with one argument.
+        let unary = if lower == "-" && exprs.len() == 1 {
+            "negative"
+        } else {
+            lower.as_str()
+        };
+        if let Some((build, before, after)) = unary_operator(unary) {
+            arity(1)?;
+            let e = build(exprs.remove(0));
+            return Ok(Named::new(e, format!("{before}{}{after}", names[0])));
+        }
         if let Some((op, symbol)) = binary_operator(&lower) {
-            if lower == "-" && exprs.len() == 1 {
-                let e = exprs.remove(0);
-                return Ok(Named::new(
-                    Expr::Negative(Box::new(e)),
-                    format!("(- {})", names[0]),
-                ));
-            }
             arity(2)?;
-            let right = exprs.pop().unwrap_or_else(|| lit(ScalarValue::Null));
+            let mut right = exprs.pop().unwrap_or_else(|| lit(ScalarValue::Null));
             let mut left = exprs.pop().unwrap_or_else(|| lit(ScalarValue::Null));
-            let mut right = right;
             // Spark divides in floating point unless a side is decimal.
             if op == Operator::Divide {
                 let (lt, rt) = (self.data_type(&left)?, self.data_type(&right)?);
@@ -596,35 +614,6 @@ impl Resolver<'_> {
         };
         let simple = |e: Expr, n: String| Ok(Named::new(e, n));
         match lower.as_str() {
-            "not" | "!" => {
-                arity(1)?;
-                return simple(
-                    Expr::Not(Box::new(exprs.remove(0))),
-                    format!("(NOT {})", names[0]),
-                );
-            }
-            "isnull" => {
-                arity(1)?;
-                return simple(exprs.remove(0).is_null(), format!("({} IS NULL)", names[0]));
-            }
-            "isnotnull" => {
-                arity(1)?;
-                return simple(
-                    exprs.remove(0).is_not_null(),
-                    format!("({} IS NOT NULL)", names[0]),
-                );
-            }
-            "negative" => {
-                arity(1)?;
-                return simple(
-                    Expr::Negative(Box::new(exprs.remove(0))),
-                    format!("(- {})", names[0]),
-                );
-            }
-            "positive" => {
-                arity(1)?;
-                return simple(exprs.remove(0), format!("(+ {})", names[0]));
-            }
             "in" => {
                 if exprs.is_empty() {
                     return Err(ConnectError::invalid("isin without a column"));

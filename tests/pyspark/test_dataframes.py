@@ -103,6 +103,9 @@ def test_project_filter_and_expressions(spark):
     # Spark's names for unaliased expressions.
     assert df.select(F.col("id") + 1).columns == ["(id + 1)"]
     assert df.select(F.max("salary")).columns == ["max(salary)"]
+    first = df.filter("id = 1").select(-F.col("id"), ~F.col("dept").isNull()).first()
+    assert tuple(first) == (-1, True)
+    assert df.select(-F.col("id"), F.col("dept").isNull()).columns == ["(- id)", "(dept IS NULL)"]
     # Division is in floating point.
     assert spark.range(1).select((F.lit(7) / F.lit(2)).alias("q")).first().q == 3.5
 
