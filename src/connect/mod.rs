@@ -7,10 +7,12 @@
 //! - `plan` and `expr`: relations and expressions as DataFusion plans.
 //! - `types`: Spark types and Arrow types; `show`: `df.show()`'s text.
 //! - `operation`: reattachable response streams; `session`: per-client state.
+//! - `ml`: `pyspark.ml` (fit, transform, evaluate, model attributes, save and load).
 //! - `error`: errors as the exceptions a Spark client raises.
 
 mod error;
 mod expr;
+mod ml;
 mod operation;
 mod plan;
 mod service;

@@ -29,7 +29,7 @@ use super::proto::relation::RelType;
 use super::proto::{self, Relation};
 use super::session::ConnectSession;
 use super::show::show_string;
-use super::types::{parse_schema, simple_string};
+use super::types::{parse_schema, simple_string, storage_to_vectors, vector_storage_type};
 
 /// Translates the relations of one request.
 pub struct Planner<'a> {
@@ -52,6 +52,11 @@ impl<'a> Planner<'a> {
             plans: Vec::new(),
             aliases: 0,
         }
+    }
+
+    /// The session this planner plans for.
+    pub fn session(&self) -> &'a ConnectSession {
+        self.session
     }
 
     fn ctx(&self) -> &datafusion::prelude::SessionContext {
@@ -463,7 +468,7 @@ impl<'a> Planner<'a> {
             RelType::ApproxQuantile(_) => Err(unimplemented_relation("StatApproxQuantile")),
             RelType::FreqItems(_) => Err(unimplemented_relation("StatFreqItems")),
             RelType::SampleBy(_) => Err(unimplemented_relation("StatSampleBy")),
-            RelType::MlRelation(_) => Err(unimplemented_relation("MlRelation (pyspark.ml)")),
+            RelType::MlRelation(m) => super::ml::relation(self, m).await,
             RelType::Extension(_) => Err(unimplemented_relation("extension")),
             RelType::Unknown(_) => Err(unimplemented_relation("Unknown")),
         }
@@ -693,10 +698,44 @@ impl<'a> Planner<'a> {
                 }
                 Ok(ctx.read_json(paths, options).await?)
             }
+            "text" => self.read_text(&paths),
             other => Err(ConnectError::unimplemented(format!(
                 "data source format {other}"
             ))),
         }
+    }
+
+    /// `spark.read.text(paths)`: one `value` row per line of every file (a directory's
+    /// visible files in name order).
+    fn read_text(&self, paths: &[String]) -> ConnectResult<DFrame> {
+        let mut files = Vec::new();
+        for p in paths {
+            let path = Path::new(p);
+            if path.is_dir() {
+                let mut inside: Vec<_> = std::fs::read_dir(path)
+                    .map_err(|e| ember_engine::EngineError::io(path, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|f| {
+                        f.is_file()
+                            && !f
+                                .file_name()
+                                .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']))
+                    })
+                    .collect();
+                inside.sort();
+                files.extend(inside);
+            } else {
+                files.push(path.to_path_buf());
+            }
+        }
+        let mut lines = Vec::new();
+        for f in &files {
+            let text =
+                std::fs::read_to_string(f).map_err(|e| ember_engine::EngineError::io(f, e))?;
+            lines.extend(text.lines().map(str::to_string));
+        }
+        let values: ArrayRef = Arc::new(arrow::array::StringArray::from(lines));
+        self.columns_frame(vec![("value", values)])
     }
 
     async fn join(&mut self, j: &proto::Join) -> ConnectResult<DFrame> {
@@ -1069,6 +1108,13 @@ impl<'a> Planner<'a> {
                     ConnectError::invalid(format!("local relation does not match its schema: {e}"))
                 })?;
             schema = target;
+        }
+        if schema
+            .fields()
+            .iter()
+            .any(|f| f.data_type() == &vector_storage_type())
+        {
+            (schema, batches) = vector_columns(&schema, &batches)?;
         }
         if batches.is_empty() {
             batches.push(RecordBatch::new_empty(Arc::clone(&schema)));
@@ -1574,6 +1620,33 @@ impl<'a> Planner<'a> {
 /// INTERSECT ALL / EXCEPT ALL with bag semantics (a row kept as many times as it is in
 /// excess): each copy of a row is numbered on both sides, and the numbered rows go
 /// through the distinct operation.
+/// Local rows whose `VectorUDT` columns (`Vectors.dense(...)` in `createDataFrame`) become
+/// Ember's vector columns, which have one size per column.
+fn vector_columns(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> ConnectResult<(SchemaRef, Vec<RecordBatch>)> {
+    let all = arrow::compute::concat_batches(schema, batches)
+        .map_err(|e| ConnectError::invalid(format!("local relation data: {e}")))?;
+    let storage = vector_storage_type();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (f, c) in schema.fields().iter().zip(all.columns()) {
+        if f.data_type() == &storage {
+            let v = storage_to_vectors(f.name(), c)?;
+            fields.push(Field::new(f.name(), v.data_type().clone(), true));
+            columns.push(v);
+        } else {
+            fields.push(f.as_ref().clone());
+            columns.push(Arc::clone(c));
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)
+        .map_err(|e| ConnectError::invalid(format!("local relation data: {e}")))?;
+    Ok((schema, vec![batch]))
+}
+
 fn bag_operation(
     left: DFrame,
     right: DFrame,

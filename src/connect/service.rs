@@ -258,6 +258,11 @@ impl Responder {
                 Some(CommandType::WriteOperation(w)) => self.write(w).await?,
                 Some(CommandType::CreateDataframeView(v)) => self.create_view(v).await?,
                 Some(CommandType::CheckpointCommand(c)) => self.checkpoint(c).await?,
+                Some(CommandType::MlCommand(c)) => {
+                    let result = super::ml::command(&self.session, c).await?;
+                    self.send(self.response(epr::ResponseType::MlCommandResult(result)))
+                        .await?;
+                }
                 Some(CommandType::RemoveCachedRemoteRelationCommand(r)) => {
                     let id = r.relation.map(|r| r.relation_id).unwrap_or_default();
                     let removed = self
@@ -528,6 +533,13 @@ impl Responder {
             "parquet" => {
                 local.write_parquet(&target, options, None).await?;
             }
+            "text" => {
+                if !w.partitioning_columns.is_empty() {
+                    return Err(ConnectError::unimplemented("partitionBy of a text write"));
+                }
+                let batches = local.collect().await?;
+                write_text(dir, &batches)?;
+            }
             other => {
                 return Err(ConnectError::unimplemented(format!(
                     "data source format {other}"
@@ -536,6 +548,36 @@ impl Responder {
         }
         Ok(())
     }
+}
+
+/// `df.write.text(path)`: one file of lines, from the one string column.
+fn write_text(dir: &std::path::Path, batches: &[RecordBatch]) -> ConnectResult<()> {
+    use arrow::array::{Array, AsArray};
+    use std::io::Write;
+    let file = dir.join("part-00000.txt");
+    let io = |e: std::io::Error| ConnectError::from(ember_engine::EngineError::io(&file, e));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&file).map_err(io)?);
+    for b in batches {
+        if b.num_columns() != 1 {
+            return Err(ConnectError::analysis(
+                "UNSUPPORTED_DATA_TYPE",
+                format!(
+                    "Text data source supports only a single column, and you have {} columns.",
+                    b.num_columns()
+                ),
+            ));
+        }
+        let column = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| ConnectError::invalid(format!("text data source: {e}")))?;
+        let lines = column.as_string::<i32>();
+        for i in 0..lines.len() {
+            if lines.is_valid(i) {
+                out.write_all(lines.value(i).as_bytes()).map_err(io)?;
+            }
+            out.write_all(b"\n").map_err(io)?;
+        }
+    }
+    out.flush().map_err(io)
 }
 
 /// Moves the files under `from` into `to`, prefixing file names with `tag`.

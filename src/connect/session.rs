@@ -40,6 +40,8 @@ pub struct ConnectSession {
     pub cached_tables: Mutex<HashMap<String, CachedTable>>,
     /// Operations (ExecutePlan calls) of this session that have not been released.
     pub operations: dashmap::DashMap<String, Arc<Operation>>,
+    /// Fitted models `pyspark.ml` refers to by id.
+    pub ml: super::ml::MlCache,
 }
 
 impl std::fmt::Debug for ConnectSession {
@@ -145,6 +147,7 @@ impl ConnectSession {
             checkpoints: Mutex::new(HashMap::new()),
             cached_tables: Mutex::new(HashMap::new()),
             operations: dashmap::DashMap::new(),
+            ml: super::ml::MlCache::default(),
         }
     }
 

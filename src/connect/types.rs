@@ -68,15 +68,201 @@ fn client_field(f: &Field) -> Field {
     Field::new(f.name(), client_type(f.data_type()), f.is_nullable())
 }
 
-/// `schema` with every column in its [`client_type`].
+/// `schema` with every column in its [`client_type`]; a column of mllib vectors becomes
+/// Spark's `VectorUDT` storage struct, marked as such.
 pub fn client_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
         schema
             .fields()
             .iter()
-            .map(|f| client_field(f))
+            .map(|f| {
+                if is_vector(f.data_type()) {
+                    vector_field(f.name(), f.is_nullable())
+                } else {
+                    client_field(f)
+                }
+            })
             .collect::<Fields>(),
     ))
+}
+
+/// The Spark class of mllib's vectors on the wire.
+pub const VECTOR_UDT: &str = "org.apache.spark.ml.linalg.VectorUDT";
+/// The Python class of mllib's vectors on the wire.
+const VECTOR_UDT_PYTHON: &str = "pyspark.ml.linalg.VectorUDT";
+/// Field metadata key marking a column sent as a user-defined type.
+const UDT_KEY: &str = "ember.udt";
+
+/// Whether `t` is an mllib vector column (a fixed-size list of floats).
+pub fn is_vector(t: &DataType) -> bool {
+    matches!(t, DataType::FixedSizeList(item, _)
+        if matches!(item.data_type(), DataType::Float32 | DataType::Float64))
+}
+
+/// The storage of Spark's `VectorUDT`: `type` (0 sparse, 1 dense), `size` and `indices`
+/// (sparse only), `values`.
+pub fn vector_storage_type() -> DataType {
+    DataType::Struct(Fields::from(vec![
+        Field::new("type", DataType::Int8, false),
+        Field::new("size", DataType::Int32, true),
+        Field::new(
+            "indices",
+            DataType::List(Arc::new(Field::new("element", DataType::Int32, false))),
+            true,
+        ),
+        Field::new(
+            "values",
+            DataType::List(Arc::new(Field::new("element", DataType::Float64, false))),
+            true,
+        ),
+    ]))
+}
+
+fn vector_field(name: &str, nullable: bool) -> Field {
+    Field::new(name, vector_storage_type(), nullable).with_metadata(
+        [(UDT_KEY.to_string(), VECTOR_UDT.to_string())]
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// Spark's `VectorUDT` type.
+fn vector_udt() -> SparkType {
+    kind(Kind::Udt(Box::new(dt::Udt {
+        r#type: "udt".into(),
+        jvm_class: Some(VECTOR_UDT.into()),
+        python_class: Some(VECTOR_UDT_PYTHON.into()),
+        serialized_python_class: None,
+        sql_type: Some(Box::new(spark_type(&vector_storage_type()))),
+    })))
+}
+
+/// An mllib vector column as dense `VectorUDT` values.
+fn vectors_to_storage(array: &ArrayRef) -> ConnectResult<ArrayRef> {
+    use arrow::array::{Array, AsArray, Int8Array, ListArray, StructArray};
+    use arrow::buffer::OffsetBuffer;
+    let list = array.as_fixed_size_list();
+    let n = list.len();
+    let d = list.value_length().max(0) as usize;
+    let start = list.offset() * d;
+    let values = arrow::compute::cast(&list.values().slice(start, n * d), &DataType::Float64)
+        .map_err(|e| ConnectError::internal(format!("vector values: {e}")))?;
+    let DataType::Struct(fields) = vector_storage_type() else {
+        unreachable!("the vector storage type is a struct")
+    };
+    let values_field = Arc::new(Field::new("element", DataType::Float64, false));
+    let values = ListArray::try_new(
+        values_field,
+        OffsetBuffer::from_lengths(std::iter::repeat_n(d, n)),
+        values,
+        None,
+    )
+    .map_err(|e| ConnectError::internal(format!("vector values: {e}")))?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int8Array::from(vec![1i8; n])),
+        arrow::array::new_null_array(&DataType::Int32, n),
+        arrow::array::new_null_array(fields[2].data_type(), n),
+        Arc::new(values),
+    ];
+    let s = StructArray::try_new(fields, columns, list.nulls().cloned())
+        .map_err(|e| ConnectError::internal(format!("vector column: {e}")))?;
+    Ok(Arc::new(s))
+}
+
+/// A column of `VectorUDT` values sent by a client (dense or sparse) as an mllib vector
+/// column; every vector must have the same size.
+pub fn storage_to_vectors(name: &str, array: &ArrayRef) -> ConnectResult<ArrayRef> {
+    use arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array};
+    let s = array.as_struct();
+    let bad = |what: String| {
+        ConnectError::analysis("DATATYPE_MISMATCH", format!("column `{name}`: {what}"))
+    };
+    let kinds =
+        arrow::compute::cast(s.column(0), &DataType::Int8).map_err(|e| bad(e.to_string()))?;
+    let kinds = kinds.as_primitive::<arrow::datatypes::Int8Type>();
+    let sizes =
+        arrow::compute::cast(s.column(1), &DataType::Int32).map_err(|e| bad(e.to_string()))?;
+    let sizes = sizes.as_primitive::<arrow::datatypes::Int32Type>();
+    let index_type = DataType::List(Arc::new(Field::new("element", DataType::Int32, true)));
+    let value_type = DataType::List(Arc::new(Field::new("element", DataType::Float64, true)));
+    let indices = arrow::compute::cast(s.column(2), &index_type).map_err(|e| bad(e.to_string()))?;
+    let indices = indices.as_list::<i32>();
+    let values = arrow::compute::cast(s.column(3), &value_type).map_err(|e| bad(e.to_string()))?;
+    let values = values.as_list::<i32>();
+    let mut dimension: Option<usize> = None;
+    let mut out: Vec<f32> = Vec::new();
+    for row in 0..s.len() {
+        if s.is_null(row) {
+            continue;
+        }
+        let v = values.value(row);
+        let v = v.as_primitive::<arrow::datatypes::Float64Type>();
+        let (size, dense) = match kinds.value(row) {
+            1 => (
+                v.len(),
+                v.values().iter().map(|x| *x as f32).collect::<Vec<_>>(),
+            ),
+            0 => {
+                let size = if sizes.is_null(row) {
+                    return Err(bad(format!("row {row}: a sparse vector without a size")));
+                } else {
+                    sizes.value(row).max(0) as usize
+                };
+                let mut dense = vec![0f32; size];
+                let idx = indices.value(row);
+                let idx = idx.as_primitive::<arrow::datatypes::Int32Type>();
+                if idx.len() != v.len() {
+                    return Err(bad(format!(
+                        "row {row}: a sparse vector with {} indices and {} values",
+                        idx.len(),
+                        v.len()
+                    )));
+                }
+                for (i, x) in idx.values().iter().zip(v.values()) {
+                    let slot = usize::try_from(*i)
+                        .ok()
+                        .filter(|i| *i < size)
+                        .ok_or_else(|| bad(format!("row {row}: index {i} outside size {size}")))?;
+                    dense[slot] = *x as f32;
+                }
+                (size, dense)
+            }
+            other => return Err(bad(format!("row {row}: unknown vector type {other}"))),
+        };
+        match dimension {
+            None => dimension = Some(size),
+            Some(d) if d != size => {
+                return Err(bad(format!(
+                    "vectors of different sizes ({d} and {size}, row {row}); Ember's vector \
+                     columns have one size"
+                )))
+            }
+            Some(_) => {}
+        }
+        out.extend(dense);
+    }
+    let d = dimension.unwrap_or(0);
+    // Null rows take a slot of zeros.
+    if s.null_count() > 0 {
+        let mut full = Vec::with_capacity(s.len() * d);
+        let mut next = out.chunks(d.max(1));
+        for row in 0..s.len() {
+            if s.is_null(row) || d == 0 {
+                full.extend(std::iter::repeat_n(0f32, d));
+            } else if let Some(chunk) = next.next() {
+                full.extend_from_slice(chunk);
+            }
+        }
+        out = full;
+    }
+    let list = FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", DataType::Float32, false)),
+        d as i32,
+        Arc::new(Float32Array::from(out)),
+        s.nulls().cloned(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    Ok(Arc::new(list))
 }
 
 /// `batch` cast to `schema` (from [`client_schema`] of its own schema).
@@ -91,12 +277,15 @@ pub fn to_client_batch(batch: &RecordBatch, schema: &SchemaRef) -> ConnectResult
         .map(|(c, f)| {
             if c.data_type() == f.data_type() {
                 Ok(Arc::clone(c))
+            } else if is_vector(c.data_type()) {
+                vectors_to_storage(c)
             } else {
-                arrow::compute::cast(c, f.data_type())
+                arrow::compute::cast(c, f.data_type()).map_err(|e| {
+                    ConnectError::internal(format!("converting a result for the client: {e}"))
+                })
             }
         })
-        .collect::<Result<Vec<ArrayRef>, _>>()
-        .map_err(|e| ConnectError::internal(format!("converting a result for the client: {e}")))?;
+        .collect::<ConnectResult<Vec<ArrayRef>>>()?;
     RecordBatch::try_new_with_options(
         Arc::clone(schema),
         columns,
@@ -113,7 +302,15 @@ pub fn spark_schema(schema: &Schema) -> SparkType {
             .iter()
             .map(|f| dt::StructField {
                 name: f.name().clone(),
-                data_type: Some(spark_type(f.data_type())),
+                data_type: Some(
+                    if is_vector(f.data_type())
+                        || f.metadata().get(UDT_KEY).map(String::as_str) == Some(VECTOR_UDT)
+                    {
+                        vector_udt()
+                    } else {
+                        spark_type(f.data_type())
+                    },
+                ),
                 nullable: f.is_nullable(),
                 metadata: None,
             })
@@ -227,7 +424,13 @@ pub fn arrow_type(t: &SparkType) -> ConnectResult<DataType> {
             map_type(arrow_type(k)?, arrow_type(v)?, m.value_contains_null)
         }
         Kind::Unparsed(u) => parse_type(&u.data_type_string)?,
-        Kind::Udt(_) => return Err(ConnectError::unimplemented("user-defined type")),
+        Kind::Udt(u) if u.jvm_class.as_deref() == Some(VECTOR_UDT) => vector_storage_type(),
+        Kind::Udt(u) => {
+            return Err(ConnectError::unimplemented(format!(
+                "user-defined type {}",
+                u.jvm_class.as_deref().unwrap_or("(unnamed)")
+            )))
+        }
         Kind::Variant(_) => return Err(ConnectError::unimplemented("VARIANT type")),
         Kind::Geometry(_) => return Err(ConnectError::unimplemented("GEOMETRY type")),
         Kind::Geography(_) => return Err(ConnectError::unimplemented("GEOGRAPHY type")),
@@ -344,7 +547,17 @@ fn json_type(v: &serde_json::Value) -> ConnectResult<DataType> {
                     .unwrap_or(true);
                 Ok(map_type(json_type(k)?, json_type(v)?, nullable))
             }
-            Some("udt") => Err(ConnectError::unimplemented("user-defined type")),
+            // mllib vectors arrive in their storage struct; the planner turns them into
+            // Ember's vector columns.
+            Some("udt") if o.get("class").and_then(Value::as_str) == Some(VECTOR_UDT) => {
+                Ok(vector_storage_type())
+            }
+            Some("udt") => Err(ConnectError::unimplemented(format!(
+                "user-defined type {}",
+                o.get("class")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(unnamed)")
+            ))),
             other => Err(ConnectError::parse(format!("unknown JSON type {other:?}"))),
         },
         other => Err(ConnectError::parse(format!("unknown JSON type {other}"))),

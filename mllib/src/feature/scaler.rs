@@ -91,6 +91,7 @@ impl<F: Frame> Estimator<F> for StandardScaler {
             output_col: self.output_col.clone(),
             scale,
             offset,
+            measured: [s.mean.clone(), s.std.clone()],
         })
     }
 }
@@ -179,6 +180,7 @@ impl<F: Frame> Estimator<F> for MinMaxScaler {
             output_col: self.output_col.clone(),
             scale,
             offset,
+            measured: [s.min.clone(), s.max.clone()],
         })
     }
 }
@@ -195,6 +197,9 @@ pub struct ScalerModel {
     pub scale: Vec<f64>,
     /// Per-feature offset.
     pub offset: Vec<f64>,
+    /// What fitting measured per feature: mean and standard deviation (standard scaler)
+    /// or minimum and maximum (min-max scaler); empty in a model saved without them.
+    pub measured: [Vec<f64>; 2],
 }
 
 impl ScalerModel {
@@ -222,6 +227,10 @@ impl ScalerModel {
             output_col: persist::param(&meta, path, "output_col")?,
             scale: persist::array(&arrays, path, "scale")?,
             offset: persist::array(&arrays, path, "offset")?,
+            measured: [
+                arrays.get("measured_0").cloned().unwrap_or_default(),
+                arrays.get("measured_1").cloned().unwrap_or_default(),
+            ],
         })
     }
 }
@@ -255,7 +264,12 @@ impl Transformer for ScalerModel {
             path,
             self.class,
             serde_json::json!({ "input_col": self.input_col, "output_col": self.output_col }),
-            &[("scale", &self.scale), ("offset", &self.offset)],
+            &[
+                ("scale", &self.scale),
+                ("offset", &self.offset),
+                ("measured_0", &self.measured[0]),
+                ("measured_1", &self.measured[1]),
+            ],
             |_| Ok(()),
         )
     }
