@@ -57,6 +57,11 @@ pub mod tpcds;
 pub mod tpch;
 
 pub use dataframe::{DataFrame, ResultStream};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
 pub use error::{Error, Result};
 pub use executor_main::run_executor_if_requested;
 pub use session::{Session, SessionBuilder};

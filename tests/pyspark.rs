@@ -12,12 +12,15 @@ use ember::prelude::*;
 use ember::tpch;
 
 /// What the suite installs; the environment is rebuilt when this changes.
-const REQUIREMENTS: [&str; 5] = [
+const REQUIREMENTS: [&str; 6] = [
     "pyspark-client==4.2.0",
     "pandas>=2.2,<3",
     "pyarrow>=18",
     "numpy>=1.26",
     "pytest>=8",
+    // The ML tests compare Ember's models with scikit-learn's (1.8 names the elastic
+    // net by `l1_ratio` alone).
+    "scikit-learn>=1.8",
 ];
 
 /// How long the server may take to print its URL.

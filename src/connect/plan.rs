@@ -213,14 +213,12 @@ impl<'a> Planner<'a> {
                 if s.with_replacement == Some(true) {
                     return Err(ConnectError::unimplemented("sample with replacement"));
                 }
-                if s.lower_bound > 0.0 {
-                    return Err(ConnectError::unimplemented(
-                        "randomSplit (a sample with a lower bound)",
-                    ));
-                }
                 let input = self.input(&s.input).await?;
-                let random = datafusion::functions::math::expr_fn::random();
-                Ok(input.filter(random.lt(lit(s.upper_bound)))?)
+                // A hash of each row and the seed: the same sample on every run and
+                // after a recomputation, and disjoint ranges for randomSplit's parts.
+                let seed = s.seed.unwrap_or_else(rand::random) as u64;
+                ember_mllib::feature::hash_sample(input, s.lower_bound, s.upper_bound, seed)
+                    .map_err(|e| ConnectError::Ember(crate::Error::Ml(e)))
             }
             RelType::Deduplicate(d) => {
                 let input = self.input(&d.input).await?;

@@ -89,6 +89,30 @@ pub(crate) async fn feature_summary<F: Frame>(
     Ok(summary)
 }
 
+/// The rows of `df` whose pseudo-random number in `[0, 1)`, a hash of the row's values
+/// and `seed`, falls in `[low, high)`: a sample that is the same on every run and after any
+/// recomputation (identical rows are kept or dropped together). Disjoint ranges of one
+/// seed split the rows.
+///
+/// # Errors
+///
+/// Planning the filter failed.
+pub fn hash_sample(
+    df: datafusion::dataframe::DataFrame,
+    low: f64,
+    high: f64,
+    seed: u64,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let columns: Vec<Expr> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| quoted(f.name()))
+        .collect();
+    let u = udf::uniform(columns, &udf::UniformParams { seed });
+    Ok(df.filter(u.clone().gt_eq(lit(low)).and(u.lt(lit(high))))?)
+}
+
 /// Splits `df` into parts with the given relative `weights`, by a hash of each row's
 /// values and `seed`: the same rows go to the same part on every run and after any
 /// recomputation (identical rows always go to the same part).
@@ -105,13 +129,6 @@ pub fn random_split<F: Frame>(df: &F, weights: &[f64], seed: u64) -> Result<Vec<
             format!("must be non-negative with a positive sum, got {weights:?}"),
         ));
     }
-    let columns: Vec<Expr> = df
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| quoted(f.name()))
-        .collect();
-    let u = udf::uniform(columns, &udf::UniformParams { seed });
     let mut parts = Vec::with_capacity(weights.len());
     let mut low = 0.0;
     for (i, w) in weights.iter().enumerate() {
@@ -120,11 +137,7 @@ pub fn random_split<F: Frame>(df: &F, weights: &[f64], seed: u64) -> Result<Vec<
         } else {
             low + w / total
         };
-        let part = df
-            .logical()
-            .clone()
-            .filter(u.clone().gt_eq(lit(low)).and(u.clone().lt(lit(high))))?;
-        parts.push(df.derive(part));
+        parts.push(df.derive(hash_sample(df.logical().clone(), low, high, seed)?));
         low = high;
     }
     Ok(parts)
