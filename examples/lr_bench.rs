@@ -56,6 +56,10 @@ struct Args {
     /// What the executors' kernels run on: cpu, gpu, auto or both.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Keep the generated Parquet data in this directory (for the PySpark bench,
+    /// `bench/connect_lr.sh`) instead of a temporary one.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 struct Rng(u64);
@@ -218,8 +222,15 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let (x, y) = generate(&args);
-    let data = tempfile::tempdir()?;
-    write_parquet(data.path(), &args, &x, &y)?;
+    let temporary = tempfile::tempdir()?;
+    let data = match &args.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => temporary.path().to_path_buf(),
+    };
+    write_parquet(&data, &args, &x, &y)?;
     println!(
         "data: {} rows x {d} features, seed {}, {} Parquet files ({:.1} s to generate)",
         args.rows,
@@ -234,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut figures = Vec::new();
     for device in devices {
-        figures.push(fit_on(device, &args, data.path()).await?);
+        figures.push(fit_on(device, &args, &data).await?);
     }
     let Some(model) = figures.last().map(|f| f.model.clone()) else {
         anyhow::bail!("no device to run on");
