@@ -5,6 +5,8 @@
 #   bash bench/connect_lr.sh [ROWS] [FEATURES] [ITERATIONS]
 # Needs a Python environment with pyspark-client ($PYTHON, default python3).
 set -euo pipefail
+# Mesa's device-select layer warns about XDG_RUNTIME_DIR on headless machines.
+export NODEVICE_SELECT=1
 cd "$(dirname "$0")/.."
 rows="${1:-1000000}"; features="${2:-32}"; iterations="${3:-20}"
 python="${PYTHON:-python3}"
