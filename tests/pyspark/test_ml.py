@@ -171,10 +171,14 @@ def sklearn_logistic(x, y, reg, l1_ratio=0.0):
     return SkLogistic(**kwargs).fit(x, y)
 
 
-def test_binary_logistic_regression_matches_scikit_learn(spark):
+def cancer_standardized():
+    """Breast cancer features standardized, label 1 for malignant."""
     _, x, y = numpy_csv(CANCER)
-    x = standardized(x)
-    y = (y == "M").astype(float)
+    return standardized(x), (y == "M").astype(float)
+
+
+def test_binary_logistic_regression_matches_scikit_learn(spark):
+    x, y = cancer_standardized()
     reg = 0.01
     df = vector_frame(spark, x, y)
     model = LogisticRegression(
@@ -186,9 +190,7 @@ def test_binary_logistic_regression_matches_scikit_learn(spark):
 
 
 def test_elastic_net_logistic_regression_matches_scikit_learn(spark):
-    _, x, y = numpy_csv(CANCER)
-    x = standardized(x)
-    y = (y == "M").astype(float)
+    x, y = cancer_standardized()
     reg, alpha = 0.02, 0.5
     df = vector_frame(spark, x, y)
     model = LogisticRegression(

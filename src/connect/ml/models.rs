@@ -247,23 +247,30 @@ pub enum Fitted {
     Imputer(ImputerModel),
 }
 
+/// Sets the params logistic and linear regression share, read by their Spark names.
+macro_rules! linear_params {
+    ($q:ident, $p:ident) => {
+        $q.features_col = $p.str("featuresCol")?;
+        $q.label_col = $p.str("labelCol")?;
+        $q.prediction_col = $p.str("predictionCol")?;
+        $q.max_iter = $p.usize("maxIter")?;
+        $q.reg_param = $p.f64("regParam")?;
+        $q.elastic_net_param = $p.f64("elasticNetParam")?;
+        $q.tol = $p.f64("tol")?;
+        $q.fit_intercept = $p.bool("fitIntercept")?;
+        $q.standardization = $p.bool("standardization")?;
+    };
+}
+
 /// Fits estimator `op` with `p` on `df`.
 pub async fn fit(op: &Operator, p: &Params, df: &DataFrame) -> ConnectResult<(Operator, Fitted)> {
     let fitted = match op.name {
         "LogisticRegression" => {
             let mut e = LogisticRegression::new();
             let q = &mut e.params;
-            q.features_col = p.str("featuresCol")?;
-            q.label_col = p.str("labelCol")?;
-            q.prediction_col = p.str("predictionCol")?;
+            linear_params!(q, p);
             q.probability_col = p.str("probabilityCol")?;
             q.raw_prediction_col = p.str("rawPredictionCol")?;
-            q.max_iter = p.usize("maxIter")?;
-            q.reg_param = p.f64("regParam")?;
-            q.elastic_net_param = p.f64("elasticNetParam")?;
-            q.tol = p.f64("tol")?;
-            q.fit_intercept = p.bool("fitIntercept")?;
-            q.standardization = p.bool("standardization")?;
             q.threshold = p.f64("threshold")?;
             q.family = match p.choice("family", &["auto", "binomial", "multinomial"])? {
                 "binomial" => Family::Binomial,
@@ -276,15 +283,7 @@ pub async fn fit(op: &Operator, p: &Params, df: &DataFrame) -> ConnectResult<(Op
             p.only("loss", "squaredError")?;
             let mut e = LinearRegression::new();
             let q = &mut e.params;
-            q.features_col = p.str("featuresCol")?;
-            q.label_col = p.str("labelCol")?;
-            q.prediction_col = p.str("predictionCol")?;
-            q.max_iter = p.usize("maxIter")?;
-            q.reg_param = p.f64("regParam")?;
-            q.elastic_net_param = p.f64("elasticNetParam")?;
-            q.tol = p.f64("tol")?;
-            q.fit_intercept = p.bool("fitIntercept")?;
-            q.standardization = p.bool("standardization")?;
+            linear_params!(q, p);
             q.solver = match p.choice("solver", &["auto", "normal", "l-bfgs"])? {
                 "normal" => RegressionSolver::Normal,
                 "l-bfgs" => RegressionSolver::Lbfgs,
@@ -465,8 +464,7 @@ pub async fn evaluate(op: &Operator, p: &Params, df: &DataFrame) -> ConnectResul
     }
 }
 
-/// Where `evaluate` can read a binary score from: Ember's evaluator reads the raw
-/// prediction vector's positive margin.
+/// The kind of training summary a model has (named in errors).
 fn summary_metric(fitted: &Fitted) -> &'static str {
     match fitted {
         Fitted::Logistic(_) => "classification",
@@ -725,12 +723,6 @@ impl Fitted {
                 let batch = arrow::array::RecordBatch::try_from_iter(columns)
                     .map_err(|e| ConnectError::internal(e.to_string()))?;
                 Ok(ctx.read_batch(batch)?)
-            }
-            (Fitted::Indexer(models), "labelsArray" | "labels") => {
-                let _ = models;
-                Err(ConnectError::invalid(format!(
-                    "{method} of {class} is not a DataFrame"
-                )))
             }
             _ => Err(ConnectError::unimplemented(format!(
                 "DataFrame attribute {method} of {class}"
