@@ -129,7 +129,7 @@ def test_iris_pipeline_fits_evaluates_saves_and_loads(spark, workdir):
     assert predictions(refit.transform(df)) == predictions(out)
     # Saving again without overwrite() is refused and leaves the saved model intact.
     with pytest.raises(ClientError, match="already exists"):
-        lr.write().save(os.path.join(path, "stages", os.listdir(os.path.join(path, "stages"))[3]))
+        lr.write().save(os.path.join(path, "stages", sorted(os.listdir(os.path.join(path, "stages")))[3]))
     assert predictions(PipelineModel.load(path).transform(df)) == predictions(out)
 
 
