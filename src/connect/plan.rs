@@ -696,7 +696,7 @@ impl<'a> Planner<'a> {
                 }
                 Ok(ctx.read_json(paths, options).await?)
             }
-            "text" => self.read_text(&paths),
+            "text" => self.read_text(paths).await,
             other => Err(ConnectError::unimplemented(format!(
                 "data source format {other}"
             ))),
@@ -704,34 +704,40 @@ impl<'a> Planner<'a> {
     }
 
     /// `spark.read.text(paths)`: one `value` row per line of every file (a directory's
-    /// visible files in name order).
-    fn read_text(&self, paths: &[String]) -> ConnectResult<DFrame> {
-        let mut files = Vec::new();
-        for p in paths {
-            let path = Path::new(p);
-            if path.is_dir() {
-                let mut inside: Vec<_> = std::fs::read_dir(path)
-                    .map_err(|e| ember_engine::EngineError::io(path, e))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|f| {
-                        f.is_file()
-                            && !f
-                                .file_name()
-                                .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']))
-                    })
-                    .collect();
-                inside.sort();
-                files.extend(inside);
-            } else {
-                files.push(path.to_path_buf());
+    /// visible files in name order), read on the driver (off the async workers): the
+    /// small files ML metadata and configuration are kept in.
+    async fn read_text(&self, paths: Vec<String>) -> ConnectResult<DFrame> {
+        let lines = tokio::task::spawn_blocking(move || -> ConnectResult<Vec<String>> {
+            let mut files = Vec::new();
+            for p in &paths {
+                let path = Path::new(p);
+                if path.is_dir() {
+                    let mut inside: Vec<_> = std::fs::read_dir(path)
+                        .map_err(|e| ember_engine::EngineError::io(path, e))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|f| {
+                            f.is_file()
+                                && !f
+                                    .file_name()
+                                    .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']))
+                        })
+                        .collect();
+                    inside.sort();
+                    files.extend(inside);
+                } else {
+                    files.push(path.to_path_buf());
+                }
             }
-        }
-        let mut lines = Vec::new();
-        for f in &files {
-            let text =
-                std::fs::read_to_string(f).map_err(|e| ember_engine::EngineError::io(f, e))?;
-            lines.extend(text.lines().map(str::to_string));
-        }
+            let mut lines = Vec::new();
+            for f in &files {
+                let text =
+                    std::fs::read_to_string(f).map_err(|e| ember_engine::EngineError::io(f, e))?;
+                lines.extend(text.lines().map(str::to_string));
+            }
+            Ok(lines)
+        })
+        .await
+        .map_err(|e| ConnectError::internal(format!("reading text files: {e}")))??;
         let values: ArrayRef = Arc::new(arrow::array::StringArray::from(lines));
         self.columns_frame(vec![("value", values)])
     }

@@ -538,7 +538,10 @@ impl Responder {
                     return Err(ConnectError::unimplemented("partitionBy of a text write"));
                 }
                 let batches = local.collect().await?;
-                write_text(dir, &batches)?;
+                let dir = dir.to_path_buf();
+                tokio::task::spawn_blocking(move || write_text(&dir, &batches))
+                    .await
+                    .map_err(|e| ConnectError::internal(format!("writing text: {e}")))??;
             }
             other => {
                 return Err(ConnectError::unimplemented(format!(

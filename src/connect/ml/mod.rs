@@ -231,7 +231,12 @@ async fn fetch(
         .unwrap_or_default();
     let names: Vec<&str> = f.methods.iter().map(|m| m.method.as_str()).collect();
     if id == HELPER_ID {
-        return helper(&f.methods).map(Fetched::Value);
+        // File removal: off the async workers.
+        let methods = f.methods.clone();
+        return tokio::task::spawn_blocking(move || helper(&methods))
+            .await
+            .map_err(|e| ConnectError::internal(format!("ML helper: {e}")))?
+            .map(Fetched::Value);
     }
     let object = session.ml.get(id)?;
     let class = object.operator.name;
@@ -431,15 +436,19 @@ async fn write(session: &ConnectSession, w: ml_command::Write) -> ConnectResult<
         }
         None => Err(ConnectError::invalid("an ML write of nothing")),
     };
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    if path.exists() {
-        remove(&path)?;
-    }
-    std::fs::rename(&staging, &path)
-        .map_err(|e| ConnectError::from(ember_engine::EngineError::io(&path, e)))?;
+    tokio::task::spawn_blocking(move || -> ConnectResult<()> {
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        if path.exists() {
+            remove(&path)?;
+        }
+        std::fs::rename(&staging, &path)
+            .map_err(|e| ConnectError::from(ember_engine::EngineError::io(&path, e)))
+    })
+    .await
+    .map_err(|e| ConnectError::internal(format!("placing a written model: {e}")))??;
     Ok(param_result(literal::boolean(true)))
 }
 
