@@ -171,6 +171,13 @@ def sklearn_logistic(x, y, reg, l1_ratio=0.0):
     return SkLogistic(**kwargs).fit(x, y)
 
 
+def ember_logistic(df, reg, alpha=0.0):
+    """Ember's fit of the objective `sklearn_logistic` minimizes, converged tightly."""
+    return LogisticRegression(
+        regParam=reg, elasticNetParam=alpha, standardization=False, maxIter=1000, tol=1e-12
+    ).fit(df)
+
+
 def cancer_standardized():
     """Breast cancer features standardized, label 1 for malignant."""
     _, x, y = numpy_csv(CANCER)
@@ -180,10 +187,7 @@ def cancer_standardized():
 def test_binary_logistic_regression_matches_scikit_learn(spark):
     x, y = cancer_standardized()
     reg = 0.01
-    df = vector_frame(spark, x, y)
-    model = LogisticRegression(
-        regParam=reg, standardization=False, maxIter=1000, tol=1e-12
-    ).fit(df)
+    model = ember_logistic(vector_frame(spark, x, y), reg)
     sk = sklearn_logistic(x, y, reg)
     assert np.abs(model.coefficients.toArray() - sk.coef_[0]).max() < 1e-3
     assert abs(model.intercept - sk.intercept_[0]) < 1e-3
@@ -192,10 +196,7 @@ def test_binary_logistic_regression_matches_scikit_learn(spark):
 def test_elastic_net_logistic_regression_matches_scikit_learn(spark):
     x, y = cancer_standardized()
     reg, alpha = 0.02, 0.5
-    df = vector_frame(spark, x, y)
-    model = LogisticRegression(
-        regParam=reg, elasticNetParam=alpha, standardization=False, maxIter=1000, tol=1e-12
-    ).fit(df)
+    model = ember_logistic(vector_frame(spark, x, y), reg, alpha)
     coefficients = model.coefficients.toArray()
     sk = sklearn_logistic(x, y, reg, l1_ratio=alpha)
     assert np.abs(coefficients - sk.coef_[0]).max() < 1e-3
@@ -210,10 +211,7 @@ def test_multinomial_logistic_regression_matches_scikit_learn(spark):
     classes = sorted(set(species))
     y = np.array([classes.index(s) for s in species], dtype=float)
     reg = 0.01
-    df = vector_frame(spark, x, y)
-    model = LogisticRegression(
-        regParam=reg, standardization=False, maxIter=1000, tol=1e-12
-    ).fit(df)
+    model = ember_logistic(vector_frame(spark, x, y), reg)
     sk = sklearn_logistic(x, y, reg)
     coefficients = model.coefficientMatrix.toArray()
     assert coefficients.shape == (3, 4)
