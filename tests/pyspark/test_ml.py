@@ -191,6 +191,13 @@ def test_binary_logistic_regression_matches_scikit_learn(spark):
     sk = sklearn_logistic(x, y, reg)
     assert np.abs(model.coefficients.toArray() - sk.coef_[0]).max() < 1e-3
     assert abs(model.intercept - sk.intercept_[0]) < 1e-3
+    # One row at a time, as the transform computes it.
+    first = model.transform(vector_frame(spark, x[:1], y[:1])).first()
+    assert model.predict(Vectors.dense(x[0].tolist())) == first.prediction
+    probability = model.predictProbability(Vectors.dense(x[0].tolist()))
+    assert np.allclose(probability.toArray(), first.probability.toArray(), atol=1e-12)
+    with pytest.raises(ClientError, match="30"):
+        model.predict(Vectors.dense([1.0, 2.0]))
 
 
 def test_elastic_net_logistic_regression_matches_scikit_learn(spark):
@@ -261,7 +268,10 @@ def test_kmeans_cost_matches_scikit_learn(spark):
     assert sorted(model.summary.clusterSizes) == sorted(
         np.bincount(SkKMeans(n_clusters=3, init=centers, n_init=1).fit(x).labels_).tolist()
     )
-    silhouette = ClusteringEvaluator().evaluate(model.transform(df))
+    clustered = model.transform(df)
+    first = clustered.first()
+    assert model.predict(first.features) == first.prediction
+    silhouette = ClusteringEvaluator().evaluate(clustered)
     assert 0.5 < silhouette <= 1.0
 
 

@@ -145,3 +145,48 @@ pub fn matrix(rows: usize, cols: usize, values: &[f64]) -> Literal {
         ],
     }))
 }
+
+/// The values of a vector a client sent as a method argument (`DenseVector` or
+/// `SparseVector`, as `VectorUDT` struct literals), dense.
+pub fn vector_values(l: &Literal) -> Option<Vec<f64>> {
+    let Some(L::Struct(s)) = &l.literal_type else {
+        return None;
+    };
+    let is_vector = matches!(
+        s.struct_type.as_ref().and_then(|t| t.kind.as_ref()),
+        Some(Kind::Udt(u)) if u.jvm_class.as_deref() == Some(VECTOR_UDT)
+    );
+    let [kind, size, indices, values] = s.elements.as_slice() else {
+        return None;
+    };
+    if !is_vector {
+        return None;
+    }
+    let array = |l: &Literal| {
+        l.literal_type.as_ref().and_then(|t| match t {
+            L::SpecializedArray(a) => a.value_type.clone(),
+            _ => None,
+        })
+    };
+    let values = match array(values)? {
+        specialized_array::ValueType::Doubles(d) => d.values,
+        _ => return None,
+    };
+    match kind.literal_type {
+        Some(L::Byte(1)) => Some(values),
+        Some(L::Byte(0)) => {
+            let Some(L::Integer(size)) = size.literal_type else {
+                return None;
+            };
+            let specialized_array::ValueType::Ints(indices) = array(indices)? else {
+                return None;
+            };
+            let mut dense = vec![0.0; usize::try_from(size).ok()?];
+            for (i, v) in indices.values.iter().zip(values) {
+                *dense.get_mut(usize::try_from(*i).ok()?)? = v;
+            }
+            Some(dense)
+        }
+        _ => None,
+    }
+}

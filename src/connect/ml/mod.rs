@@ -269,6 +269,20 @@ async fn fetch(
                 .is_some(),
         ))),
         ["uid"] => Ok(Fetched::Value(literal::string(&object.uid))),
+        [method @ ("predict" | "predictRaw" | "predictProbability")] => {
+            let vector = match f.methods[0].args.first().and_then(|a| a.args_type.as_ref()) {
+                Some(proto::fetch::method::args::ArgsType::Param(l)) => literal::vector_values(l),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                ConnectError::invalid(format!("{class}.{method} takes one feature vector"))
+            })?;
+            let l = object
+                .fitted
+                .predict_one(class, method, &vector, session.ember.context())
+                .await?;
+            Ok(Fetched::Value(l))
+        }
         [method] => match object.fitted.attribute(class, method) {
             Ok(l) => Ok(Fetched::Value(l)),
             Err(e @ ConnectError::Unimplemented(_)) => object

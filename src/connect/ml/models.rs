@@ -625,6 +625,64 @@ impl Fitted {
         })
     }
 
+    /// `model.predict(v)` / `predictRaw(v)` / `predictProbability(v)` of one feature
+    /// vector: the model's own transform of a one-row batch, run in the server's process
+    /// (no cluster job for one row).
+    pub async fn predict_one(
+        &self,
+        class: &str,
+        method: &str,
+        features: &[f64],
+        ctx: &datafusion::prelude::SessionContext,
+    ) -> ConnectResult<Literal> {
+        let (input, output) = match (self, method) {
+            (Fitted::Logistic(m), "predict") => (&m.params.features_col, &m.params.prediction_col),
+            (Fitted::Logistic(m), "predictRaw") => {
+                (&m.params.features_col, &m.params.raw_prediction_col)
+            }
+            (Fitted::Logistic(m), "predictProbability") => {
+                (&m.params.features_col, &m.params.probability_col)
+            }
+            (Fitted::Linear(m), "predict") => (&m.params.features_col, &m.params.prediction_col),
+            (Fitted::KMeans(m), "predict") => (&m.params.features_col, &m.params.prediction_col),
+            _ => {
+                return Err(ConnectError::unimplemented(format!(
+                    "method {method} of {class}"
+                )))
+            }
+        };
+        let values: Vec<f32> = features.iter().map(|v| *v as f32).collect();
+        let vectors =
+            ember_mllib::vector::vectors_from_dense(values, features.len()).map_err(ml)?;
+        let batch = arrow::array::RecordBatch::try_from_iter([(input.as_str(), vectors)])
+            .map_err(|e| ConnectError::internal(e.to_string()))?;
+        let out = self.transform(ctx.read_batch(batch)?)?.collect().await?;
+        let column = out
+            .first()
+            .and_then(|b| b.column_by_name(output))
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| ConnectError::internal(format!("{method} produced no {output}")))?;
+        use arrow::array::{Array, AsArray};
+        Ok(match column.data_type() {
+            arrow::datatypes::DataType::FixedSizeList(..) => {
+                let row = column.as_fixed_size_list().value(0);
+                let row = arrow::compute::cast(&row, &arrow::datatypes::DataType::Float64)
+                    .map_err(|e| ConnectError::internal(e.to_string()))?;
+                literal::vector(row.as_primitive::<arrow::datatypes::Float64Type>().values())
+            }
+            arrow::datatypes::DataType::Int32 => literal::int(
+                column
+                    .as_primitive::<arrow::datatypes::Int32Type>()
+                    .value(0),
+            ),
+            _ => {
+                let v = arrow::compute::cast(column, &arrow::datatypes::DataType::Float64)
+                    .map_err(|e| ConnectError::internal(e.to_string()))?;
+                literal::double(v.as_primitive::<arrow::datatypes::Float64Type>().value(0))
+            }
+        })
+    }
+
     /// Bytes the model's fitted values take (Spark's `GetModelSize`).
     pub fn size_in_bytes(&self) -> usize {
         let f = std::mem::size_of::<f64>();
