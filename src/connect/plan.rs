@@ -459,10 +459,22 @@ impl<'a> Planner<'a> {
             )),
             RelType::RelationChanges(_) => Err(unimplemented_relation("RelationChanges")),
             RelType::NearestByJoin(_) => Err(unimplemented_relation("NearestByJoin")),
-            RelType::Replace(_) => Err(unimplemented_relation("NAReplace (DataFrame.replace)")),
+            RelType::Replace(r) => self.replace(r).await,
             RelType::Crosstab(_) => Err(unimplemented_relation("StatCrosstab")),
-            RelType::Cov(_) => Err(unimplemented_relation("StatCov")),
-            RelType::Corr(_) => Err(unimplemented_relation("StatCorr")),
+            RelType::Cov(c) => {
+                self.two_column_statistic(&c.input, &c.col1, &c.col2, "cov")
+                    .await
+            }
+            RelType::Corr(c) => {
+                let method = c.method.as_deref().unwrap_or("pearson");
+                if !method.eq_ignore_ascii_case("pearson") {
+                    return Err(ConnectError::unimplemented(format!(
+                        "correlation method {method} (Ember computes pearson)"
+                    )));
+                }
+                self.two_column_statistic(&c.input, &c.col1, &c.col2, "corr")
+                    .await
+            }
             RelType::ApproxQuantile(_) => Err(unimplemented_relation("StatApproxQuantile")),
             RelType::FreqItems(_) => Err(unimplemented_relation("StatFreqItems")),
             RelType::SampleBy(_) => Err(unimplemented_relation("StatSampleBy")),
@@ -1260,6 +1272,108 @@ impl<'a> Planner<'a> {
             })
             .collect::<ConnectResult<Vec<_>>>()?;
         Ok(input.select(exprs)?)
+    }
+
+    /// `df.na.replace`: in the chosen columns (all by default) of a type a replacement
+    /// fits, values equal to a replacement's old value (null matches null) become its new
+    /// value.
+    async fn replace(&mut self, r: &proto::NaReplace) -> ConnectResult<DFrame> {
+        let input = self.input(&r.input).await?;
+        let pairs = r
+            .replacements
+            .iter()
+            .map(|p| {
+                let old = p.old_value.as_ref().map(literal).transpose()?;
+                let new = p.new_value.as_ref().map(literal).transpose()?;
+                Ok((
+                    old.map_or(ScalarValue::Null, |(v, _)| v),
+                    new.map_or(ScalarValue::Null, |(v, _)| v),
+                ))
+            })
+            .collect::<ConnectResult<Vec<_>>>()?;
+        // A replacement applies to columns of its kind: numbers, strings or booleans.
+        let fits = |value: &ScalarValue, t: &DataType| -> bool {
+            match value {
+                ScalarValue::Null => true,
+                ScalarValue::Utf8(_) | ScalarValue::LargeUtf8(_) | ScalarValue::Utf8View(_) => {
+                    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+                }
+                ScalarValue::Boolean(_) => matches!(t, DataType::Boolean),
+                _ => t.is_numeric(),
+            }
+        };
+        let targets = Self::pick_columns(&input, &r.cols, |_| true)?;
+        let schema = input.schema().clone();
+        let exprs = schema
+            .columns()
+            .into_iter()
+            .map(|c| {
+                let field = schema.field_with_name(c.relation.as_ref(), &c.name)?;
+                let t = field.data_type();
+                let applicable: Vec<&(ScalarValue, ScalarValue)> = pairs
+                    .iter()
+                    .filter(|(old, new)| {
+                        !(old.is_null() && new.is_null()) && fits(old, t) && fits(new, t)
+                    })
+                    .collect();
+                if !targets.contains(&c) || applicable.is_empty() {
+                    return Ok(Expr::Column(c));
+                }
+                let column = Expr::Column(c.clone());
+                let arm = |(old, new): &(ScalarValue, ScalarValue)| {
+                    let matches = if old.is_null() {
+                        column.clone().is_null()
+                    } else {
+                        column.clone().eq(cast(lit(old.clone()), t.clone()))
+                    };
+                    (matches, cast(lit(new.clone()), t.clone()))
+                };
+                let (first, value) = arm(applicable[0]);
+                let mut b = datafusion::logical_expr::when(first, value);
+                for pair in &applicable[1..] {
+                    let (matches, value) = arm(pair);
+                    b = b.when(matches, value);
+                }
+                Ok(b.otherwise(column)?.alias(c.name.clone()))
+            })
+            .collect::<ConnectResult<Vec<_>>>()?;
+        Ok(input.select(exprs)?)
+    }
+
+    /// `df.stat.cov` / `df.stat.corr`: one row with the sample covariance or Pearson
+    /// correlation of two numeric columns.
+    async fn two_column_statistic(
+        &mut self,
+        input: &Option<Box<Relation>>,
+        col1: &str,
+        col2: &str,
+        name: &str,
+    ) -> ConnectResult<DFrame> {
+        let input = self.input(input).await?;
+        let state = self.ctx().state();
+        let r = self.resolver(input.schema(), &state);
+        let mut columns = Vec::new();
+        for c in [col1, col2] {
+            let e = r.column(c, None)?.expr;
+            let t = datafusion::logical_expr::ExprSchemable::get_type(&e, input.schema())?;
+            if !t.is_numeric() {
+                return Err(ConnectError::analysis(
+                    "DATATYPE_MISMATCH",
+                    format!(
+                        "{name} needs numeric columns; `{c}` is {}",
+                        simple_string(&t)
+                    ),
+                ));
+            }
+            columns.push(cast(e, DataType::Float64));
+        }
+        let [a, b] = <[Expr; 2]>::try_from(columns).expect("two columns");
+        let statistic = if name == "cov" {
+            datafusion::functions_aggregate::expr_fn::covar_samp(a, b)
+        } else {
+            datafusion::functions_aggregate::expr_fn::corr(a, b)
+        };
+        Ok(input.aggregate(vec![], vec![statistic.alias(name)])?)
     }
 
     async fn drop_na(&mut self, d: &proto::NaDrop) -> ConnectResult<DFrame> {

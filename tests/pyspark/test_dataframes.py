@@ -4,8 +4,10 @@ Ember's executors."""
 import datetime
 from decimal import Decimal
 
+import numpy as np
 import pandas as pd
 import pytest
+from pyspark.errors import AnalysisException
 from pyspark.sql import Row, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -285,6 +287,35 @@ def test_sample_fill_and_drop_nulls(spark):
     assert df.na.drop().count() == 3
     assert df.dropna(how="all").count() == 5
     assert df.dropna(subset=["dept"]).count() == 4
+
+
+def test_seeded_samples_and_random_splits_are_repeatable(spark):
+    df = spark.range(2000)
+    first = sorted(r.id for r in df.sample(fraction=0.3, seed=11).collect())
+    again = sorted(r.id for r in df.sample(fraction=0.3, seed=11).collect())
+    assert first == again and 400 < len(first) < 800
+    parts = df.randomSplit([0.25, 0.75], seed=5)
+    ids = [sorted(r.id for r in p.collect()) for p in parts]
+    assert not set(ids[0]) & set(ids[1])
+    assert sorted(ids[0] + ids[1]) == list(range(2000))
+    assert 350 < len(ids[0]) < 650
+
+
+def test_replace_cov_and_corr(spark):
+    df = spark.createDataFrame(
+        [(1, 2.0, "a"), (2, 4.5, "b"), (3, 5.0, None), (4, 9.0, "a")], ["i", "d", "s"]
+    )
+    replaced = df.na.replace("a", "z").collect()
+    assert [r.s for r in replaced] == ["z", "b", None, "z"]
+    assert [r.i for r in replaced] == [1, 2, 3, 4]
+    numbers = df.replace({2.0: 20.0, 9.0: 90.0}, subset=["d"]).collect()
+    assert [r.d for r in numbers] == [20.0, 4.5, 5.0, 90.0]
+    assert [r.i for r in df.replace(2, 7).collect()] == [1, 7, 3, 4]
+    i, d = np.array([1, 2, 3, 4.0]), np.array([2.0, 4.5, 5.0, 9.0])
+    assert abs(df.stat.cov("i", "d") - np.cov(i, d, ddof=1)[0, 1]) < 1e-12
+    assert abs(df.stat.corr("i", "d") - np.corrcoef(i, d)[0, 1]) < 1e-12
+    with pytest.raises(AnalysisException, match="numeric"):
+        df.stat.cov("i", "s")
 
 
 def test_describe_and_summary(spark):
