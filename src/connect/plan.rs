@@ -512,6 +512,7 @@ impl<'a> Planner<'a> {
         let state = self.ctx().state();
         let r = self.resolver(input.schema(), &state);
         let mut named = Vec::new();
+        let mut exploded = None;
         for e in expressions {
             match &e.expr_type {
                 Some(ExprType::UnresolvedStar(star)) => {
@@ -551,8 +552,27 @@ impl<'a> Planner<'a> {
                         expr: Expr::Column(c),
                     }));
                 }
-                _ => named.push(r.expr(e)?),
+                _ => match explode_of(e) {
+                    Some((arg, outer, name)) => {
+                        if exploded.is_some() {
+                            return Err(ConnectError::analysis(
+                                "UNSUPPORTED_GENERATOR.MULTI_GENERATOR",
+                                "only one generator (explode) is allowed per select clause",
+                            ));
+                        }
+                        let arg = r.expr(arg)?;
+                        exploded = Some((named.len(), outer));
+                        named.push(Named {
+                            name: name.unwrap_or_else(|| "col".into()),
+                            expr: arg.expr,
+                        });
+                    }
+                    None => named.push(r.expr(e)?),
+                },
             }
+        }
+        if let Some((at, outer)) = exploded {
+            return self.explode(input, named, at, outer);
         }
         if named.iter().any(|n| has_aggregate(&n.expr)) {
             let exprs: Vec<Expr> = named.into_iter().map(Named::aliased).collect();
@@ -560,6 +580,66 @@ impl<'a> Planner<'a> {
             return Ok(input.aggregate(vec![], aggregates)?.select(rewritten)?);
         }
         Ok(input.select(named.into_iter().map(Named::aliased).collect::<Vec<_>>())?)
+    }
+
+    /// A select with `explode(array)` at `at`: one output row per element (`explode_outer`
+    /// also keeps rows whose array is null, with a null element).
+    fn explode(
+        &self,
+        input: DFrame,
+        named: Vec<Named>,
+        at: usize,
+        outer: bool,
+    ) -> ConnectResult<DFrame> {
+        let array = "__ember_explode";
+        let element_name = named[at].name.clone();
+        let t = datafusion::logical_expr::ExprSchemable::get_type(&named[at].expr, input.schema())?;
+        if !matches!(
+            t,
+            DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..)
+        ) {
+            return Err(ConnectError::analysis(
+                "DATATYPE_MISMATCH.UNEXPECTED_INPUT_TYPE",
+                format!(
+                    "explode takes an array; `{element_name}` is {} (maps are not supported by Ember)",
+                    simple_string(&t)
+                ),
+            ));
+        }
+        let names: Vec<String> = named.iter().map(|n| n.name.clone()).collect();
+        let inner = |i: usize| {
+            if i == at {
+                array.to_string()
+            } else {
+                format!("__ember_c{i}")
+            }
+        };
+        let mut exprs = Vec::with_capacity(named.len());
+        for (i, n) in named.into_iter().enumerate() {
+            exprs.push(if i != at {
+                n.expr.alias(inner(i))
+            } else if outer {
+                // Spark's explode_outer gives an empty array a null row as well.
+                let empty = datafusion::functions_nested::expr_fn::cardinality(n.expr.clone())
+                    .eq(lit(0u64));
+                let null = lit(ScalarValue::try_from(&t)?);
+                datafusion::logical_expr::when(empty, null)
+                    .otherwise(n.expr)?
+                    .alias(array)
+            } else {
+                n.expr.alias(array)
+            });
+        }
+        let options = datafusion::common::UnnestOptions::new().with_preserve_nulls(outer);
+        let unnested = input
+            .select(exprs)?
+            .unnest_columns_with_options(&[array], options)?;
+        let out: Vec<Expr> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Expr::Column(Column::new_unqualified(inner(i))).alias(name))
+            .collect();
+        Ok(unnested.select(out)?)
     }
 
     async fn read(&mut self, read: &proto::Read) -> ConnectResult<DFrame> {
@@ -1738,6 +1818,25 @@ impl<'a> Planner<'a> {
 /// INTERSECT ALL / EXCEPT ALL with bag semantics (a row kept as many times as it is in
 /// excess): each copy of a row is numbered on both sides, and the numbered rows go
 /// through the distinct operation.
+/// The argument of `explode(x)` / `explode_outer(x)` (possibly aliased) at the top of a
+/// select expression, whether it is the outer form, and the alias.
+fn explode_of(e: &proto::Expression) -> Option<(&proto::Expression, bool, Option<String>)> {
+    match &e.expr_type {
+        Some(ExprType::UnresolvedFunction(f)) if f.arguments.len() == 1 => {
+            match f.function_name.to_ascii_lowercase().as_str() {
+                "explode" => Some((&f.arguments[0], false, None)),
+                "explode_outer" => Some((&f.arguments[0], true, None)),
+                _ => None,
+            }
+        }
+        Some(ExprType::Alias(a)) if a.name.len() == 1 => {
+            let inner = a.expr.as_deref()?;
+            explode_of(inner).map(|(arg, outer, _)| (arg, outer, Some(a.name[0].clone())))
+        }
+        _ => None,
+    }
+}
+
 /// Local rows whose `VectorUDT` columns (`Vectors.dense(...)` in `createDataFrame`) become
 /// Ember's vector columns, which have one size per column.
 fn vector_columns(

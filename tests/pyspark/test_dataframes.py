@@ -301,6 +301,22 @@ def test_seeded_samples_and_random_splits_are_repeatable(spark):
     assert 350 < len(ids[0]) < 650
 
 
+def test_explode_arrays(spark):
+    df = spark.createDataFrame(
+        [(1, [10, 20]), (2, []), (3, None), (4, [40])], "id int, xs array<int>"
+    )
+    rows = df.select("id", F.explode("xs").alias("x")).orderBy("id", "x").collect()
+    assert [(r.id, r.x) for r in rows] == [(1, 10), (1, 20), (4, 40)]
+    assert df.select(F.explode("xs")).columns == ["col"]
+    outer = df.select("id", F.explode_outer("xs")).orderBy("id", "col").collect()
+    assert [(r.id, r.col) for r in outer] == [(1, 10), (1, 20), (2, None), (3, None), (4, 40)]
+    with pytest.raises(AnalysisException, match="array"):
+        df.select(F.explode("id")).collect()
+    # Over a range the executors compute, and aggregated after.
+    doubled = spark.range(1000).select(F.explode(F.array("id", F.col("id") * 2)).alias("v"))
+    assert doubled.agg(F.count("v"), F.sum("v")).first() == (2000, 3 * 999 * 1000 // 2)
+
+
 def test_replace_cov_and_corr(spark):
     df = spark.createDataFrame(
         [(1, 2.0, "a"), (2, 4.5, "b"), (3, 5.0, None), (4, 9.0, "a")], ["i", "d", "s"]

@@ -167,7 +167,7 @@ def test_errors_name_what_is_wrong_and_the_session_goes_on(spark, workdir):
     with pytest.raises(AnalysisException, match="nope.parquet"):
         spark.read.parquet(missing).collect()
     with pytest.raises(UnsupportedOperationException, match="UNIMPLEMENTED: function"):
-        df.select(F.explode(F.array(F.lit(1)))).collect()
+        df.select(F.posexplode(F.array(F.lit(1)))).collect()
     with pytest.raises(UnsupportedOperationException, match="UNIMPLEMENTED"):
         df.unpivot("id", [], "var", "val").collect()
     bad = spark.createDataFrame([("12",), ("x",)], "s STRING")
