@@ -40,6 +40,18 @@ pub use session::SPARK_VERSION;
 
 use crate::Session;
 
+/// A fresh path next to `path` to write into before renaming over it, so a failed write
+/// leaves whatever was at `path` in place.
+fn staging_path(path: &std::path::Path) -> std::path::PathBuf {
+    path.with_file_name(format!(
+        ".{}.ember-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        uuid::Uuid::new_v4()
+    ))
+}
+
 /// Largest request or response message the endpoint accepts (a `createDataFrame` of a
 /// large pandas DataFrame arrives as one local relation).
 const MAX_MESSAGE_BYTES: usize = 512 << 20;

@@ -452,13 +452,7 @@ impl Responder {
         let df = Planner::new(&self.session).relation(input).await?;
         let ember_df = crate::DataFrame::new(self.session.ember.clone(), df);
         // Overwrite: the new output is complete before the old one is removed.
-        let staging = dir.with_file_name(format!(
-            ".{}.ember-{}",
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            uuid::Uuid::new_v4()
-        ));
+        let staging = super::staging_path(&dir);
         let written = if format == "parquet" && w.partitioning_columns.is_empty() {
             ember_df
                 .write_parquet(&staging)

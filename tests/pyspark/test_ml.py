@@ -369,6 +369,9 @@ def test_a_fit_survives_an_executor_killed_under_it(spark):
     data = VectorAssembler(inputCols=["x1", "x2", "x3", "x4"], outputCol="features").transform(df)
     estimator = LogisticRegression(maxIter=20, tol=0.0, regParam=0.001)
 
+    # The first fit pays one-time costs (the executors' kernel setup); the second is the
+    # reference and its time says when to strike.
+    estimator.fit(data)
     started = time.time()
     reference = estimator.fit(data)
     undisturbed = time.time() - started
@@ -382,7 +385,7 @@ def test_a_fit_survives_an_executor_killed_under_it(spark):
     state = {"fitting": True, "killed_during_fit": False}
 
     def kill():
-        time.sleep(min(1.0, undisturbed / 3))
+        time.sleep(min(1.0, undisturbed / 4))
         state["killed_during_fit"] = state["fitting"]
         os.kill(victims[0], 9)
 

@@ -114,6 +114,17 @@ fn operator_of(op: Option<&proto::MlOperator>, role: Role) -> ConnectResult<(Ope
     Ok((found, op.uid.clone()))
 }
 
+/// The plan of a command's dataset relation.
+async fn dataset(
+    session: &ConnectSession,
+    relation: Option<&proto::Relation>,
+    command: &str,
+) -> ConnectResult<DFrame> {
+    let relation =
+        relation.ok_or_else(|| ConnectError::invalid(format!("{command} without a dataset")))?;
+    Planner::new(session).relation(relation).await
+}
+
 /// Runs an `MlCommand` for `session`.
 pub async fn command(
     session: &ConnectSession,
@@ -125,11 +136,7 @@ pub async fn command(
         Some(C::Fit(f)) => {
             let (op, uid) = operator_of(f.estimator.as_ref(), Role::Estimator)?;
             let params = Params::new(op.name, op.spec, f.params.as_ref())?;
-            let dataset = f
-                .dataset
-                .as_ref()
-                .ok_or_else(|| ConnectError::invalid("Fit without a dataset"))?;
-            let df = Planner::new(session).relation(dataset).await?;
+            let df = dataset(session, f.dataset.as_ref(), "Fit").await?;
             let frame = crate::DataFrame::new(session.ember.clone(), df.clone());
             let (model_op, fitted) = models::fit(&op, &params, &frame).await?;
             let model_params = Params::new(model_op.name, model_op.spec, f.params.as_ref())?;
@@ -145,11 +152,7 @@ pub async fn command(
         Some(C::Evaluate(e)) => {
             let (op, _) = operator_of(e.evaluator.as_ref(), Role::Evaluator)?;
             let params = Params::new(op.name, op.spec, e.params.as_ref())?;
-            let dataset = e
-                .dataset
-                .as_ref()
-                .ok_or_else(|| ConnectError::invalid("Evaluate without a dataset"))?;
-            let df = Planner::new(session).relation(dataset).await?;
+            let df = dataset(session, e.dataset.as_ref(), "Evaluate").await?;
             let frame = crate::DataFrame::new(session.ember.clone(), df);
             let v = models::evaluate(&op, &params, &frame).await?;
             Ok(param_result(literal::double(v)))
@@ -179,10 +182,7 @@ pub async fn command(
                 .lock()
                 .iter()
                 .map(|(id, o)| {
-                    format!(
-                        "{{\"id\": \"{id}\", \"class\": \"{}\"}}",
-                        o.operator.spark_class()
-                    )
+                    serde_json::json!({"id": id, "class": o.operator.spark_class()}).to_string()
                 })
                 .collect();
             Ok(param_result(literal::strings(&info)))
@@ -197,11 +197,7 @@ pub async fn command(
         Some(C::CreateSummary(c)) => {
             let id = c.model_ref.map(|r| r.id).unwrap_or_default();
             let object = cache.get(&id)?;
-            let dataset = c
-                .dataset
-                .as_ref()
-                .ok_or_else(|| ConnectError::invalid("CreateSummary without a dataset"))?;
-            let df = Planner::new(session).relation(dataset).await?;
+            let df = dataset(session, c.dataset.as_ref(), "CreateSummary").await?;
             *object.training.lock().unwrap_or_else(|e| e.into_inner()) = Some(df);
             Ok(param_result(literal::boolean(true)))
         }
@@ -403,13 +399,7 @@ async fn write(session: &ConnectSession, w: ml_command::Write) -> ConnectResult<
     }
     // Written next to the target and renamed over it, so a failed write leaves the old
     // one in place.
-    let staging = path.with_file_name(format!(
-        ".{}.ember-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        uuid::Uuid::new_v4()
-    ));
+    let staging = super::staging_path(&path);
     let written = match &w.r#type {
         Some(ml_command::write::Type::ObjRef(r)) => {
             let object = session.ml.get(&r.id)?;
