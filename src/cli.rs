@@ -1,5 +1,6 @@
 //! The `ember` command line: `ember sql` runs a query on a local cluster and prints it;
-//! `ember server` serves the Spark Connect protocol for PySpark clients;
+//! `ember server` serves the Spark Connect protocol for PySpark clients; `ember serve`
+//! answers predictions of saved ML pipelines over HTTP;
 //! `ember tpch` and `ember tpcds` (`gen`, `bench`) write a benchmark's data and time its
 //! queries.
 
@@ -28,6 +29,9 @@ pub enum Command {
     Sql(SqlArgs),
     /// Serve the Spark Connect protocol: PySpark (`sc://host:port`) runs on an Ember cluster.
     Server(ServerArgs),
+    /// Serve saved ML pipelines over HTTP (Open Inference Protocol v2, TensorFlow
+    /// Serving's REST API), in this process.
+    Serve(crate::serve::ServeArgs),
     /// Run an executor (same as the `ember-executor` binary).
     Executor(crate::executor_main::ExecutorArgs),
     /// Generate TPC-H data or benchmark the 22 TPC-H queries.
@@ -136,6 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sql(args) => run_sql(args).await,
         Command::Server(args) => run_server(args).await,
+        Command::Serve(args) => crate::serve::run(args).await,
         Command::Executor(args) => crate::executor_main::run_executor(args).await,
         Command::Tpch(args) => run_suite(&crate::tpch::SUITE, args).await,
         Command::Tpcds(args) => run_suite(&crate::tpcds::SUITE, args).await,

@@ -47,6 +47,8 @@ mod memory_plan;
 pub mod ml;
 /// What applications import.
 pub mod prelude;
+/// `ember serve`: saved ML pipelines answered over HTTP.
+pub mod serve;
 /// Sessions and clusters.
 pub mod session;
 /// Benchmark suites: data generation, registration, answer comparison and the bench.

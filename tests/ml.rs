@@ -701,14 +701,25 @@ async fn bad_input_gets_errors_that_name_the_column() {
             .expect("assemble")
     };
 
-    let nan = assemble(
-        one_table(
-            &session,
-            "(1.0, 2.0, 0.0), (CAST('NaN' AS DOUBLE), 1.0, 1.0)",
-        )
-        .await,
-    );
-    let e = fit_error(LogisticRegression::new(), &nan, "NaN feature").await;
+    let nan_rows = one_table(
+        &session,
+        "(1.0, 2.0, 0.0), (CAST('NaN' AS DOUBLE), 1.0, 1.0)",
+    )
+    .await;
+    // The assembler rejects NaN as it rejects null (Spark ML's handleInvalid)...
+    let e = fit_error(
+        LogisticRegression::new(),
+        &assemble(nan_rows.clone()),
+        "NaN feature",
+    )
+    .await;
+    assert!(e.contains("'a'") && e.contains("NaN"), "{e}");
+    // ... and when it keeps them, the model's fit names the vector column.
+    let kept = VectorAssembler::new(["a", "b"])
+        .handle_invalid(HandleInvalid::Keep)
+        .transform(&nan_rows)
+        .expect("assemble keeping NaN");
+    let e = fit_error(LogisticRegression::new(), &kept, "NaN feature kept").await;
     assert!(e.contains("'features'") && e.contains("NaN"), "{e}");
 
     let inf_label = assemble(

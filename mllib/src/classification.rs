@@ -13,7 +13,7 @@ use crate::frame::Frame;
 use crate::kernel::Loss;
 use crate::optim::OptimConfig;
 use crate::persist::{self, read_arrays, read_metadata, save_stage};
-use crate::pipeline::{Estimator, Transformer};
+use crate::pipeline::{Estimator, PredictedColumns, Transformer};
 use crate::train::{pack, train_linear, LinearProblem, TrainingSummary};
 use crate::udf;
 
@@ -426,6 +426,13 @@ impl Transformer for LogisticRegressionModel {
             },
         );
         Ok(df.with_column(&p.prediction_col, prediction)?)
+    }
+
+    fn predicts(&self) -> Option<PredictedColumns> {
+        Some(PredictedColumns {
+            prediction: self.params.prediction_col.clone(),
+            label: Some(self.params.label_col.clone()),
+        })
     }
 
     fn save(&self, path: &Path) -> Result<()> {

@@ -14,7 +14,7 @@ use crate::feature::column;
 use crate::frame::Frame;
 use crate::kernel::nearest;
 use crate::persist::{self, read_arrays, read_metadata, save_stage};
-use crate::pipeline::{Estimator, Transformer};
+use crate::pipeline::{Estimator, PredictedColumns, Transformer};
 use crate::train::{pack, Packed, TrainingSummary, FEATURES};
 use crate::udf;
 
@@ -437,6 +437,13 @@ impl Transformer for KMeansModel {
             },
         );
         Ok(df.with_column(&p.prediction_col, prediction)?)
+    }
+
+    fn predicts(&self) -> Option<PredictedColumns> {
+        Some(PredictedColumns {
+            prediction: self.params.prediction_col.clone(),
+            label: None,
+        })
     }
 
     fn save(&self, path: &Path) -> Result<()> {

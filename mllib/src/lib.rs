@@ -14,7 +14,8 @@
 //!   WGSL compute shaders through wgpu, and the choice of device.
 //! - [`optim`]: gradient descent, L-BFGS and OWL-QN on the driver.
 //! - [`frame`]: what mllib needs from a DataFrame; [`vector`]: the vector column type.
-//! - [`persist`]: the on-disk format of saved stages.
+//! - [`persist`]: the on-disk format of saved stages; [`serving`]: a fitted pipeline
+//!   answering requests in-process.
 #![warn(missing_docs)]
 
 pub mod aggregate;
@@ -30,6 +31,7 @@ pub mod optim;
 pub mod persist;
 pub mod pipeline;
 pub mod regression;
+pub mod serving;
 mod train;
 pub use train::TrainingSummary;
 mod udf;

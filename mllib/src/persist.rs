@@ -8,7 +8,8 @@
 //! - `data.arrow` (when the stage has numeric arrays): an Arrow IPC file with one row per
 //!   array, columns `name` (Utf8) and `values` (List<Float64>), so coefficients keep every
 //!   bit of their `f64` values;
-//! - `stages/NNN/` for each stage of a pipeline model.
+//! - `stages/NNN/` for each stage of a pipeline model, and `input_schema.arrow` (an Arrow
+//!   IPC file of no rows) with the columns the pipeline was fitted on.
 //!
 //! A stage is written into a staging directory next to `path` and renamed into place, so a
 //! failed save leaves nothing half-written; saving over an existing path is an error.
@@ -94,6 +95,29 @@ pub fn save_stage(
         let _ = std::fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Writes `schema` as an Arrow IPC file of no rows.
+///
+/// # Errors
+///
+/// Writing failed.
+pub fn write_schema(file: &Path, schema: &Schema) -> Result<()> {
+    let out = File::create(file).map_err(|e| MlError::io(file, e))?;
+    let mut writer = FileWriter::try_new(out, schema)?;
+    writer.finish()?;
+    Ok(())
+}
+
+/// Reads a schema written by [`write_schema`].
+///
+/// # Errors
+///
+/// The file is missing or not an Arrow IPC file.
+pub fn read_schema(file: &Path) -> Result<arrow::datatypes::SchemaRef> {
+    let reader = FileReader::try_new(File::open(file).map_err(|e| MlError::io(file, e))?, None)
+        .map_err(|e| format_error(file, e))?;
+    Ok(reader.schema())
 }
 
 fn write_arrays(file: &Path, arrays: &[(&str, &[f64])]) -> Result<()> {

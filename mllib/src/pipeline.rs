@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 
 use crate::error::{MlError, Result};
@@ -25,6 +26,39 @@ pub trait Transformer: Send + Sync + fmt::Debug {
 
     /// Writes the stage under directory `path` (see [`crate::persist`] for the format).
     fn save(&self, path: &Path) -> Result<()>;
+
+    /// For a fitted predictor (a classifier, a regressor, a clusterer): the column it
+    /// predicts into and the label column it was trained on. Serving maps predicted class
+    /// indices back to label names through it.
+    fn predicts(&self) -> Option<PredictedColumns> {
+        None
+    }
+
+    /// For a fitted string indexer: the column it indexes, the index column it adds, and
+    /// the label of each index.
+    fn indexes(&self) -> Option<IndexedColumn<'_>> {
+        None
+    }
+}
+
+/// The columns of a fitted predictor (see [`Transformer::predicts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredictedColumns {
+    /// The column of predictions (class index, value or cluster).
+    pub prediction: String,
+    /// The label column it was trained on (none for clustering).
+    pub label: Option<String>,
+}
+
+/// The columns and labels of a fitted string indexer (see [`Transformer::indexes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexedColumn<'a> {
+    /// The column of strings it indexes.
+    pub input: &'a str,
+    /// The Float64 index column it adds.
+    pub output: &'a str,
+    /// Label of index `i`.
+    pub labels: &'a [String],
 }
 
 /// Applies `stage` to `frame`.
@@ -134,7 +168,7 @@ impl<F: Frame> Pipeline<F> {
             }
             fitted.push(transformer);
         }
-        Ok(PipelineModel { stages: fitted })
+        Ok(PipelineModel::new(fitted).with_input_schema(df.schema()))
     }
 }
 
@@ -142,17 +176,36 @@ impl<F: Frame> Pipeline<F> {
 #[derive(Debug)]
 pub struct PipelineModel {
     stages: Vec<Arc<dyn Transformer>>,
+    /// The columns of the DataFrame it was fitted on (saved with it, so that serving knows
+    /// the names and types of the inputs).
+    input_schema: Option<SchemaRef>,
 }
 
 impl PipelineModel {
     /// A model of the given fitted stages.
     pub fn new(stages: Vec<Arc<dyn Transformer>>) -> Self {
-        Self { stages }
+        Self {
+            stages,
+            input_schema: None,
+        }
+    }
+
+    /// Records the schema of the data the model was fitted on ([`Pipeline::fit`] does).
+    pub fn with_input_schema(mut self, schema: SchemaRef) -> Self {
+        self.input_schema = Some(schema);
+        self
     }
 
     /// The fitted stages.
     pub fn stages(&self) -> &[Arc<dyn Transformer>] {
         &self.stages
+    }
+
+    /// The schema of the data the model was fitted on, when known (models fitted by
+    /// [`Pipeline::fit`] record it; the model's transform needs only the columns its
+    /// stages read).
+    pub fn input_schema(&self) -> Option<&SchemaRef> {
+        self.input_schema.as_ref()
     }
 
     /// Reads a pipeline model written by [`Transformer::save`].
@@ -178,9 +231,22 @@ impl PipelineModel {
                 path, i as usize,
             ))?));
         }
-        Ok(Self { stages })
+        let schema_file = path.join(INPUT_SCHEMA_FILE);
+        let input_schema = if schema_file.exists() {
+            Some(persist::read_schema(&schema_file)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            stages,
+            input_schema,
+        })
     }
 }
+
+/// The file of a saved pipeline model that holds its input schema (an Arrow IPC file of
+/// no rows).
+const INPUT_SCHEMA_FILE: &str = "input_schema.arrow";
 
 fn stage_dir(path: &Path, i: usize) -> std::path::PathBuf {
     path.join("stages").join(format!("{i:03}"))
@@ -210,6 +276,9 @@ impl Transformer for PipelineModel {
             |staging| {
                 for (i, stage) in self.stages.iter().enumerate() {
                     stage.save(&stage_dir(staging, i))?;
+                }
+                if let Some(schema) = &self.input_schema {
+                    persist::write_schema(&staging.join(INPUT_SCHEMA_FILE), schema)?;
                 }
                 Ok(())
             },

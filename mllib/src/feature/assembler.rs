@@ -11,7 +11,7 @@ pub struct VectorAssembler {
     pub input_cols: Vec<String>,
     /// The vector column made (default `features`).
     pub output_col: String,
-    /// Rows with a null input: error (default), skip, or keep (as NaN).
+    /// Rows with a null or NaN input: error (default), skip, or keep (nulls as NaN).
     pub handle_invalid: HandleInvalid,
 }
 
@@ -31,7 +31,7 @@ impl VectorAssembler {
         self
     }
 
-    /// Sets how rows with null inputs are handled.
+    /// Sets how rows with null or NaN inputs are handled.
     pub fn handle_invalid(mut self, mode: HandleInvalid) -> Self {
         self.handle_invalid = mode;
         self

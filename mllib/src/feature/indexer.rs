@@ -77,7 +77,9 @@ impl<F: Frame> Estimator<F> for StringIndexer {
     }
 }
 
-/// A fitted [`StringIndexer`]: label `labels[i]` becomes index `i`.
+/// A fitted [`StringIndexer`]: label `labels[i]` becomes index `i`. A frame without the
+/// indexed column passes through unchanged (as in Spark ML), so a pipeline that indexed
+/// its label column while fitting transforms rows that carry no label.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StringIndexerModel {
     /// Column indexed.
@@ -110,10 +112,20 @@ impl Transformer for StringIndexerModel {
         &self,
         df: datafusion::dataframe::DataFrame,
     ) -> Result<datafusion::dataframe::DataFrame> {
-        let schema = df.schema().as_arrow().clone();
-        schema
+        // As in Spark ML, a frame without the indexed column passes through unchanged: a
+        // pipeline that indexed its label while fitting then serves rows that have none.
+        if df
+            .schema()
+            .as_arrow()
             .field_with_name(&self.input_col)
-            .map_err(|_| missing_column(&schema, &self.input_col))?;
+            .is_err()
+        {
+            tracing::debug!(
+                column = %self.input_col,
+                "StringIndexerModel: no such column; the stage is skipped"
+            );
+            return Ok(df);
+        }
         let expr = udf::string_index(
             quoted(&self.input_col),
             &udf::StringIndexParams {
@@ -127,6 +139,14 @@ impl Transformer for StringIndexerModel {
 
     fn save(&self, path: &Path) -> Result<()> {
         save_json(path, self.class(), self)
+    }
+
+    fn indexes(&self) -> Option<IndexedColumn<'_>> {
+        Some(IndexedColumn {
+            input: &self.input_col,
+            output: &self.output_col,
+            labels: &self.labels,
+        })
     }
 }
 

@@ -27,7 +27,7 @@ use crate::aggregate::{tree_aggregate, Aggregation, Summary, DEFAULT_FAN_IN};
 use crate::error::{MlError, Result};
 use crate::frame::Frame;
 use crate::persist::{self, read_arrays, read_metadata, save_stage};
-use crate::pipeline::{Estimator, Transformer};
+use crate::pipeline::{Estimator, IndexedColumn, Transformer};
 use crate::udf::{self, HandleInvalid};
 use crate::vector::{check_vector_column, missing_column};
 

@@ -102,12 +102,14 @@ pub(super) fn assemble_arrays(
             }
         };
         for r in 0..rows {
-            let is_null = array.is_null(r);
-            if is_null {
+            // As in Spark ML, NaN is as invalid as null.
+            let invalid =
+                array.is_null(r) || flat[r * width..(r + 1) * width].iter().any(|v| v.is_nan());
+            if invalid {
                 match p.handle_invalid {
                     HandleInvalid::Error => {
                         return Err(exec_err(format!(
-                            "VectorAssembler: column '{name}' is null in a row (set \
+                            "VectorAssembler: column '{name}' is null or NaN in a row (set \
                              handle_invalid to skip or keep to accept such rows)"
                         )))
                     }
