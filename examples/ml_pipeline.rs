@@ -4,7 +4,8 @@
 //! the executors; the model is evaluated on the held-out rows, saved, loaded and used
 //! again. The Iris data set then goes through a multinomial model and k-means.
 //!
-//! Run it with `cargo run --release --example ml_pipeline`.
+//! Run it with `cargo run --release --example ml_pipeline`; `-- --save DIR` also saves the
+//! fitted Iris pipeline (measurements in, species out) to DIR for `ember serve`.
 
 use ember::ml::*;
 use ember::prelude::*;
@@ -77,9 +78,9 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     println!("  saved to {}, loaded: AUC-ROC {again:.4}", path.display());
 
-    // Multiclass and clustering on Iris.
+    // Multiclass and clustering on Iris: raw measurements in, species out.
     let iris = session.read_csv(format!("{data}/iris.csv")).await?;
-    let prepared = Pipeline::new()
+    let iris_model = Pipeline::new()
         .estimator(StringIndexer::new("species", "label"))
         .transformer(VectorAssembler::new([
             "sepal_length",
@@ -87,20 +88,23 @@ async fn main() -> anyhow::Result<()> {
             "petal_length",
             "petal_width",
         ]))
+        .estimator(LogisticRegression::new().reg_param(0.01))
         .fit(&iris)
-        .await?
-        .transform(&iris)?;
-    let lr = LogisticRegression::new()
-        .reg_param(0.01)
-        .fit(&prepared)
         .await?;
     let f1 = MulticlassClassificationEvaluator::new()
-        .evaluate(&lr.transform(&prepared)?)
+        .evaluate(&iris_model.transform(&iris)?)
         .await?;
-    println!(
-        "iris: multinomial logistic regression, {} iterations, training F1 {f1:.4}",
-        lr.summary.iterations
-    );
+    println!("iris: multinomial logistic regression, training F1 {f1:.4}");
+    if let Some(dir) = save_dir() {
+        iris_model.save(&dir)?;
+        println!(
+            "  saved the Iris pipeline to {}; serve it with: ember serve --model iris={}",
+            dir.display(),
+            dir.display()
+        );
+    }
+    // The pipeline's first two stages (indexer, assembler) prepare the rows for k-means.
+    let prepared = PipelineModel::new(iris_model.stages()[..2].to_vec()).transform(&iris)?;
     let kmeans = KMeans::new().k(3).seed(1).fit(&prepared).await?;
     let silhouette = ClusteringEvaluator::new()
         .evaluate(&kmeans.transform(&prepared)?)
@@ -110,4 +114,13 @@ async fn main() -> anyhow::Result<()> {
         kmeans.summary.iterations, kmeans.training_cost
     );
     Ok(())
+}
+
+/// The directory of `--save DIR`, if given.
+fn save_dir() -> Option<std::path::PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--save")
+        .and_then(|i| args.get(i + 1))
+        .map(std::path::PathBuf::from)
 }
