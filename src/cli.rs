@@ -182,19 +182,29 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     println!("Spark Connect server listening on {url}");
     use std::io::Write;
     std::io::stdout().flush()?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing a SIGTERM handler")?;
+    let signal = shutdown_signal()?;
     let shutdown = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        signal.await;
         eprintln!("shutting down");
     };
     crate::connect::serve(session.clone(), listener, shutdown).await?;
     // The executors stop (and remove their spill directories) with the last session handle.
     drop(session);
     Ok(())
+}
+
+/// Resolves at the first SIGINT or SIGTERM. The handlers are installed before it returns,
+/// so a signal that arrives before the future is polled is not lost.
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    let interrupt = tokio::signal::ctrl_c();
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {

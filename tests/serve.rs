@@ -74,30 +74,39 @@ impl Server {
 
     /// One HTTP/1.1 request; the status and the body.
     fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let mut stream = TcpStream::connect(&self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let body = body.unwrap_or("");
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .expect("send");
-        read_response(stream)
+        request(&self.addr, method, path, body)
     }
 
     /// A request whose JSON answer is parsed.
     fn json(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let text = body.map(Value::to_string);
-        let (status, answer) = self.request(method, path, text.as_deref());
-        let value = serde_json::from_str(&answer)
-            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {answer}"));
-        (status, value)
+        json_request(&self.addr, method, path, body)
     }
+}
+
+/// One HTTP/1.1 request to `addr`; the status and the body.
+fn request(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    read_response(stream)
+}
+
+/// A request to `addr` whose JSON answer is parsed.
+fn json_request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let text = body.map(Value::to_string);
+    let (status, answer) = request(addr, method, path, text.as_deref());
+    let value = serde_json::from_str(&answer)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {answer}"));
+    (status, value)
 }
 
 fn read_response(mut stream: TcpStream) -> (u16, String) {
@@ -725,18 +734,6 @@ async fn new_versions_are_picked_up_and_broken_ones_leave_the_last_good_one_serv
         text.contains(r#"ember_serve_model_load_failures_total{model="iris"} 1"#),
         "{text}"
     );
-
-    // SIGTERM: the server finishes and exits cleanly.
-    let mut server = server;
-    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
-    assert_eq!(
-        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
-        0
-    );
-    let status = common::exit_within(&mut server.child, Duration::from_secs(10))
-        .await
-        .expect("ember serve exits on SIGTERM");
-    assert!(status.success(), "{status}");
 }
 
 /// Polls GET `path` until `done` holds of its JSON answer (10 s at most).
@@ -833,6 +830,42 @@ async fn concurrent_clients_get_their_own_answers_while_batched() {
         batches < requests,
         "{batches} batches for {requests} requests"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_the_requests_in_flight_then_exits() {
+    let session = session(Mode::InProcess, 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    iris_pipeline(&session, 0.01)
+        .await
+        .save(&dir.path().join("iris"))
+        .expect("save");
+    // A long batch window keeps the request inside the server when the signal comes.
+    let mut server = Server::start(&[
+        "--model",
+        &format!("iris={}", path_str(&dir.path().join("iris"))),
+        "--batch-window",
+        "1500ms",
+    ]);
+    let addr = server.addr.clone();
+    let client = std::thread::spawn(move || {
+        let body = json!({"instances": [{"sepal_length": 5.1, "sepal_width": 3.5,
+                                         "petal_length": 1.4, "petal_width": 0.2}]});
+        json_request(&addr, "POST", "/v1/models/iris:predict", Some(&body))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let (status, answer) = client.join().expect("client");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["predictions"][0]["predicted_species"], "setosa");
+    let exit = common::exit_within(&mut server.child, Duration::from_secs(10))
+        .await
+        .expect("ember serve exits on SIGTERM");
+    assert!(exit.success(), "{exit}");
 }
 
 #[test]

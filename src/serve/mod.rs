@@ -160,13 +160,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing a SIGTERM handler")?;
+    let signal = crate::cli::shutdown_signal()?;
     let shutdown = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        signal.await;
         eprintln!("shutting down: finishing the requests in flight");
     };
     axum::serve(listener, http::router(state))
