@@ -456,7 +456,12 @@ fn batch_from_tensors(schema: &SchemaRef, tensors: &Value) -> Result<RecordBatch
     }
     check_names(schema, by_name.keys().copied(), "")?;
     let mut rows: Option<(usize, &str)> = None;
-    let mut owned: Vec<Vec<Value>> = Vec::with_capacity(schema.fields().len());
+    // Scalar columns borrow the request's values; vector columns need one array per row.
+    enum ColumnData<'a> {
+        Scalars(Vec<&'a Value>),
+        Vectors(Vec<Value>),
+    }
+    let mut data_by_column: Vec<ColumnData<'_>> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let name = field.name().as_str();
         let tensor = by_name.get(name).ok_or_else(|| {
@@ -536,17 +541,25 @@ fn batch_from_tensors(schema: &SchemaRef, tensors: &Value) -> Result<RecordBatch
             }
             _ => rows = Some((n, name)),
         }
-        owned.push(
+        data_by_column.push(
             if matches!(field.data_type(), DataType::FixedSizeList(..)) {
-                data.chunks(width.max(1))
-                    .map(|c| Value::Array(c.iter().map(|v| (*v).clone()).collect()))
-                    .collect()
+                ColumnData::Vectors(
+                    data.chunks(width.max(1))
+                        .map(|c| Value::Array(c.iter().map(|v| (*v).clone()).collect()))
+                        .collect(),
+                )
             } else {
-                data.into_iter().cloned().collect()
+                ColumnData::Scalars(data)
             },
         );
     }
-    let columns: Vec<Vec<&Value>> = owned.iter().map(|c| c.iter().collect()).collect();
+    let columns: Vec<Vec<&Value>> = data_by_column
+        .iter()
+        .map(|c| match c {
+            ColumnData::Scalars(values) => values.clone(),
+            ColumnData::Vectors(rows) => rows.iter().collect(),
+        })
+        .collect();
     batch_from_columns(schema, &columns, rows.map_or(0, |(n, _)| n))
 }
 
@@ -820,6 +833,36 @@ mod tests {
         );
         assert_eq!(v1_path("iris/labels/3"), None);
         assert_eq!(v1_path(":predict"), None);
+    }
+
+    #[test]
+    fn tensors_fill_scalar_and_vector_columns() {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{Float32Type, Float64Type, Schema};
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("v", ember_mllib::vector::vector_type(2), true),
+            Field::new("x", DataType::Float64, true),
+        ]));
+        let tensors = json!([
+            {"name": "x", "shape": [3], "datatype": "FP64", "data": [1.5, null, "NaN"]},
+            {"name": "v", "shape": [3, 2], "datatype": "FP32", "data": [[1, 2], [3, 4], [5, 6]]},
+        ]);
+        let batch = batch_from_tensors(&schema, &tensors).expect("batch");
+        assert_eq!(batch.num_rows(), 3);
+        let v = batch.column(0).as_fixed_size_list();
+        let flat = v.values().as_primitive::<Float32Type>().values().to_vec();
+        assert_eq!(flat, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let x = batch.column(1).as_primitive::<Float64Type>();
+        assert_eq!(x.value(0), 1.5);
+        assert!(x.is_null(1) && x.value(2).is_nan());
+        // A vector tensor of the wrong width names the input.
+        let bad = json!([
+            {"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]},
+            {"name": "v", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]},
+        ]);
+        let e = batch_from_tensors(&schema, &bad).expect_err("width");
+        assert_eq!(e.field.as_deref(), Some("v"));
+        assert!(e.message.contains("[N, 2]"), "{}", e.message);
     }
 
     #[test]
