@@ -182,10 +182,7 @@ fn numbers(v: &Value) -> Vec<f64> {
 
 /// Iris: species indexed, measurements assembled, a multinomial logistic regression.
 async fn iris_pipeline(session: &Session, reg: f64) -> PipelineModel {
-    let iris = session
-        .read_csv(format!("{DATA}/iris.csv"))
-        .await
-        .expect("iris");
+    let iris = data(session, "iris.csv").await;
     Pipeline::new()
         .estimator(StringIndexer::new("species", "label"))
         .transformer(VectorAssembler::new(IRIS_INPUTS))
@@ -198,10 +195,7 @@ async fn iris_pipeline(session: &Session, reg: f64) -> PipelineModel {
 /// Breast cancer: diagnosis indexed, 30 features assembled and standardized, an elastic
 /// net logistic regression.
 async fn cancer_pipeline(session: &Session) -> (PipelineModel, Vec<String>) {
-    let cancer = session
-        .read_csv(format!("{DATA}/breast_cancer.csv"))
-        .await
-        .expect("cancer");
+    let cancer = data(session, "breast_cancer.csv").await;
     let features: Vec<String> = cancer
         .schema()
         .fields()
@@ -252,6 +246,29 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// `NAME=DIR`, as `--model` takes it.
+fn model_arg(name: &str, dir: &Path) -> String {
+    format!("{name}={}", path_str(dir))
+}
+
+/// A data file of `tests/data` as a DataFrame.
+async fn data(session: &Session, file: &str) -> DataFrame {
+    session
+        .read_csv(format!("{DATA}/{file}"))
+        .await
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// What the cluster computes for `df` through `model`.
+async fn transformed(model: &PipelineModel, df: &DataFrame) -> Vec<RecordBatch> {
+    model
+        .transform(df)
+        .expect("transform")
+        .collect()
+        .await
+        .expect("collect")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_predictions_are_the_transform_of_the_same_rows() {
     let session = session(Mode::InProcess, 2).await;
@@ -261,12 +278,7 @@ async fn served_predictions_are_the_transform_of_the_same_rows() {
     let kmeans_model = Pipeline::new()
         .transformer(VectorAssembler::new(IRIS_INPUTS))
         .estimator(KMeans::new().k(3).seed(1))
-        .fit(
-            &session
-                .read_csv(format!("{DATA}/iris.csv"))
-                .await
-                .expect("iris"),
-        )
+        .fit(&data(&session, "iris.csv").await)
         .await
         .expect("fit k-means");
     iris_model
@@ -279,41 +291,20 @@ async fn served_predictions_are_the_transform_of_the_same_rows() {
         .save(&dir.path().join("clusters"))
         .expect("save k-means");
     // What the cluster computes for the same rows, through the saved and loaded models.
-    let iris = session
-        .read_csv(format!("{DATA}/iris.csv"))
-        .await
-        .expect("iris");
+    let iris = data(&session, "iris.csv").await;
     let iris_loaded = PipelineModel::load(dir.path().join("iris/1")).expect("load iris");
-    let expected = iris_loaded
-        .transform(&iris)
-        .expect("transform")
-        .collect()
-        .await
-        .expect("collect");
-    let cancer = session
-        .read_csv(format!("{DATA}/breast_cancer.csv"))
-        .await
-        .expect("cancer");
-    let cancer_expected = cancer_model
-        .transform(&cancer)
-        .expect("transform")
-        .collect()
-        .await
-        .expect("collect");
-    let clusters_expected = kmeans_model
-        .transform(&iris)
-        .expect("transform")
-        .collect()
-        .await
-        .expect("collect");
+    let expected = transformed(&iris_loaded, &iris).await;
+    let cancer = data(&session, "breast_cancer.csv").await;
+    let cancer_expected = transformed(&cancer_model, &cancer).await;
+    let clusters_expected = transformed(&kmeans_model, &iris).await;
 
     let server = Server::start(&[
         "--model",
-        &format!("iris={}", path_str(&dir.path().join("iris"))),
+        &model_arg("iris", &dir.path().join("iris")),
         "--model",
-        &format!("cancer={}", path_str(&dir.path().join("cancer"))),
+        &model_arg("cancer", &dir.path().join("cancer")),
         "--model",
-        &format!("clusters={}", path_str(&dir.path().join("clusters"))),
+        &model_arg("clusters", &dir.path().join("clusters")),
         "--batch-window",
         "1ms",
     ]);
@@ -514,9 +505,9 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
         .expect("save");
     let server = Server::start(&[
         "--model",
-        &format!("iris={}", path_str(&dir.path().join("iris"))),
+        &model_arg("iris", &dir.path().join("iris")),
         "--model",
-        &format!("paint={}", path_str(&dir.path().join("paint"))),
+        &model_arg("paint", &dir.path().join("paint")),
         "--max-body",
         "64KiB",
     ]);
@@ -663,12 +654,7 @@ async fn new_versions_are_picked_up_and_broken_ones_leave_the_last_good_one_serv
     let versions = dir.path().join("iris");
     let first = iris_pipeline(&session, 0.01).await;
     first.save(&versions.join("1")).expect("save v1");
-    let server = Server::start(&[
-        "--model",
-        &format!("iris={}", path_str(&versions)),
-        "--poll",
-        "100ms",
-    ]);
+    let server = Server::start(&["--model", &model_arg("iris", &versions), "--poll", "100ms"]);
     let row = json!({"instances": [{"sepal_length": 6.0, "sepal_width": 2.9,
                                     "petal_length": 4.5, "petal_width": 1.5}]});
     let probability = |path: &str| {
@@ -758,16 +744,8 @@ async fn concurrent_clients_get_their_own_answers_while_batched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = iris_pipeline(&session, 0.01).await;
     model.save(&dir.path().join("iris")).expect("save");
-    let iris = session
-        .read_csv(format!("{DATA}/iris.csv"))
-        .await
-        .expect("iris");
-    let expected = model
-        .transform(&iris)
-        .expect("transform")
-        .collect()
-        .await
-        .expect("collect");
+    let iris = data(&session, "iris.csv").await;
+    let expected = transformed(&model, &iris).await;
     let inputs = rows(&expected, &IRIS_INPUTS);
     let probabilities: Vec<Vec<f64>> = f64_values(&expected, "probability")
         .chunks(3)
@@ -775,7 +753,7 @@ async fn concurrent_clients_get_their_own_answers_while_batched() {
         .collect();
     let server = std::sync::Arc::new(Server::start(&[
         "--model",
-        &format!("iris={}", path_str(&dir.path().join("iris"))),
+        &model_arg("iris", &dir.path().join("iris")),
         "--batch-window",
         "5ms",
         "--max-batch",
@@ -783,40 +761,54 @@ async fn concurrent_clients_get_their_own_answers_while_batched() {
     ]));
     let clients = 16;
     let per_client = 12;
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let server = std::sync::Arc::clone(&server);
-            let inputs = inputs.clone();
-            let probabilities = probabilities.clone();
-            std::thread::spawn(move || {
-                for i in 0..per_client {
-                    // Requests of 1 to 3 rows starting at a row of this client's own.
-                    let start = (c * per_client + i * 7) % (inputs.len() - 3);
-                    let take = 1 + (c + i) % 3;
-                    let body = json!({"instances": inputs[start..start + take]});
-                    let (status, answer) =
-                        server.json("POST", "/v1/models/iris:predict", Some(&body));
-                    assert_eq!(status, 200, "{answer}");
-                    let got = answer["predictions"].as_array().expect("predictions");
-                    assert_eq!(got.len(), take);
-                    for (p, want) in got.iter().zip(&probabilities[start..start + take]) {
-                        // One unit in the last place at most: the client's JSON reader.
-                        let p = numbers(&p["probability"]);
-                        assert_eq!(p.len(), 3, "client {c} request {i}");
-                        for (a, b) in p.iter().zip(want) {
-                            assert!(
-                                (a - b).abs() <= 2.0 * f64::EPSILON * b.abs(),
-                                "client {c} request {i}: {a} vs {b}"
-                            );
+    // Phase 1: good requests only. Phase 2: every fourth client sends a row the
+    // assembler rejects; merged with good requests, it must fail alone.
+    let run = |with_bad: bool| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let server = std::sync::Arc::clone(&server);
+                let inputs = inputs.clone();
+                let probabilities = probabilities.clone();
+                let bad_client = with_bad && c % 4 == 3;
+                std::thread::spawn(move || {
+                    for i in 0..per_client {
+                        if bad_client {
+                            let bad = json!({"instances": [{"sepal_length": "NaN",
+                            "sepal_width": 3.0, "petal_length": 1.0, "petal_width": 0.5}]});
+                            let (status, answer) =
+                                server.json("POST", "/v1/models/iris:predict", Some(&bad));
+                            assert_eq!(status, 400, "client {c} request {i}: {answer}");
+                            continue;
+                        }
+                        // Requests of 1 to 3 rows starting at a row of this client's own.
+                        let start = (c * per_client + i * 7) % (inputs.len() - 3);
+                        let take = 1 + (c + i) % 3;
+                        let body = json!({"instances": inputs[start..start + take]});
+                        let (status, answer) =
+                            server.json("POST", "/v1/models/iris:predict", Some(&body));
+                        assert_eq!(status, 200, "{answer}");
+                        let got = answer["predictions"].as_array().expect("predictions");
+                        assert_eq!(got.len(), take);
+                        for (p, want) in got.iter().zip(&probabilities[start..start + take]) {
+                            // One unit in the last place at most: the client's JSON reader.
+                            let p = numbers(&p["probability"]);
+                            assert_eq!(p.len(), 3, "client {c} request {i}");
+                            for (a, b) in p.iter().zip(want) {
+                                assert!(
+                                    (a - b).abs() <= 2.0 * f64::EPSILON * b.abs(),
+                                    "client {c} request {i}: {a} vs {b}"
+                                );
+                            }
                         }
                     }
-                }
+                })
             })
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("client");
-    }
+            .collect();
+        for h in handles {
+            h.join().expect("client");
+        }
+    };
+    run(false);
     // Fewer batches were evaluated than requests answered: requests were merged.
     let (_, text) = server.request("GET", "/metrics", None);
     let batches: f64 = text
@@ -830,6 +822,7 @@ async fn concurrent_clients_get_their_own_answers_while_batched() {
         batches < requests,
         "{batches} batches for {requests} requests"
     );
+    run(true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -843,7 +836,7 @@ async fn sigterm_answers_the_requests_in_flight_then_exits() {
     // A long batch window keeps the request inside the server when the signal comes.
     let mut server = Server::start(&[
         "--model",
-        &format!("iris={}", path_str(&dir.path().join("iris"))),
+        &model_arg("iris", &dir.path().join("iris")),
         "--batch-window",
         "1500ms",
     ]);
@@ -874,7 +867,7 @@ fn a_model_directory_without_a_model_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = common::ember_command(env!("CARGO_BIN_EXE_ember"))
         .args(["serve", "--port", "0", "--model"])
-        .arg(format!("empty={}", path_str(dir.path())))
+        .arg(model_arg("empty", dir.path()))
         .output()
         .expect("run");
     assert!(!out.status.success());

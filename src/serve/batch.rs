@@ -144,8 +144,10 @@ impl Worker {
             let merged =
                 concat_batches(&schema, jobs.iter().map(|j| &j.batch)).map_err(MlError::from);
             if let Ok(merged) = merged {
-                self.metrics.batch(&self.model, rows);
                 if let Ok(out) = self.predictor.predict(&merged).await {
+                    // Counted once it answered: a failed merge is counted as the
+                    // evaluations of its requests below.
+                    self.metrics.batch(&self.model, rows);
                     let mut offset = 0;
                     for job in jobs {
                         let n = job.batch.num_rows();

@@ -168,7 +168,12 @@ impl Model {
     }
 
     async fn load(&self, number: u64, path: &Path) -> Result<Version, String> {
-        let model = PipelineModel::load(path).map_err(|e| e.to_string())?;
+        // Reading the files is blocking I/O: off the async workers.
+        let dir = path.to_path_buf();
+        let model = tokio::task::spawn_blocking(move || PipelineModel::load(&dir))
+            .await
+            .map_err(|e| format!("loading panicked: {e}"))?
+            .map_err(|e| e.to_string())?;
         let predictor = Arc::new(Predictor::new(&model).await.map_err(|e| e.to_string())?);
         let batcher = Batcher::new(
             Arc::clone(&predictor),
