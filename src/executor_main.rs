@@ -44,6 +44,15 @@ pub struct ExecutorArgs {
     /// training pass, else the CPU), gpu (any adapter; fail at start without one) or cpu.
     #[arg(long, default_value = "auto")]
     pub device: ember_mllib::gpu::Device,
+    /// Open only a GPU adapter whose name contains this (case-insensitive), e.g.
+    /// `llvmpipe`; by default the best-ranked one: discrete > integrated > virtual >
+    /// software, then Vulkan > Metal > DX12 > GL.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Look for GPU adapters on these backends only: a comma-separated list of vulkan,
+    /// metal, dx12, gl (default: every backend this build carries).
+    #[arg(long, value_delimiter = ',')]
+    pub gpu_backend: Vec<ember_mllib::gpu::GpuBackend>,
     /// Exit when standard input closes (set by a parent that wants no orphans).
     #[arg(long)]
     pub exit_on_stdin_close: bool,
@@ -71,11 +80,13 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
 /// `Device::Gpu` and no usable GPU adapter.
 pub async fn kernel_hooks(
     device: ember_mllib::gpu::Device,
+    adapter: ember_mllib::gpu::AdapterChoice,
 ) -> crate::Result<ember_executor::ExecutorHooks> {
     // Opening a GPU (adapter request, shader compilation) blocks: not on a runtime worker.
-    let kernel = tokio::task::spawn_blocking(move || ember_mllib::gpu::kernel_for(device))
-        .await
-        .map_err(|e| crate::Error::Cluster(format!("opening the mllib kernel: {e}")))??;
+    let kernel =
+        tokio::task::spawn_blocking(move || ember_mllib::gpu::kernel_for(device, &adapter))
+            .await
+            .map_err(|e| crate::Error::Cluster(format!("opening the mllib kernel: {e}")))??;
     let probe = std::sync::Arc::clone(&kernel);
     Ok(ember_executor::ExecutorHooks {
         session: Some(std::sync::Arc::new(
@@ -135,7 +146,15 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         cores,
         id: args.id.clone(),
         register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
-        hooks: kernel_hooks(args.device).await?,
+        hooks: kernel_hooks(
+            args.device,
+            ember_mllib::gpu::AdapterChoice {
+                name: args.adapter.clone(),
+                backends: args.gpu_backend.clone(),
+                ..Default::default()
+            },
+        )
+        .await?,
         driver_timeout: std::time::Duration::from_secs_f64(args.driver_timeout),
         task_delay: args
             .inject_task_delay_ms

@@ -108,14 +108,21 @@ pub(crate) fn find_launch(explicit: Option<&Path>) -> Result<Launch> {
     )))
 }
 
+/// What every executor process of a local cluster is started with.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecutorSettings {
+    pub(crate) cores: usize,
+    pub(crate) memory: usize,
+    pub(crate) device: ember_mllib::gpu::Device,
+    pub(crate) adapter: ember_mllib::gpu::AdapterChoice,
+}
+
 /// Starts one executor process that registers with `driver`.
 pub(crate) fn spawn_executor(
     launch: &Launch,
     driver: &str,
     id: &str,
-    cores: usize,
-    memory: usize,
-    device: ember_mllib::gpu::Device,
+    settings: &ExecutorSettings,
     task_delay: Option<std::time::Duration>,
 ) -> Result<ChildGuard> {
     let mut cmd = Command::new(&launch.binary);
@@ -128,15 +135,16 @@ pub(crate) fn spawn_executor(
         "--bind",
         "127.0.0.1:0",
         "--cores",
-        &cores.to_string(),
+        &settings.cores.to_string(),
         "--memory",
-        &memory.to_string(),
+        &settings.memory.to_string(),
         "--id",
         id,
         "--device",
-        &device.to_string(),
+        &settings.device.to_string(),
         "--exit-on-stdin-close",
     ])
+    .args(settings.adapter.to_args())
     // The executor watches its stdin: when this process dies, even by SIGKILL, the pipe
     // closes and the executor exits.
     .stdin(Stdio::piped())
@@ -168,9 +176,7 @@ pub(crate) fn spawn_executor(
 pub(crate) struct Healer {
     pub(crate) launch: Launch,
     pub(crate) driver: String,
-    pub(crate) cores: usize,
-    pub(crate) memory: usize,
-    pub(crate) device: ember_mllib::gpu::Device,
+    pub(crate) settings: ExecutorSettings,
     /// Fault injection carried over to a slot's replacements: (slot, delay).
     pub(crate) task_delays: Vec<(usize, std::time::Duration)>,
     /// Replacements allowed over the session's life.
@@ -205,15 +211,7 @@ impl Healer {
                 .iter()
                 .find(|(i, _)| *i == slot)
                 .map(|(_, d)| *d);
-            match spawn_executor(
-                &self.launch,
-                &self.driver,
-                &id,
-                self.cores,
-                self.memory,
-                self.device,
-                delay,
-            ) {
+            match spawn_executor(&self.launch, &self.driver, &id, &self.settings, delay) {
                 Ok(replacement) => {
                     self.replaced.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(executor = %child.id, %status, replacement = %id,

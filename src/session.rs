@@ -117,6 +117,7 @@ pub struct SessionBuilder {
     driver: DriverConfig,
     broadcast_threshold: usize,
     device: ember_mllib::gpu::Device,
+    adapter: ember_mllib::gpu::AdapterChoice,
     /// Fault injection: (executor index, delay before each of its tasks).
     task_delays: Vec<(usize, Duration)>,
     executor_restarts: usize,
@@ -136,6 +137,7 @@ impl Default for SessionBuilder {
             driver: DriverConfig::default(),
             broadcast_threshold: DEFAULT_BROADCAST_THRESHOLD,
             device: ember_mllib::gpu::Device::Auto,
+            adapter: ember_mllib::gpu::AdapterChoice::default(),
             task_delays: Vec::new(),
             executor_restarts: DEFAULT_EXECUTOR_RESTARTS,
         }
@@ -230,6 +232,23 @@ impl SessionBuilder {
         self
     }
 
+    /// Which GPU adapter the executors open (by name, by backend); by default the
+    /// best-ranked one: discrete > integrated > virtual > software, then Vulkan > Metal >
+    /// DX12 > GL.
+    pub fn adapter(mut self, adapter: ember_mllib::gpu::AdapterChoice) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    fn executor_settings(&self) -> crate::local_cluster::ExecutorSettings {
+        crate::local_cluster::ExecutorSettings {
+            cores: self.cores(),
+            memory: self.memory,
+            device: self.device,
+            adapter: self.adapter.clone(),
+        }
+    }
+
     fn cores(&self) -> usize {
         self.cores.unwrap_or_else(|| {
             let cpus = std::thread::available_parallelism()
@@ -263,7 +282,8 @@ impl SessionBuilder {
                 cores,
                 id: Some(format!("exec-{i}")),
                 register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
-                hooks: crate::executor_main::kernel_hooks(self.device).await?,
+                hooks: crate::executor_main::kernel_hooks(self.device, self.adapter.clone())
+                    .await?,
                 driver_timeout: ember_executor::DEFAULT_DRIVER_TIMEOUT,
                 task_delay: self.delay_of(i),
             })
@@ -287,15 +307,14 @@ impl SessionBuilder {
         let driver = self.start_driver().await?;
         let cores = self.cores();
         let address = driver.address().to_string();
+        let settings = self.executor_settings();
         let mut children = Vec::with_capacity(self.executors);
         for i in 0..self.executors {
             children.push(spawn_executor(
                 &launch,
                 &address,
                 &format!("exec-{i}"),
-                cores,
-                self.memory,
-                self.device,
+                &settings,
                 self.delay_of(i),
             )?);
         }
@@ -335,9 +354,7 @@ impl SessionBuilder {
         let healer = Arc::new(Healer {
             launch,
             driver: address,
-            cores,
-            memory: self.memory,
-            device: self.device,
+            settings,
             task_delays: self.task_delays.clone(),
             limit: self.executor_restarts,
             replaced: Default::default(),

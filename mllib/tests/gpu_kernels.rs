@@ -1,9 +1,15 @@
-//! The WGSL kernels: every shader validates (no adapter needed), and on a real wgpu adapter
-//! (Mesa's lavapipe in CI) every kernel matches the CPU kernel within 1e-4 relative, on odd
-//! sizes and across chunks. Without an adapter these comparisons are skipped, except in CI
-//! (`CI=true`), where a missing adapter fails.
+//! The WGSL kernels: every shader validates (no adapter needed), and on every backend with
+//! an adapter (in CI: Vulkan on Mesa's lavapipe and GL on Mesa's llvmpipe through EGL)
+//! every kernel matches the CPU kernel within 1e-4 relative, on odd sizes and across
+//! chunks forced by a tiny device limit; a kernel the device cannot build runs on the CPU.
+//! Without adapters these comparisons are skipped, except in CI (`CI=true`), where a
+//! missing Vulkan or GL adapter on Linux fails.
 
-use ember_mllib::gpu::{shader_sources, shared_gpu, GpuKernel};
+use std::sync::Arc;
+
+use ember_mllib::gpu::{
+    shader_sources, shared_gpu, shared_gpu_for, AdapterChoice, GpuBackend, GpuKernel,
+};
 use ember_mllib::kernel::{gradient_len, kmeans_len, CpuKernel, Kernel, Loss};
 use ember_mllib::vector::DenseBlock;
 
@@ -26,21 +32,45 @@ fn every_shader_validates() {
     }
 }
 
-/// The shared GPU kernel, or `None` (skip) outside CI when no adapter exists.
-fn gpu() -> Option<std::sync::Arc<GpuKernel>> {
-    match shared_gpu() {
-        Ok(gpu) => {
-            eprintln!("adapter: {}", gpu.adapter());
-            Some(gpu)
-        }
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true and no GPU adapter (install mesa-vulkan-drivers): {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping GPU comparisons: {e}");
-            None
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The backends CI must have an adapter on: Vulkan (lavapipe) and GL (llvmpipe) on Linux.
+fn required_in_ci(backend: GpuBackend) -> bool {
+    cfg!(target_os = "linux") && matches!(backend, GpuBackend::Vulkan | GpuBackend::Gl)
+}
+
+/// The shared GPU kernel of every backend with an adapter (skipping those without one,
+/// except in CI for the backends CI installs).
+fn gpus() -> Vec<(GpuBackend, Arc<GpuKernel>)> {
+    let mut found = Vec::new();
+    for backend in GpuBackend::ALL.into_iter().filter(|b| b.compiled_in()) {
+        match shared_gpu_for(&AdapterChoice::backend(backend)) {
+            Ok(gpu) => {
+                eprintln!("{backend}: {}", gpu.describe());
+                assert_eq!(gpu.backend(), Some(backend));
+                found.push((backend, gpu));
+            }
+            Err(e) if in_ci() && required_in_ci(backend) => {
+                panic!("CI=true and no {backend} adapter (.ci/run installs Mesa's): {e}")
+            }
+            Err(e) => eprintln!("skipping {backend}: {e}"),
         }
     }
+    found
+}
+
+/// A kernel of its own on the first backend with an adapter, opened with `choice`'s caps.
+fn own_kernel(caps: AdapterChoice) -> Option<GpuKernel> {
+    let (backend, _) = gpus().into_iter().next()?;
+    Some(
+        GpuKernel::open(&AdapterChoice {
+            backends: vec![backend],
+            ..caps
+        })
+        .expect("a second device on the same adapter"),
+    )
 }
 
 struct Rng(u64);
@@ -92,7 +122,17 @@ const SIZES: [(usize, usize); 6] = [(1, 1), (1, 5), (255, 3), (257, 4), (1000, 7
 
 #[test]
 fn gradient_kernels_match_the_cpu() {
-    let Some(gpu) = gpu() else { return };
+    for (backend, gpu) in gpus() {
+        assert!(
+            gpu.unavailable().is_empty(),
+            "{backend}: {:?}",
+            gpu.unavailable()
+        );
+        gradients_match(&gpu, &format!("{backend}"));
+    }
+}
+
+fn gradients_match(gpu: &GpuKernel, label: &str) {
     for (rows, d) in SIZES {
         for (loss, classes) in [
             (Loss::Logistic, 2),
@@ -111,7 +151,7 @@ fn gradient_kernels_match_the_cpu() {
             let err = relative(&on_gpu, &cpu);
             assert!(
                 err < 1e-4,
-                "{loss:?} rows={rows} d={d}: relative error {err}\n{on_gpu:?}\n{cpu:?}"
+                "{label} {loss:?} rows={rows} d={d}: relative error {err}\n{on_gpu:?}\n{cpu:?}"
             );
             assert_eq!(on_gpu[on_gpu.len() - 1], rows as f64, "row count");
         }
@@ -120,7 +160,12 @@ fn gradient_kernels_match_the_cpu() {
 
 #[test]
 fn kmeans_kernel_matches_the_cpu() {
-    let Some(gpu) = gpu() else { return };
+    for (backend, gpu) in gpus() {
+        kmeans_match(&gpu, &format!("{backend}"));
+    }
+}
+
+fn kmeans_match(gpu: &GpuKernel, label: &str) {
     for (rows, d) in SIZES {
         for k in [1, 3, 7] {
             let (x, _) = data(rows, d, 2, (rows + d * 17 + k) as u64);
@@ -138,7 +183,10 @@ fn kmeans_kernel_matches_the_cpu() {
             let mut on_gpu = vec![0.0; kmeans_len(k, d)];
             gpu.kmeans(&[b], &centres, k, &mut on_gpu);
             let err = relative(&on_gpu, &cpu);
-            assert!(err < 1e-4, "k={k} rows={rows} d={d}: relative error {err}");
+            assert!(
+                err < 1e-4,
+                "{label} k={k} rows={rows} d={d}: relative error {err}"
+            );
             let counts: f64 = on_gpu[k * d..k * d + k].iter().sum();
             assert_eq!(counts, rows as f64);
         }
@@ -146,35 +194,105 @@ fn kmeans_kernel_matches_the_cpu() {
 }
 
 #[test]
-fn blocks_larger_than_a_chunk_are_split_and_stay_resident() {
-    let Some(_) = gpu() else { return };
-    // A kernel of its own, so capping its chunks does not affect the other tests.
-    let gpu = GpuKernel::new().expect("second device on the same adapter");
-    gpu.set_max_chunk_rows(256);
+fn partitions_larger_than_a_binding_are_chunked_and_stay_resident() {
+    // A device that may bind only 16 KiB: 6 features x 4 bytes is 682 rows, so 512-row
+    // chunks for the 256-row workgroups of the gradient and k-means kernels.
+    let Some(gpu) = own_kernel(AdapterChoice {
+        max_binding_bytes: Some(16 << 10),
+        ..AdapterChoice::default()
+    }) else {
+        return;
+    };
+    assert!(
+        gpu.limits().contains("max storage binding 16 KiB"),
+        "{}",
+        gpu.limits()
+    );
     let (rows, d) = (3000, 6);
-    let (x, y) = data(rows, d, 2, 99);
+    let (x, y) = data(rows, d, 3, 99);
     let owner = arrow::buffer::Buffer::from_slice_ref(&x);
     let values: &[f32] = owner.typed_data();
     let b = DenseBlock {
         owner: Some(&owner),
         ..block(values, &y, d)
     };
-    let params: Vec<f64> = (0..=d).map(|i| i as f64 * 0.1 - 0.2).collect();
+    for loss in [Loss::Logistic, Loss::Multinomial { classes: 3 }] {
+        let params: Vec<f64> = (0..loss.parameters(d))
+            .map(|i| i as f64 * 0.05 - 0.2)
+            .collect();
+        let mut cpu = vec![0.0; gradient_len(loss, d)];
+        CpuKernel.gradient(loss, &[b], &params, &mut cpu);
+        for pass in 0..2 {
+            let mut on_gpu = vec![0.0; gradient_len(loss, d)];
+            gpu.gradient(loss, &[b], &params, &mut on_gpu);
+            let err = relative(&on_gpu, &cpu);
+            assert!(err < 1e-4, "{loss:?} pass {pass}: relative error {err}");
+        }
+    }
+    let unlabelled = DenseBlock { labels: &[], ..b };
+    let centres: Vec<f64> = (0..4 * d).map(|i| (i / d) as f64 - 1.5).collect();
+    let mut cpu = vec![0.0; kmeans_len(4, d)];
+    CpuKernel.kmeans(&[unlabelled], &centres, 4, &mut cpu);
+    let mut on_gpu = vec![0.0; kmeans_len(4, d)];
+    gpu.kmeans(&[unlabelled], &centres, 4, &mut on_gpu);
+    assert!(relative(&on_gpu, &cpu) < 1e-4, "k-means across chunks");
+    // Every pass ran on the device: a binding over the limit would have failed it.
+    assert!(gpu.is_usable(), "no pass fell back to the CPU");
+    // The labelled chunks stay on the device between passes (the gradient kernel's and the
+    // multinomial kernel's, whose workgroups are smaller, are cut alike here).
+    assert!(gpu.resident_bytes() >= (rows * d * 4 + rows * 4) as u64);
+}
+
+#[test]
+fn a_kernel_the_device_cannot_build_runs_on_the_cpu() {
+    // GLES 3.1 promises only 128 invocations per workgroup: the gradient and k-means
+    // kernels (256) cannot be built there, the multinomial one (64) can.
+    let Some(gpu) = own_kernel(AdapterChoice {
+        max_workgroup_invocations: Some(128),
+        ..AdapterChoice::default()
+    }) else {
+        return;
+    };
+    let missing: Vec<&str> = gpu
+        .unavailable()
+        .iter()
+        .map(|u| u.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(missing, ["gradient", "kmeans"], "{:?}", gpu.unavailable());
+    assert!(
+        gpu.describe().contains("on the CPU: gradient"),
+        "{}",
+        gpu.describe()
+    );
+    let (rows, d) = (700, 5);
+    let (x, y) = data(rows, d, 3, 3);
+    let b = block(&x, &y, d);
+    let params = vec![0.1; d + 1];
     let mut cpu = vec![0.0; gradient_len(Loss::Logistic, d)];
     CpuKernel.gradient(Loss::Logistic, &[b], &params, &mut cpu);
-    for pass in 0..2 {
-        let mut on_gpu = vec![0.0; gradient_len(Loss::Logistic, d)];
-        gpu.gradient(Loss::Logistic, &[b], &params, &mut on_gpu);
-        assert!(relative(&on_gpu, &cpu) < 1e-4, "pass {pass}");
-    }
-    // Features and labels of all 12 chunks stay on the device between passes.
-    assert_eq!(gpu.resident_bytes(), (rows * d * 4 + rows * 4) as u64);
+    let mut out = vec![0.0; gradient_len(Loss::Logistic, d)];
+    gpu.gradient(Loss::Logistic, &[b], &params, &mut out);
+    assert_eq!(out, cpu, "the logistic pass ran on the CPU kernel");
+    // The kernel it could build still runs on the device, and the device stays in use.
+    let loss = Loss::Multinomial { classes: 3 };
+    let params = vec![0.05; loss.parameters(d)];
+    let mut cpu = vec![0.0; gradient_len(loss, d)];
+    CpuKernel.gradient(loss, &[b], &params, &mut cpu);
+    let mut on_gpu = vec![0.0; gradient_len(loss, d)];
+    gpu.gradient(loss, &[b], &params, &mut on_gpu);
+    assert!(relative(&on_gpu, &cpu) < 1e-4);
+    assert_ne!(
+        on_gpu, cpu,
+        "f32 on the device differs from f64 in the last bits"
+    );
+    assert!(gpu.is_usable());
 }
 
 #[test]
 fn a_lost_device_falls_back_to_the_cpu() {
-    let Some(_) = gpu() else { return };
-    let gpu = GpuKernel::new().expect("a device of its own");
+    let Some(gpu) = own_kernel(AdapterChoice::default()) else {
+        return;
+    };
     let (rows, d) = (500, 4);
     let (x, y) = data(rows, d, 2, 5);
     let b = block(&x, &y, d);

@@ -4,11 +4,12 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// Pipelines of the three kernels, built once.
+/// Pipelines of the three kernels, built once; `None` for a kernel the adapter cannot run
+/// (its passes run on the CPU).
 struct Pipelines {
-    gradient: wgpu::ComputePipeline,
-    multinomial: wgpu::ComputePipeline,
-    kmeans: wgpu::ComputePipeline,
+    gradient: Option<wgpu::ComputePipeline>,
+    multinomial: Option<wgpu::ComputePipeline>,
+    kmeans: Option<wgpu::ComputePipeline>,
 }
 
 /// One kind of pass: its pipeline, the uniform's third word, the floats each workgroup
@@ -40,6 +41,9 @@ struct Resident {
 /// The GPU kernel of one process (see the module documentation).
 pub struct GpuKernel {
     adapter: String,
+    limits_text: String,
+    unavailable: Vec<String>,
+    backend: Option<GpuBackend>,
     software: bool,
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -50,7 +54,6 @@ pub struct GpuKernel {
     clock: AtomicU64,
     failed: Arc<AtomicBool>,
     warned: AtomicBool,
-    max_chunk_rows: std::sync::atomic::AtomicUsize,
 }
 
 impl fmt::Debug for GpuKernel {
@@ -66,30 +69,67 @@ pub(super) fn gpu_error(message: impl Into<String>) -> MlError {
 }
 
 impl GpuKernel {
-    /// Opens the first adapter wgpu finds (high performance preferred) and builds the
-    /// pipelines.
+    /// Opens the best-ranked adapter on any compiled-in backend (see [`AdapterChoice`]).
     ///
     /// # Errors
     ///
-    /// No adapter, or the device or a pipeline cannot be created.
+    /// No adapter, or none whose device and kernels could be created.
     pub fn new() -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter =
-            futures::executor::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                ..Default::default()
-            }))
-            .map_err(|e| gpu_error(format!("no GPU adapter: {e}")))?;
+        Self::open(&AdapterChoice::default())
+    }
+
+    /// Opens the best-ranked adapter `choice` allows and builds the kernels; an adapter
+    /// whose device cannot be opened, or that can build none of the kernels, is passed
+    /// over for the next one.
+    ///
+    /// # Errors
+    ///
+    /// No adapter fits `choice`, or none of those that do could be opened.
+    pub fn open(choice: &AdapterChoice) -> Result<Self> {
+        let (candidates, found) = adapter::candidates(choice);
+        if candidates.is_empty() {
+            return Err(gpu_error(adapter::none_found(choice, &found)));
+        }
+        let mut errors = Vec::new();
+        for candidate in candidates {
+            let name = candidate.get_info().name;
+            match Self::open_adapter(candidate, choice) {
+                Ok(kernel) => return Ok(kernel),
+                Err(e) => {
+                    tracing::warn!(adapter = %name, error = %e, "GPU adapter passed over");
+                    errors.push(format!("{name}: {e}"));
+                }
+            }
+        }
+        Err(gpu_error(format!(
+            "no GPU adapter could be opened: {}",
+            errors.join("; ")
+        )))
+    }
+
+    fn open_adapter(
+        adapter: wgpu::Adapter,
+        choice: &AdapterChoice,
+    ) -> std::result::Result<Self, String> {
         let info = adapter.get_info();
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(cap) = choice.max_binding_bytes {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+            limits.max_buffer_size = limits.max_buffer_size.min(cap);
+        }
+        if let Some(cap) = choice.max_workgroup_invocations {
+            limits.max_compute_invocations_per_workgroup =
+                limits.max_compute_invocations_per_workgroup.min(cap);
+            limits.max_compute_workgroup_size_x = limits.max_compute_workgroup_size_x.min(cap);
+        }
         let (device, queue) =
             futures::executor::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("ember-mllib"),
                 required_limits: limits.clone(),
                 ..Default::default()
             }))
-            .map_err(|e| gpu_error(format!("cannot open {}: {e}", info.name)))?;
+            .map_err(|e| format!("cannot open the device: {e}"))?;
         let failed = Arc::new(AtomicBool::new(false));
         let on_error = Arc::clone(&failed);
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -101,19 +141,49 @@ impl GpuKernel {
             tracing::warn!(?reason, %message, "GPU device lost; mllib falls back to the CPU kernel");
             on_lost.store(true, Ordering::SeqCst);
         });
-        let pipeline = |name: &str, source: String| {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(name),
-                layout: None,
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            })
+        let backend = info.backend;
+        let mut unavailable = Vec::new();
+        let mut pipeline = |name: &'static str, source: String| {
+            // Errors of building one kernel (a backend that cannot translate it, a
+            // workgroup larger than the device allows) are caught here, so the other
+            // kernels still run on the device.
+            let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+            let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(name),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(name),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            }));
+            let errors = [
+                futures::executor::block_on(validation.pop()),
+                futures::executor::block_on(internal.pop()),
+            ];
+            let error = match built {
+                Err(_) => Some("the GPU runtime panicked".to_string()),
+                Ok(_) => errors.into_iter().flatten().next().map(|e| e.to_string()),
+            };
+            match (built, error) {
+                (Ok(p), None) => Some(p),
+                (_, error) => {
+                    let error = error.unwrap_or_default();
+                    tracing::warn!(
+                        adapter = %info.name, %backend, kernel = name, %error,
+                        "the {backend} backend cannot run this mllib kernel on this adapter; \
+                         its passes run on the CPU"
+                    );
+                    unavailable.push(format!("{name}: {}", first_line(&error)));
+                    None
+                }
+            }
         };
         let [(g, gs), (m, ms), (k, ks)] = shader_sources();
         let pipelines = Pipelines {
@@ -121,18 +191,31 @@ impl GpuKernel {
             multinomial: pipeline(m, ms),
             kmeans: pipeline(k, ks),
         };
-        if failed.load(Ordering::SeqCst) {
-            return Err(gpu_error(format!(
-                "building the shaders on {} failed",
-                info.name
-            )));
+        if pipelines.gradient.is_none()
+            && pipelines.multinomial.is_none()
+            && pipelines.kmeans.is_none()
+        {
+            return Err(format!(
+                "no kernel could be built ({})",
+                unavailable.join("; ")
+            ));
         }
         let budget = std::env::var(RESIDENT_BUDGET_ENV)
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(2u64 << 30);
         Ok(Self {
-            adapter: format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type),
+            adapter: format!("{} ({}, {:?})", info.name, backend, info.device_type),
+            limits_text: format!(
+                "max storage binding {}, max buffer {}, {} invocations and {} of memory per \
+                 workgroup",
+                bytes_text(limits.max_storage_buffer_binding_size),
+                bytes_text(limits.max_buffer_size),
+                limits.max_compute_invocations_per_workgroup,
+                bytes_text(u64::from(limits.max_compute_workgroup_storage_size)),
+            ),
+            unavailable,
+            backend: GpuBackend::of(backend),
             software: info.device_type == wgpu::DeviceType::Cpu,
             device,
             queue,
@@ -143,13 +226,37 @@ impl GpuKernel {
             clock: AtomicU64::new(0),
             failed,
             warned: AtomicBool::new(false),
-            max_chunk_rows: std::sync::atomic::AtomicUsize::new(usize::MAX),
         })
     }
 
     /// The adapter's name, backend and type.
     pub fn adapter(&self) -> &str {
         &self.adapter
+    }
+
+    /// The adapter's backend.
+    pub fn backend(&self) -> Option<GpuBackend> {
+        self.backend
+    }
+
+    /// The device limits the kernels work within, in words.
+    pub fn limits(&self) -> &str {
+        &self.limits_text
+    }
+
+    /// The kernels this adapter cannot run, each with why (their passes run on the CPU).
+    pub fn unavailable(&self) -> &[String] {
+        &self.unavailable
+    }
+
+    /// The adapter, its backend and type, its limits and any kernel it cannot run: what
+    /// executor status and job metrics report.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{}; {}", self.adapter, self.limits_text);
+        if !self.unavailable.is_empty() {
+            text.push_str(&format!("; on the CPU: {}", self.unavailable.join(", ")));
+        }
+        text
     }
 
     /// Whether the adapter is a software implementation on the CPU (such as Mesa's
@@ -179,7 +286,6 @@ impl GpuKernel {
         by_features
             .min(by_partials)
             .min(by_dispatch)
-            .min(self.max_chunk_rows.load(Ordering::Relaxed))
             .max(group_rows)
             / group_rows
             * group_rows
@@ -226,12 +332,6 @@ impl GpuKernel {
     /// Whether passes still run on the device (false once it failed or was lost).
     pub fn is_usable(&self) -> bool {
         !self.failed.load(Ordering::SeqCst)
-    }
-
-    /// Caps the rows of a chunk below what the adapter's limits allow (to exercise
-    /// chunking on small data); rounded down to whole workgroups, at least one.
-    pub fn set_max_chunk_rows(&self, rows: usize) {
-        self.max_chunk_rows.store(rows, Ordering::Relaxed);
     }
 
     /// The resident chunks of `block` (uploaded now if they are not).
@@ -442,6 +542,29 @@ impl GpuKernel {
     }
 }
 
+/// A byte count in binary units (`128 MiB`).
+fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(text)
+        .trim()
+}
+
 fn f32_bytes(values: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any byte pattern is a valid u8.
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values)) }
@@ -464,48 +587,39 @@ fn bytes_f32(bytes: &[u8]) -> &[f32] {
 
 impl Kernel for GpuKernel {
     fn device(&self) -> String {
-        format!("gpu: {}", self.adapter)
+        format!("gpu: {}", self.describe())
     }
 
     fn gradient(&self, loss: Loss, blocks: &[DenseBlock<'_>], params: &[f64], out: &mut [f64]) {
         let Some(d) = blocks.first().map(|b| b.dimension) else {
             return;
         };
-        if let Loss::Multinomial { classes } = loss {
-            if classes > MAX_GPU_CLASSES || !self.usable() {
-                return CpuKernel.gradient(loss, blocks, params, out);
-            }
-        } else if !self.usable() {
-            return CpuKernel.gradient(loss, blocks, params, out);
-        }
-        let weights: Vec<f32> = params.iter().map(|v| *v as f32).collect();
-        let result = match loss {
-            Loss::Logistic | Loss::Squared => self
-                .run_guarded(
-                    &Pass {
-                        pipeline: &self.pipelines.gradient,
-                        extra: u32::from(loss == Loss::Squared),
-                        stride: d + 3,
-                        group_rows: GRADIENT_ROWS,
-                        with_labels: true,
-                    },
-                    blocks,
-                    &weights,
-                )
-                .map(|t| t.to_vec()),
-            Loss::Multinomial { classes } => self.run_guarded(
-                &Pass {
-                    pipeline: &self.pipelines.multinomial,
-                    extra: classes as u32,
-                    stride: classes * (d + 1) + 2,
-                    group_rows: MULTINOMIAL_ROWS,
-                    with_labels: true,
-                },
-                blocks,
-                &weights,
+        let (pipeline, pass) = match loss {
+            Loss::Logistic | Loss::Squared => (
+                self.pipelines.gradient.as_ref(),
+                (u32::from(loss == Loss::Squared), d + 3, GRADIENT_ROWS),
+            ),
+            Loss::Multinomial { classes } => (
+                self.pipelines
+                    .multinomial
+                    .as_ref()
+                    .filter(|_| classes <= MAX_GPU_CLASSES),
+                (classes as u32, classes * (d + 1) + 2, MULTINOMIAL_ROWS),
             ),
         };
-        match result {
+        let Some(pipeline) = pipeline.filter(|_| self.usable()) else {
+            return CpuKernel.gradient(loss, blocks, params, out);
+        };
+        let (extra, stride, group_rows) = pass;
+        let weights: Vec<f32> = params.iter().map(|v| *v as f32).collect();
+        let pass = Pass {
+            pipeline,
+            extra,
+            stride,
+            group_rows,
+            with_labels: true,
+        };
+        match self.run_guarded(&pass, blocks, &weights) {
             // Same layout as the CPU kernel: [gradient..., loss, rows].
             Ok(total) => {
                 for (o, t) in out.iter_mut().zip(&total) {
@@ -523,21 +637,18 @@ impl Kernel for GpuKernel {
         let Some(d) = blocks.first().map(|b| b.dimension) else {
             return;
         };
-        if !self.usable() {
+        let Some(pipeline) = self.pipelines.kmeans.as_ref().filter(|_| self.usable()) else {
             return CpuKernel.kmeans(blocks, centres, k, out);
-        }
+        };
         let centres32: Vec<f32> = centres.iter().map(|v| *v as f32).collect();
-        match self.run_guarded(
-            &Pass {
-                pipeline: &self.pipelines.kmeans,
-                extra: k as u32,
-                stride: k * (d + 1) + 1,
-                group_rows: KMEANS_ROWS,
-                with_labels: false,
-            },
-            blocks,
-            &centres32,
-        ) {
+        let pass = Pass {
+            pipeline,
+            extra: k as u32,
+            stride: k * (d + 1) + 1,
+            group_rows: KMEANS_ROWS,
+            with_labels: false,
+        };
+        match self.run_guarded(&pass, blocks, &centres32) {
             Ok(total) => {
                 for (o, t) in out.iter_mut().zip(&total) {
                     *o += t;

@@ -1,7 +1,13 @@
 //! The GPU kernel: mllib's per-partition math as WGSL compute shaders (`shaders/`) run
-//! through wgpu on any adapter it finds (Vulkan here; Metal, DX12 or GL with the matching
-//! features), with resident feature buffers and the choice of device per executor.
+//! through wgpu on any adapter it finds (every backend compiled in for the platform:
+//! Vulkan, Metal, DX12, GL), with resident feature buffers and the choice of device and
+//! adapter per executor.
 //!
+//! - The adapter is the best-ranked one [`AdapterChoice`] allows (discrete > integrated >
+//!   virtual > software, then Vulkan > Metal > DX12 > GL), or one picked by name.
+//! - A kernel the adapter cannot build (a GL driver without a large enough workgroup, a
+//!   backend that cannot translate it) runs on the CPU, said once in the log and in the
+//!   kernel's description; the other kernels still run on the device.
 //! - Pipelines are built once per process, when the kernel is created.
 //! - A block's features (and labels) are uploaded the first time a pass reads them and stay
 //!   resident across iterations: a pass sends only the weights and reads back one partial
@@ -15,8 +21,10 @@
 //! - A device error or a lost device makes the kernel fall back to the CPU kernel, with a
 //!   warning, instead of failing the job.
 
+mod adapter;
 mod device;
 
+pub use adapter::{list_adapters, AdapterChoice, AdapterSummary, GpuBackend};
 use device::gpu_error;
 pub use device::GpuKernel;
 
@@ -95,32 +103,51 @@ impl fmt::Display for Device {
     }
 }
 
-/// This process's GPU kernel, opened on first use and shared by every executor of the
-/// process (one device, one set of pipelines).
+/// This process's GPU kernel on the default adapter (see [`shared_gpu_for`]).
 ///
 /// # Errors
 ///
 /// No usable adapter (the same error every time).
 pub fn shared_gpu() -> Result<Arc<GpuKernel>> {
-    static GPU: OnceLock<std::result::Result<Arc<GpuKernel>, String>> = OnceLock::new();
-    GPU.get_or_init(|| GpuKernel::new().map(Arc::new).map_err(|e| e.to_string()))
+    shared_gpu_for(&AdapterChoice::default())
+}
+
+/// This process's GPU kernel for `choice`, opened on first use and shared by every
+/// executor of the process that makes the same choice (one device, one set of pipelines).
+///
+/// # Errors
+///
+/// No usable adapter fits `choice` (the same error every time).
+pub fn shared_gpu_for(choice: &AdapterChoice) -> Result<Arc<GpuKernel>> {
+    type Opened = std::result::Result<Arc<GpuKernel>, String>;
+    static GPUS: OnceLock<Mutex<HashMap<AdapterChoice, Opened>>> = OnceLock::new();
+    let mut gpus = GPUS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    gpus.entry(choice.clone())
+        .or_insert_with(|| {
+            GpuKernel::open(choice)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
         .clone()
         .map_err(gpu_error)
 }
 
-/// The kernel for `device`: the CPU kernel, the shared GPU kernel (opened now, so a
-/// missing adapter is an error at once), or for `auto` a kernel that picks on its first
-/// pass (so processes that never train open no device) and says once when it settles on
-/// the CPU.
+/// The kernel for `device`: the CPU kernel, the shared GPU kernel for `choice` (opened
+/// now, so a missing adapter is an error at once), or for `auto` a kernel that picks on
+/// its first pass (so processes that never train open no device) and says once when it
+/// settles on the CPU.
 ///
 /// # Errors
 ///
-/// `Device::Gpu` and no usable adapter.
-pub fn kernel_for(device: Device) -> Result<Arc<dyn Kernel>> {
+/// `Device::Gpu` and no usable adapter fits `choice`.
+pub fn kernel_for(device: Device, choice: &AdapterChoice) -> Result<Arc<dyn Kernel>> {
     Ok(match device {
         Device::Cpu => Arc::new(CpuKernel),
-        Device::Gpu => shared_gpu()?,
-        Device::Auto => Arc::new(AutoKernel::default()),
+        Device::Gpu => shared_gpu_for(choice)?,
+        Device::Auto => Arc::new(AutoKernel::new(choice.clone())),
     })
 }
 
@@ -128,26 +155,36 @@ pub fn kernel_for(device: Device) -> Result<Arc<dyn Kernel>> {
 /// CPU (a software adapter such as lavapipe runs the shaders slower than the CPU kernel).
 #[derive(Debug, Default)]
 pub struct AutoKernel {
+    choice: AdapterChoice,
     chosen: OnceLock<Arc<dyn Kernel>>,
 }
 
 impl AutoKernel {
+    /// An `auto` kernel that looks among the adapters `choice` allows.
+    pub fn new(choice: AdapterChoice) -> Self {
+        Self {
+            choice,
+            chosen: OnceLock::new(),
+        }
+    }
+
     fn chosen(&self) -> &Arc<dyn Kernel> {
-        self.chosen.get_or_init(|| match shared_gpu() {
-            Ok(gpu) if gpu.is_software() => {
-                tracing::warn!(
-                    adapter = gpu.adapter(),
-                    "only a software GPU adapter was found; mllib kernels run on the CPU \
+        self.chosen
+            .get_or_init(|| match shared_gpu_for(&self.choice) {
+                Ok(gpu) if gpu.is_software() => {
+                    tracing::warn!(
+                        adapter = gpu.adapter(),
+                        "only a software GPU adapter was found; mllib kernels run on the CPU \
                      (--device gpu uses it anyway)"
-                );
-                Arc::new(CpuKernel)
-            }
-            Ok(gpu) => gpu,
-            Err(e) => {
-                tracing::warn!("{e}; mllib kernels run on the CPU");
-                Arc::new(CpuKernel)
-            }
-        })
+                    );
+                    Arc::new(CpuKernel)
+                }
+                Ok(gpu) => gpu,
+                Err(e) => {
+                    tracing::warn!("{e}; mllib kernels run on the CPU");
+                    Arc::new(CpuKernel)
+                }
+            })
     }
 }
 
