@@ -16,9 +16,12 @@
 //! - [`frame`]: what mllib needs from a DataFrame; [`vector`]: the vector column type.
 //! - [`persist`]: the on-disk format of saved stages; [`serving`]: a fitted pipeline
 //!   answering requests in-process.
+//! - [`bench`]: what the benches measure about a kernel (seconds per pass, bytes per
+//!   second, the same device's copy bandwidth).
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod bench;
 pub mod classification;
 pub mod clustering;
 pub mod error;

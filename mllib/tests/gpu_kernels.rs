@@ -15,7 +15,8 @@ use ember_mllib::vector::DenseBlock;
 
 #[test]
 fn every_shader_validates() {
-    for (name, source) in shader_sources() {
+    let copy = ("copy", ember_mllib::gpu::COPY_SHADER.to_string());
+    for (name, source) in shader_sources().into_iter().chain([copy]) {
         let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
             panic!("{name}.wgsl does not parse:\n{}", e.emit_to_string(&source))
         });
@@ -236,6 +237,11 @@ fn partitions_larger_than_a_binding_are_chunked_and_stay_resident() {
     let mut on_gpu = vec![0.0; kmeans_len(4, d)];
     gpu.kmeans(&[unlabelled], &centres, 4, &mut on_gpu);
     assert!(relative(&on_gpu, &cpu) < 1e-4, "k-means across chunks");
+    // The benches' copy kernel cuts its buffers the same way.
+    let copy = gpu
+        .copy_bandwidth(100_000, 1)
+        .expect("copy kernel in 7 bindings");
+    assert!(copy.is_finite() && copy > 0.0, "{copy}");
     // Every pass ran on the device: a binding over the limit would have failed it.
     assert!(gpu.is_usable(), "no pass fell back to the CPU");
     // The labelled chunks stay on the device between passes (the gradient kernel's and the

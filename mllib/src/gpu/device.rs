@@ -273,6 +273,116 @@ impl GpuKernel {
             .unwrap_or(0)
     }
 
+    /// Bytes per second the device copies between two of its buffers of `bytes` in all
+    /// (cut into bindings the limits allow), timed by the host around `reps` submissions
+    /// after a warm-up; the median. A bench divides a kernel's bytes read per second by it.
+    ///
+    /// # Errors
+    ///
+    /// The copy kernel cannot be built, or the device fails.
+    pub fn copy_bandwidth(&self, bytes: u64, reps: usize) -> Result<f64> {
+        let error = |e: String| gpu_error(format!("copy bandwidth on {}: {e}", self.adapter));
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("copy"),
+                source: wgpu::ShaderSource::Wgsl(COPY_SHADER.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("copy"),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = futures::executor::block_on(scope.pop()) {
+            return Err(error(e.to_string()));
+        }
+        let max_binding = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+            / 16
+            * 16;
+        // Every float a distinct value, so no layer can shortcut a buffer of zeros.
+        let pattern: Vec<f32> = (0..(max_binding.min(bytes.max(16)) / 4) as usize)
+            .map(|i| i as f32)
+            .collect();
+        let mut pairs = Vec::new();
+        let mut left = bytes.max(16) / 16 * 16;
+        while left > 0 {
+            let size = left.min(max_binding);
+            let buffer = |label: &str, usage: wgpu::BufferUsages| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE | usage,
+                    mapped_at_creation: false,
+                })
+            };
+            let src = buffer("copy source", wgpu::BufferUsages::COPY_DST);
+            let dst = buffer("copy destination", wgpu::BufferUsages::empty());
+            self.queue
+                .write_buffer(&src, 0, f32_bytes(&pattern[..(size / 4) as usize]));
+            let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("copy bindings"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: src.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: dst.as_entire_binding(),
+                    },
+                ],
+            });
+            pairs.push((size, bind, src, dst));
+            left -= size;
+        }
+        let run = || -> std::result::Result<f64, String> {
+            let started = std::time::Instant::now();
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("copy"),
+                });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("copy"),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&pipeline);
+                for (size, bind, _, _) in &pairs {
+                    let groups = (*size as usize / 16).div_ceil(COPY_ROWS);
+                    let (gx, gy) = (groups.min(65_535), groups.div_ceil(65_535));
+                    pass.set_bind_group(0, bind, &[]);
+                    pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+                }
+            }
+            self.queue.submit([encoder.finish()]);
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| format!("waiting for the GPU: {e}"))?;
+            Ok(started.elapsed().as_secs_f64())
+        };
+        run().map_err(error)?;
+        let mut times = (0..reps.max(1))
+            .map(|_| run())
+            .collect::<std::result::Result<Vec<f64>, String>>()
+            .map_err(error)?;
+        times.sort_by(f64::total_cmp);
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(error("the device reported an error".into()));
+        }
+        Ok(bytes as f64 / times[times.len() / 2])
+    }
+
     /// Rows per chunk for `dim` features, so that the features, the labels and the
     /// partials of `stride` floats per `group_rows` rows fit the adapter's buffer limits.
     fn chunk_rows(&self, dim: usize, stride: usize, group_rows: usize) -> usize {

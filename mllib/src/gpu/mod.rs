@@ -50,11 +50,15 @@ const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
 const GRADIENT: &str = include_str!("../../../shaders/gradient.wgsl");
 const MULTINOMIAL: &str = include_str!("../../../shaders/multinomial.wgsl");
 const KMEANS: &str = include_str!("../../../shaders/kmeans.wgsl");
+/// The copy kernel the benches time for the device's copy bandwidth.
+pub const COPY_SHADER: &str = include_str!("../../../shaders/copy.wgsl");
 
 /// Rows per workgroup of each shader (its `WG`).
 const GRADIENT_ROWS: usize = 256;
 const MULTINOMIAL_ROWS: usize = 64;
 const KMEANS_ROWS: usize = 256;
+/// 16-byte elements per workgroup of the copy kernel.
+const COPY_ROWS: usize = 128;
 
 /// Each kernel's full WGSL source: the shared reduction followed by the kernel.
 pub fn shader_sources() -> [(&'static str, String); 3] {

@@ -1,0 +1,254 @@
+//! k-means benchmark: seeded synthetic data (k blobs: centres uniform in [-10, 10]^d, rows
+//! at a centre plus N(0, 1) noise), KMeans trained on a local cluster of executor
+//! processes.
+//!
+//! Prints the fit's seconds per iteration and per pass and its cost; then, in this process
+//! on the same data, the k-means assignment kernel on every device asked for: seconds per
+//! pass, bytes read per second, and the same device's copy bandwidth over as many bytes
+//! measured in the same run, with the fraction of it a pass reaches.
+//!
+//! `--device cpu|gpu|auto|both` picks what the executors' kernels run on; `--adapter NAME`
+//! and `--gpu-backend vulkan,gl` choose the GPU adapter.
+//!
+//! `cargo run --release --example kmeans_bench -- --rows 1000000 --features 32 --k 16`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, Float32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use clap::Parser;
+use ember::ml::*;
+use ember::mllib::bench::{print_table, BenchDevice};
+use ember::mllib::gpu::{AdapterChoice, Device, GpuBackend};
+use ember::mllib::vector::DenseBlock;
+use ember::prelude::*;
+use parquet::arrow::ArrowWriter;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Rows to generate.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// Features per row.
+    #[arg(long, default_value_t = 32)]
+    features: usize,
+    /// Clusters generated and centres fitted.
+    #[arg(long, default_value_t = 16)]
+    k: usize,
+    /// Iteration limit of the fit.
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
+    /// Executor processes.
+    #[arg(long, default_value_t = 2)]
+    executors: usize,
+    /// Parquet files (= partitions) the data is written as.
+    #[arg(long, default_value_t = 4)]
+    files: usize,
+    /// Timed fits after a warm-up (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seed of the data and of the fit.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// What the executors' kernels run on: cpu, gpu, auto or both.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Open only a GPU adapter whose name contains this.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Look for GPU adapters on these backends only (vulkan, metal, dx12, gl).
+    #[arg(long, value_delimiter = ',')]
+    gpu_backend: Vec<GpuBackend>,
+    /// Timed passes of the kernel table (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    kernel_passes: usize,
+}
+
+impl Args {
+    fn choice(&self) -> AdapterChoice {
+        AdapterChoice {
+            name: self.adapter.clone(),
+            backends: self.gpu_backend.clone(),
+            ..AdapterChoice::default()
+        }
+    }
+}
+
+/// splitmix64 with a Box-Muller normal.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        (-2.0 * self.uniform().ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
+    }
+}
+
+/// Row-major features around `k` random centres.
+fn generate(args: &Args) -> Vec<f32> {
+    let (d, k) = (args.features, args.k.max(1));
+    let mut rng = Rng(args.seed);
+    let centres: Vec<f64> = (0..k * d).map(|_| rng.uniform() * 20.0 - 10.0).collect();
+    let mut x = Vec::with_capacity(args.rows * d);
+    for _ in 0..args.rows {
+        let c = (rng.next_u64() % k as u64) as usize;
+        for j in 0..d {
+            x.push((centres[c * d + j] + rng.normal()) as f32);
+        }
+    }
+    x
+}
+
+fn write_parquet(dir: &std::path::Path, args: &Args, x: &[f32]) -> anyhow::Result<()> {
+    let d = args.features;
+    let fields: Vec<Field> = (0..d)
+        .map(|j| Field::new(format!("x{j}"), DataType::Float32, false))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let per_file = args.rows.div_ceil(args.files.max(1));
+    for (f, start) in (0..args.rows).step_by(per_file.max(1)).enumerate() {
+        let end = (start + per_file).min(args.rows);
+        let columns: Vec<Arc<dyn Array>> = (0..d)
+            .map(|j| {
+                Arc::new(Float32Array::from_iter_values(
+                    (start..end).map(|r| x[r * d + j]),
+                )) as Arc<dyn Array>
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let file = std::fs::File::create(dir.join(format!("part-{f:03}.parquet")))?;
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), None)?;
+        writer.write(&batch)?;
+        writer.close()?;
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Fits k-means on a cluster whose executors compute on `device`; prints its figures.
+async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
+    let session = Session::builder()
+        .executors(args.executors)
+        .device(device)
+        .adapter(args.choice())
+        .local_cluster()
+        .await?;
+    let started = Instant::now();
+    let raw = session.read_parquet(data).await?;
+    let names: Vec<String> = (0..args.features).map(|j| format!("x{j}")).collect();
+    let df = VectorAssembler::new(names)
+        .transform(&raw)?
+        .select_columns(&["features"])?
+        .cache()
+        .await?;
+    let rows = df.count().await?;
+    println!(
+        "{device}: {} executor processes; load + assemble + cache: {:.2} s ({rows} rows)",
+        session.executors().len(),
+        started.elapsed().as_secs_f64()
+    );
+    let km = KMeans::new()
+        .k(args.k)
+        .max_iter(args.iterations)
+        .seed(args.seed);
+    let _warm = km.fit(&df).await?;
+    let mut fits = Vec::new();
+    let mut model = None;
+    for _ in 0..args.runs.max(1) {
+        let started = Instant::now();
+        let m = km.fit(&df).await?;
+        fits.push(started.elapsed().as_secs_f64());
+        model = Some(m);
+    }
+    let model = model.ok_or_else(|| anyhow::anyhow!("no fit ran"))?;
+    let fit = median(fits);
+    let s = &model.summary;
+    if let Some(e) = session.executors().first() {
+        println!("executors' kernel: {}", e.device);
+    }
+    println!(
+        "fit (warm, median of {}): {fit:.3} s, {} iterations, {} passes, converged: {}",
+        args.runs, s.iterations, s.passes, s.converged
+    );
+    println!(
+        "seconds per iteration: {:.4}; per pass: {:.4}; training cost {:.6e}",
+        fit / s.iterations.max(1) as f64,
+        s.seconds_per_pass(),
+        model.training_cost
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ember::run_executor_if_requested();
+    ember::init_tracing("warn");
+    let args = Args::parse();
+    let d = args.features;
+    let started = Instant::now();
+    let x = generate(&args);
+    let data = tempfile::tempdir()?;
+    write_parquet(data.path(), &args, &x)?;
+    println!(
+        "data: {} rows x {d} features around {} centres, seed {}, {} Parquet files ({:.1} s)",
+        args.rows,
+        args.k,
+        args.seed,
+        args.files,
+        started.elapsed().as_secs_f64()
+    );
+    let devices: Vec<Device> = match args.device.as_str() {
+        "both" => vec![Device::Cpu, Device::Gpu],
+        other => vec![other.parse().map_err(anyhow::Error::msg)?],
+    };
+    for device in &devices {
+        println!();
+        fit_on(*device, &args, data.path()).await?;
+    }
+
+    // The assignment kernel on every device asked for, in this process over the same rows.
+    let owner = arrow::buffer::Buffer::from_slice_ref(&x);
+    let block = DenseBlock {
+        features: owner.typed_data(),
+        labels: &[],
+        rows: args.rows,
+        dimension: d,
+        owner: Some(&owner),
+    };
+    let mut table = Vec::new();
+    for device in &devices {
+        let bench = match device {
+            Device::Cpu => BenchDevice::cpu(x.len() * 4),
+            _ => match BenchDevice::gpu(&args.choice(), x.len() * 4) {
+                Ok(gpu) => gpu,
+                Err(e) => {
+                    println!("kernel table: no GPU in this process ({e})");
+                    continue;
+                }
+            },
+        };
+        table.push(bench.kmeans(&block, args.k, args.kernel_passes));
+    }
+    println!();
+    println!(
+        "kernel passes in this process, {} rows x {d} (median of {}):",
+        args.rows, args.kernel_passes
+    );
+    print_table(&table);
+    Ok(())
+}
