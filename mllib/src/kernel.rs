@@ -2,6 +2,13 @@
 //! over a dense block of rows. [`CpuKernel`] runs it on rayon; a GPU kernel implements the
 //! same trait.
 //!
+//! The CPU kernel reads the f32 features as they are cached and does the per-feature
+//! arithmetic in f32 (dot products with eight running sums, gradient and centre sums over
+//! blocks of [`BLOCK_ROWS`] rows), flushing each block's sums into f64: loops the compiler
+//! vectorizes, compiled a second time for AVX2 and chosen at run time. The per-row
+//! non-linear part (sigmoid, softmax, losses) stays in f64. [`gradient_serial`] and
+//! [`kmeans_serial`] are the all-f64 references it is tested against.
+//!
 //! Partial results are flat `f64` vectors with a fixed layout, so that merging them is an
 //! element-wise sum:
 //!
@@ -18,6 +25,10 @@ use crate::vector::DenseBlock;
 /// Rows one rayon job handles: big enough to amortise scheduling, small enough to spread
 /// a partition over every core.
 const ROWS_PER_JOB: usize = 4096;
+
+/// Rows whose f32 sums are flushed into the f64 partial together: short enough that an f32
+/// sum of this many terms keeps about six significant digits.
+pub const BLOCK_ROWS: usize = 64;
 
 /// The loss whose gradient a pass computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,14 +90,14 @@ impl Kernel for CpuKernel {
 
     fn gradient(&self, loss: Loss, blocks: &[DenseBlock<'_>], params: &[f64], out: &mut [f64]) {
         let total = parallel_sum(blocks, out.len(), |chunk, acc| {
-            gradient_serial(loss, chunk, params, acc)
+            gradient_f32(loss, chunk, params, acc)
         });
         add(out, &total);
     }
 
     fn kmeans(&self, blocks: &[DenseBlock<'_>], centres: &[f64], k: usize, out: &mut [f64]) {
         let total = parallel_sum(blocks, out.len(), |chunk, acc| {
-            kmeans_serial(chunk, centres, k, acc)
+            kmeans_f32(chunk, centres, k, acc)
         });
         add(out, &total);
     }
@@ -134,6 +145,231 @@ where
                 a
             },
         )
+}
+
+/// The CPU kernel's gradient over `block` on one thread: f32 arithmetic per feature,
+/// flushed to f64 every [`BLOCK_ROWS`] rows (see the module documentation); same layout
+/// as [`gradient_serial`].
+pub fn gradient_f32(loss: Loss, block: &DenseBlock<'_>, params: &[f64], out: &mut [f64]) {
+    let params32: Vec<f32> = params.iter().map(|v| *v as f32).collect();
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU was just found to have AVX2 and FMA.
+        return unsafe { simd::gradient_avx2(loss, block, params, &params32, out) };
+    }
+    gradient_blocks(loss, block, params, &params32, out)
+}
+
+/// The CPU kernel's k-means assignment over `block` on one thread (f32 distances and
+/// sums, flushed to f64 every [`BLOCK_ROWS`] rows); same layout as [`kmeans_serial`].
+pub fn kmeans_f32(block: &DenseBlock<'_>, centres: &[f64], k: usize, out: &mut [f64]) {
+    let centres32: Vec<f32> = centres.iter().map(|v| *v as f32).collect();
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU was just found to have AVX2 and FMA.
+        return unsafe { simd::kmeans_avx2(block, &centres32, k, out) };
+    }
+    kmeans_blocks(block, &centres32, k, out)
+}
+
+/// The same loops compiled for AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gradient_avx2(
+        loss: Loss,
+        block: &DenseBlock<'_>,
+        params: &[f64],
+        params32: &[f32],
+        out: &mut [f64],
+    ) {
+        gradient_blocks(loss, block, params, params32, out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kmeans_avx2(
+        block: &DenseBlock<'_>,
+        centres32: &[f32],
+        k: usize,
+        out: &mut [f64],
+    ) {
+        kmeans_blocks(block, centres32, k, out)
+    }
+}
+
+/// `x . w` in f32 with eight running sums (one vector register's worth).
+#[inline(always)]
+fn dot32(x: &[f32], w: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xs, ws) = (x.chunks_exact(8), w.chunks_exact(8));
+    let tail: f32 = xs
+        .remainder()
+        .iter()
+        .zip(ws.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xs.zip(ws) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `acc += scale * x` in f32.
+#[inline(always)]
+fn axpy32(acc: &mut [f32], scale: f32, x: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a += scale * v;
+    }
+}
+
+/// Squared distance in f32 with eight running sums.
+#[inline(always)]
+fn distance32(x: &[f32], c: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xs, cs) = (x.chunks_exact(8), c.chunks_exact(8));
+    let tail: f32 = xs
+        .remainder()
+        .iter()
+        .zip(cs.remainder())
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum();
+    for (a, b) in xs.zip(cs) {
+        for l in 0..8 {
+            let diff = a[l] - b[l];
+            acc[l] += diff * diff;
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Adds the f32 sums into the f64 ones and clears them.
+#[inline(always)]
+fn flush(out: &mut [f64], sums: &mut [f32]) {
+    for (o, s) in out.iter_mut().zip(sums.iter_mut()) {
+        *o += f64::from(*s);
+        *s = 0.0;
+    }
+}
+
+/// Sigmoid and softplus of `m` from one exponential.
+#[inline(always)]
+fn sigmoid_softplus(m: f64) -> (f64, f64) {
+    let e = (-m.abs()).exp();
+    let sigmoid = if m >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    };
+    (sigmoid, m.max(0.0) + e.ln_1p())
+}
+
+#[inline(always)]
+fn gradient_blocks(
+    loss: Loss,
+    block: &DenseBlock<'_>,
+    params: &[f64],
+    params32: &[f32],
+    out: &mut [f64],
+) {
+    let d = block.dimension;
+    let n_params = loss.parameters(d);
+    let (grad, rest) = out.split_at_mut(n_params);
+    let mut loss_sum = 0.0;
+    let mut residuals = [0.0f32; BLOCK_ROWS];
+    match loss {
+        Loss::Logistic | Loss::Squared => {
+            let (w, b) = (&params32[..d], params[d]);
+            let (gw, gb) = grad.split_at_mut(d);
+            let mut sums = vec![0.0f32; d];
+            for start in (0..block.rows).step_by(BLOCK_ROWS) {
+                let end = (start + BLOCK_ROWS).min(block.rows);
+                for (r, i) in residuals.iter_mut().zip(start..end) {
+                    let m = f64::from(dot32(block.row(i), w)) + b;
+                    let y = block.labels[i];
+                    let residual = if loss == Loss::Logistic {
+                        let (sigmoid, softplus) = sigmoid_softplus(m);
+                        loss_sum += softplus - y * m;
+                        sigmoid - y
+                    } else {
+                        let residual = m - y;
+                        loss_sum += 0.5 * residual * residual;
+                        residual
+                    };
+                    gb[0] += residual;
+                    *r = residual as f32;
+                }
+                for (r, i) in residuals.iter().zip(start..end) {
+                    axpy32(&mut sums, *r, block.row(i));
+                }
+                flush(gw, &mut sums);
+            }
+        }
+        Loss::Multinomial { classes } => {
+            let (w, b) = (&params32[..classes * d], &params[classes * d..]);
+            let mut sums = vec![0.0f32; classes * d];
+            let mut margins = vec![0.0f64; classes];
+            for start in (0..block.rows).step_by(BLOCK_ROWS) {
+                let end = (start + BLOCK_ROWS).min(block.rows);
+                for i in start..end {
+                    let x = block.row(i);
+                    let y = (block.labels[i] as usize).min(classes - 1);
+                    let mut max = f64::NEG_INFINITY;
+                    for (c, m) in margins.iter_mut().enumerate() {
+                        *m = f64::from(dot32(x, &w[c * d..(c + 1) * d])) + b[c];
+                        max = max.max(*m);
+                    }
+                    let true_margin = margins[y];
+                    let mut total = 0.0;
+                    for m in &mut margins {
+                        *m = (*m - max).exp();
+                        total += *m;
+                    }
+                    loss_sum += total.ln() + max - true_margin;
+                    for (c, e) in margins.iter().enumerate() {
+                        let residual = e / total - if c == y { 1.0 } else { 0.0 };
+                        axpy32(&mut sums[c * d..(c + 1) * d], residual as f32, x);
+                        grad[classes * d + c] += residual;
+                    }
+                }
+                flush(&mut grad[..classes * d], &mut sums);
+            }
+        }
+    }
+    rest[0] += loss_sum;
+    rest[1] += block.rows as f64;
+}
+
+#[inline(always)]
+fn kmeans_blocks(block: &DenseBlock<'_>, centres32: &[f32], k: usize, out: &mut [f64]) {
+    let d = block.dimension;
+    let mut sums = vec![0.0f32; k * d];
+    let mut counts = vec![0u64; k];
+    let mut cost = 0.0;
+    for start in (0..block.rows).step_by(BLOCK_ROWS) {
+        let end = (start + BLOCK_ROWS).min(block.rows);
+        for i in start..end {
+            let x = block.row(i);
+            let mut best = (0, f32::INFINITY);
+            for c in 0..k {
+                let dist = distance32(x, &centres32[c * d..(c + 1) * d]);
+                if dist < best.1 {
+                    best = (c, dist);
+                }
+            }
+            axpy32(&mut sums[best.0 * d..(best.0 + 1) * d], 1.0, x);
+            counts[best.0] += 1;
+            cost += f64::from(best.1);
+        }
+        flush(&mut out[..k * d], &mut sums);
+    }
+    for (o, n) in out[k * d..k * d + k].iter_mut().zip(&counts) {
+        *o += *n as f64;
+    }
+    out[k * d + k] += cost;
 }
 
 /// `x . w` with `x` in f32 and `w` in f64, four running sums.
@@ -288,6 +524,13 @@ mod tests {
         }
     }
 
+    /// ||a - b|| / ||b|| over a whole partial.
+    fn relative(a: &[f64], b: &[f64]) -> f64 {
+        let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+        let norm: f64 = b.iter().map(|y| y * y).sum();
+        (diff / norm.max(1e-300)).sqrt()
+    }
+
     #[test]
     fn parallel_cpu_kernel_matches_serial_sums() {
         let d = 5;
@@ -304,11 +547,62 @@ mod tests {
             let mut parallel = vec![0.0; gradient_len(loss, d)];
             let halves = [b.slice(0, 5000), b.slice(5000, n)];
             CpuKernel.gradient(loss, &halves, &params, &mut parallel);
-            for (s, p) in serial.iter().zip(&parallel) {
-                assert!((s - p).abs() <= 1e-9 * s.abs().max(1.0), "{s} vs {p}");
-            }
+            // f32 arithmetic in short blocks against the all-f64 reference.
+            let error = relative(&parallel, &serial);
+            assert!(error <= 1e-5, "{loss:?}: relative error {error}");
             assert_eq!(parallel[parallel.len() - 1], n as f64);
         }
+    }
+
+    #[test]
+    fn f32_kernels_agree_with_the_f64_references() {
+        // 33 features: four 8-wide chunks and a remainder; 1000 rows: 15 full blocks and
+        // a partial one.
+        let (d, n) = (33, 1000);
+        let features: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 7919 % 1009) as f32) / 250.0 - 2.0)
+            .collect();
+        let labels: Vec<f64> = (0..n).map(|i| (i * 13 % 4) as f64).collect();
+        let b = block(&features, &labels, d);
+        let close = |what: &str, a: &[f64], e: &[f64]| {
+            let error = relative(a, e);
+            assert!(
+                error <= 1e-5,
+                "{what}: relative error {error}\n{a:?}\n{e:?}"
+            );
+        };
+        for loss in [
+            Loss::Logistic,
+            Loss::Squared,
+            Loss::Multinomial { classes: 4 },
+        ] {
+            let params: Vec<f64> = (0..loss.parameters(d))
+                .map(|i| ((i % 11) as f64 - 5.0) * 0.02)
+                .collect();
+            let binary: Vec<f64> = labels.iter().map(|y| f64::from(*y >= 2.0)).collect();
+            let b = if loss == Loss::Logistic {
+                block(&features, &binary, d)
+            } else {
+                b
+            };
+            let mut reference = vec![0.0; gradient_len(loss, d)];
+            gradient_serial(loss, &b, &params, &mut reference);
+            let params32: Vec<f32> = params.iter().map(|v| *v as f32).collect();
+            let mut generic = vec![0.0; gradient_len(loss, d)];
+            gradient_blocks(loss, &b, &params, &params32, &mut generic);
+            close(&format!("{loss:?} generic"), &generic, &reference);
+            let mut dispatched = vec![0.0; gradient_len(loss, d)];
+            gradient_f32(loss, &b, &params, &mut dispatched);
+            close(&format!("{loss:?} dispatched"), &dispatched, &reference);
+        }
+        let k = 5;
+        let centres: Vec<f64> = (0..k * d).map(|i| (i / d) as f64 * 0.7 - 1.4).collect();
+        let mut reference = vec![0.0; kmeans_len(k, d)];
+        kmeans_serial(&b, &centres, k, &mut reference);
+        let mut fast = vec![0.0; kmeans_len(k, d)];
+        kmeans_f32(&b, &centres, k, &mut fast);
+        close("k-means", &fast, &reference);
+        assert_eq!(fast[k * d..k * d + k].iter().sum::<f64>(), n as f64);
     }
 
     #[test]
