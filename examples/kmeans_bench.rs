@@ -26,6 +26,9 @@ use ember::mllib::vector::DenseBlock;
 use ember::prelude::*;
 use parquet::arrow::ArrowWriter;
 
+#[path = "common/sklearn.rs"]
+mod sklearn;
+
 #[derive(Parser, Debug)]
 struct Args {
     /// Rows to generate.
@@ -140,8 +143,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Fits k-means on a cluster whose executors compute on `device`; prints its figures.
-async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
+/// Fits k-means on a cluster whose executors compute on `device`; prints its figures and
+/// returns the seconds per iteration.
+async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::Result<f64> {
     let session = Session::builder()
         .executors(args.executors)
         .device(device)
@@ -191,7 +195,7 @@ async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::
         s.seconds_per_pass(),
         model.training_cost
     );
-    Ok(())
+    Ok(fit / s.iterations.max(1) as f64)
 }
 
 #[tokio::main]
@@ -216,9 +220,36 @@ async fn main() -> anyhow::Result<()> {
         "both" => vec![Device::Cpu, Device::Gpu],
         other => vec![other.parse().map_err(anyhow::Error::msg)?],
     };
+    let mut per_iteration = Vec::new();
     for device in &devices {
         println!();
-        fit_on(*device, &args, data.path()).await?;
+        per_iteration.push((*device, fit_on(*device, &args, data.path()).await?));
+    }
+    let scratch = tempfile::tempdir()?;
+    println!();
+    if let Some(b) = sklearn::run(
+        "kmeans",
+        scratch.path(),
+        &x,
+        None,
+        (args.rows, d),
+        &[
+            args.iterations.to_string(),
+            args.k.to_string(),
+            args.seed.to_string(),
+        ],
+    ) {
+        println!(
+            "scikit-learn, same rows, this run (KMeans lloyd, k-means++, n_init 1): fit {:.3} \
+             s, {} iterations, {:.4} s/iteration (initialisation included)",
+            b.fit, b.iterations, b.per_iteration
+        );
+        for (device, seconds) in &per_iteration {
+            println!(
+                "  {device} executors: {seconds:.4} s/iteration, {:.2}x scikit-learn's",
+                seconds / b.per_iteration
+            );
+        }
     }
 
     // The assignment kernel on every device asked for, in this process over the same rows.

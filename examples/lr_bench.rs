@@ -31,6 +31,9 @@ use ember::mllib::vector::DenseBlock;
 use ember::prelude::*;
 use parquet::arrow::ArrowWriter;
 
+#[path = "common/sklearn.rs"]
+mod sklearn;
+
 /// Spark MLlib in local[2] on data from the same generator, measured elsewhere (ANCHORS.md):
 /// printed beside Ember's figures, never divided by.
 const SPARK_SECONDS_PER_ITERATION: f64 = 0.56;
@@ -304,6 +307,31 @@ async fn main() -> anyhow::Result<()> {
     let single = time_one(gradient_f32);
     let reference = time_one(gradient_serial);
     let bytes = (args.rows * d * 4) as f64;
+    // The bandwidth floor: one thread summing the same bytes, no arithmetic to speak of.
+    let floor = median(
+        (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                let mut lanes = [0.0f32; 8];
+                for chunk in x.chunks_exact(8) {
+                    for (l, v) in lanes.iter_mut().zip(chunk) {
+                        *l += v;
+                    }
+                }
+                std::hint::black_box(lanes);
+                started.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    let scratch = tempfile::tempdir()?;
+    let baseline = sklearn::run(
+        "logistic",
+        scratch.path(),
+        &x,
+        Some(&y),
+        (args.rows, d),
+        &[args.iterations.to_string()],
+    );
 
     println!();
     println!(
@@ -314,6 +342,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "f64 reference pass:    {reference:.4} s, the all-f64 reference on one thread ({:.2} GB/s)",
         bytes / reference / 1e9
+    );
+    println!(
+        "plain sum, one thread:  {floor:.4} s over the same bytes ({:.2} GB/s, the bandwidth floor)",
+        bytes / floor / 1e9
     );
     println!("cached features/pass:  {} bytes", bytes as u64);
     for f in &figures {
@@ -336,6 +368,21 @@ async fn main() -> anyhow::Result<()> {
             bytes / f.per_pass / 1e9
         );
         println!("training AUC:          {:.6}", f.auc);
+    }
+    if let Some(b) = &baseline {
+        println!();
+        println!(
+            "scikit-learn, same rows, this run (lbfgs, no penalty, 1 process): fit {:.3} s, {} \
+             iterations, {:.4} s/iteration",
+            b.fit, b.iterations, b.per_iteration
+        );
+        for f in &figures {
+            println!(
+                "  {} executors: {:.2}x scikit-learn's time per iteration",
+                f.device,
+                f.per_iteration / b.per_iteration
+            );
+        }
     }
     println!();
     println!(

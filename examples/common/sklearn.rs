@@ -1,0 +1,91 @@
+//! scikit-learn on the same rows, in the same run: the benches write their data as raw
+//! little-endian files and call `bench/sklearn_baseline.py` with `EMBER_BENCH_PYTHON` (or
+//! `python3`); without Python or scikit-learn they say so and go on.
+
+use std::io::Write;
+use std::path::Path;
+
+/// What scikit-learn measured.
+pub struct Baseline {
+    /// Seconds of the fit (median of 3 after a warm-up).
+    pub fit: f64,
+    /// Iterations it ran.
+    pub iterations: usize,
+    /// Seconds per iteration.
+    pub per_iteration: f64,
+}
+
+/// Writes `values` as little-endian bytes to `path`.
+fn write_raw<T: Copy>(
+    path: &Path,
+    values: &[T],
+    to_le: impl Fn(T) -> Vec<u8>,
+) -> std::io::Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for v in values {
+        file.write_all(&to_le(*v))?;
+    }
+    file.flush()
+}
+
+/// Runs the baseline script on `rows x d` features `x`: `kind` is `logistic` (labels `y`)
+/// or `kmeans`; `args` are the script's arguments after the shape (iterations, and for
+/// k-means k and the seed). `None`, with the reason printed, when it cannot run.
+pub fn run(
+    kind: &str,
+    dir: &Path,
+    x: &[f32],
+    y: Option<&[f64]>,
+    (rows, d): (usize, usize),
+    args: &[String],
+) -> Option<Baseline> {
+    let python = std::env::var("EMBER_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/sklearn_baseline.py");
+    let prefix = dir.join("sklearn");
+    let written = write_raw(&prefix.with_extension("x.f32"), x, |v: f32| {
+        v.to_le_bytes().to_vec()
+    })
+    .and_then(|()| match y {
+        Some(y) => write_raw(&prefix.with_extension("y.f64"), y, |v: f64| {
+            v.to_le_bytes().to_vec()
+        }),
+        None => Ok(()),
+    });
+    if let Err(e) = written {
+        println!("scikit-learn: skipped (writing its input: {e})");
+        return None;
+    }
+    let output = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(kind)
+        .arg(&prefix)
+        .args([rows.to_string(), d.to_string()])
+        .args(args)
+        .output();
+    let output = match output {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let reason = stderr.lines().last().unwrap_or("no output");
+            println!("scikit-learn: skipped ({python}: {reason}; set EMBER_BENCH_PYTHON to a Python with scikit-learn)");
+            return None;
+        }
+        Err(e) => {
+            println!("scikit-learn: skipped (cannot run {python}: {e})");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    let value: serde_json::Value = match serde_json::from_str(text.trim()) {
+        Ok(v) => v,
+        Err(e) => {
+            println!("scikit-learn: skipped (unreadable answer {text:?}: {e})");
+            return None;
+        }
+    };
+    Some(Baseline {
+        fit: value["fit_s"].as_f64()?,
+        iterations: value["iterations"].as_u64()? as usize,
+        per_iteration: value["per_iteration_s"].as_f64()?,
+    })
+}
