@@ -5,7 +5,8 @@ Usage: sklearn_baseline.py logistic|kmeans PREFIX ROWS FEATURES ITERATIONS [K] [
 
 PREFIX.x.f32 holds the row-major features (little-endian f32), PREFIX.y.f64 the labels
 (little-endian f64, logistic only). Prints one JSON object: seconds of the fit (the
-median of 3 after a warm-up), iterations, seconds per iteration.
+median of 3 after a warm-up), iterations, seconds per iteration, and for k-means the
+inertia (sum of squared distances to the nearest centre).
 """
 
 import json
@@ -20,6 +21,7 @@ def main() -> None:
     kind, prefix = sys.argv[1], sys.argv[2]
     rows, d, iterations = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     x = np.fromfile(prefix + ".x.f32", dtype="<f4").reshape(rows, d)
+    extra = {}
     if kind == "logistic":
         from sklearn.linear_model import LogisticRegression
 
@@ -44,6 +46,7 @@ def main() -> None:
                 algorithm="lloyd",
             )
             model.fit(x)
+            extra["inertia"] = float(model.inertia_)
             return int(model.n_iter_)
 
     else:
@@ -61,6 +64,7 @@ def main() -> None:
                 "fit_s": seconds,
                 "iterations": iters,
                 "per_iteration_s": seconds / max(iters, 1),
+                **extra,
             }
         )
     )

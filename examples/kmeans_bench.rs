@@ -143,9 +143,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Fits k-means on a cluster whose executors compute on `device`; prints its figures and
-/// returns the seconds per iteration.
-async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::Result<f64> {
+/// What one device's fit measured.
+struct Fit {
+    device: Device,
+    seconds: f64,
+    iterations: usize,
+    cost: f64,
+}
+
+/// Fits k-means on a cluster whose executors compute on `device`; prints its figures.
+async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::Result<Fit> {
     let session = Session::builder()
         .executors(args.executors)
         .device(device)
@@ -195,7 +202,12 @@ async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::
         s.seconds_per_pass(),
         model.training_cost
     );
-    Ok(fit / s.iterations.max(1) as f64)
+    Ok(Fit {
+        device,
+        seconds: fit,
+        iterations: s.iterations,
+        cost: model.training_cost,
+    })
 }
 
 #[tokio::main]
@@ -220,10 +232,10 @@ async fn main() -> anyhow::Result<()> {
         "both" => vec![Device::Cpu, Device::Gpu],
         other => vec![other.parse().map_err(anyhow::Error::msg)?],
     };
-    let mut per_iteration = Vec::new();
+    let mut fits = Vec::new();
     for device in &devices {
         println!();
-        per_iteration.push((*device, fit_on(*device, &args, data.path()).await?));
+        fits.push(fit_on(*device, &args, data.path()).await?);
     }
     let scratch = tempfile::tempdir()?;
     println!();
@@ -241,13 +253,24 @@ async fn main() -> anyhow::Result<()> {
     ) {
         println!(
             "scikit-learn, same rows, this run (KMeans lloyd, k-means++, n_init 1): fit {:.3} \
-             s, {} iterations, {:.4} s/iteration (initialisation included)",
-            b.fit, b.iterations, b.per_iteration
+             s, {} iterations, {:.4} s/iteration (initialisation included), inertia {:.6e}",
+            b.fit,
+            b.iterations,
+            b.per_iteration,
+            b.inertia.unwrap_or(f64::NAN)
         );
-        for (device, seconds) in &per_iteration {
+        for f in &fits {
+            let per_iteration = f.seconds / f.iterations.max(1) as f64;
             println!(
-                "  {device} executors: {seconds:.4} s/iteration, {:.2}x scikit-learn's",
-                seconds / b.per_iteration
+                "  {} executors: fit {:.3} s ({:.2}x scikit-learn's), {} iterations, \
+                 {per_iteration:.4} s/iteration ({:.2}x), cost {:.6e} ({:.2}x its inertia)",
+                f.device,
+                f.seconds,
+                f.seconds / b.fit,
+                f.iterations,
+                per_iteration / b.per_iteration,
+                f.cost,
+                f.cost / b.inertia.unwrap_or(f64::NAN)
             );
         }
     }

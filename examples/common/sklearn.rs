@@ -13,6 +13,8 @@ pub struct Baseline {
     pub iterations: usize,
     /// Seconds per iteration.
     pub per_iteration: f64,
+    /// k-means only: the sum of squared distances to the nearest centre.
+    pub inertia: Option<f64>,
 }
 
 /// Writes `values` as little-endian bytes to `path`.
@@ -87,5 +89,6 @@ pub fn run(
         fit: value["fit_s"].as_f64()?,
         iterations: value["iterations"].as_u64()? as usize,
         per_iteration: value["per_iteration_s"].as_f64()?,
+        inertia: value["inertia"].as_f64(),
     })
 }
