@@ -21,13 +21,14 @@ use arrow::record_batch::RecordBatch;
 use clap::Parser;
 use ember::ml::*;
 use ember::mllib::bench::{print_table, BenchDevice};
-use ember::mllib::gpu::{AdapterChoice, Device, GpuBackend};
+use ember::mllib::gpu::Device;
 use ember::mllib::vector::DenseBlock;
 use ember::prelude::*;
 use parquet::arrow::ArrowWriter;
 
-#[path = "common/sklearn.rs"]
-mod sklearn;
+#[path = "common/bench.rs"]
+mod common;
+use common::{median, sklearn_baseline, DeviceArgs, Rng};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -55,47 +56,11 @@ struct Args {
     /// Seed of the data and of the fit.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// What the executors' kernels run on: cpu, gpu, auto or both.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Open only a GPU adapter whose name contains this.
-    #[arg(long)]
-    adapter: Option<String>,
-    /// Look for GPU adapters on these backends only (vulkan, metal, dx12, gl).
-    #[arg(long, value_delimiter = ',')]
-    gpu_backend: Vec<GpuBackend>,
+    #[command(flatten)]
+    gpu: DeviceArgs,
     /// Timed passes of the kernel table (the median is reported).
     #[arg(long, default_value_t = 10)]
     kernel_passes: usize,
-}
-
-impl Args {
-    fn choice(&self) -> AdapterChoice {
-        AdapterChoice {
-            name: self.adapter.clone(),
-            backends: self.gpu_backend.clone(),
-            ..AdapterChoice::default()
-        }
-    }
-}
-
-/// splitmix64 with a Box-Muller normal.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        (-2.0 * self.uniform().ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
-    }
 }
 
 /// Row-major features around `k` random centres.
@@ -138,11 +103,6 @@ fn write_parquet(dir: &std::path::Path, args: &Args, x: &[f32]) -> anyhow::Resul
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// What one device's fit measured.
 struct Fit {
     device: Device,
@@ -156,7 +116,7 @@ async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::
     let session = Session::builder()
         .executors(args.executors)
         .device(device)
-        .adapter(args.choice())
+        .adapter(args.gpu.choice())
         .local_cluster()
         .await?;
     let started = Instant::now();
@@ -228,10 +188,7 @@ async fn main() -> anyhow::Result<()> {
         args.files,
         started.elapsed().as_secs_f64()
     );
-    let devices: Vec<Device> = match args.device.as_str() {
-        "both" => vec![Device::Cpu, Device::Gpu],
-        other => vec![other.parse().map_err(anyhow::Error::msg)?],
-    };
+    let devices = args.gpu.devices()?;
     let mut fits = Vec::new();
     for device in &devices {
         println!();
@@ -239,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let scratch = tempfile::tempdir()?;
     println!();
-    if let Some(b) = sklearn::run(
+    if let Some(b) = sklearn_baseline(
         "kmeans",
         scratch.path(),
         &x,
@@ -288,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
     for device in &devices {
         let bench = match device {
             Device::Cpu => BenchDevice::cpu(x.len() * 4),
-            _ => match BenchDevice::gpu(&args.choice(), x.len() * 4) {
+            _ => match BenchDevice::gpu(&args.gpu.choice(), x.len() * 4) {
                 Ok(gpu) => gpu,
                 Err(e) => {
                     println!("kernel table: no GPU in this process ({e})");

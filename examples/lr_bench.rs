@@ -26,13 +26,14 @@ use clap::Parser;
 use ember::ml::kernel::{gradient_f32, gradient_len, gradient_serial, Loss};
 use ember::ml::*;
 use ember::mllib::bench::{print_table, BenchDevice};
-use ember::mllib::gpu::{AdapterChoice, Device};
+use ember::mllib::gpu::Device;
 use ember::mllib::vector::DenseBlock;
 use ember::prelude::*;
 use parquet::arrow::ArrowWriter;
 
-#[path = "common/sklearn.rs"]
-mod sklearn;
+#[path = "common/bench.rs"]
+mod common;
+use common::{median, sklearn_baseline, DeviceArgs, Rng};
 
 /// Spark MLlib in local[2] on data from the same generator, measured elsewhere (ANCHORS.md):
 /// printed beside Ember's figures, never divided by.
@@ -62,15 +63,8 @@ struct Args {
     /// Seed of the data.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// What the executors' kernels run on: cpu, gpu, auto or both.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Open only a GPU adapter whose name contains this.
-    #[arg(long)]
-    adapter: Option<String>,
-    /// Look for GPU adapters on these backends only (vulkan, metal, dx12, gl).
-    #[arg(long, value_delimiter = ',')]
-    gpu_backend: Vec<ember::mllib::gpu::GpuBackend>,
+    #[command(flatten)]
+    gpu: DeviceArgs,
     /// Classes of the multinomial kernel in the kernel table.
     #[arg(long, default_value_t = 4)]
     classes: usize,
@@ -81,34 +75,6 @@ struct Args {
     /// `bench/connect_lr.sh`) instead of a temporary one.
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
-}
-
-impl Args {
-    fn choice(&self) -> AdapterChoice {
-        AdapterChoice {
-            name: self.adapter.clone(),
-            backends: self.gpu_backend.clone(),
-            ..AdapterChoice::default()
-        }
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        (-2.0 * self.uniform().ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
-    }
 }
 
 /// Row-major features and labels.
@@ -165,11 +131,6 @@ fn write_parquet(dir: &std::path::Path, args: &Args, x: &[f32], y: &[f64]) -> an
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// What one device's run measured.
 struct Figures {
     device: Device,
@@ -192,7 +153,7 @@ async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::
     let session = Session::builder()
         .executors(args.executors)
         .device(device)
-        .adapter(args.choice())
+        .adapter(args.gpu.choice())
         .local_cluster()
         .await?;
     let started = Instant::now();
@@ -271,10 +232,7 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let devices: Vec<Device> = match args.device.as_str() {
-        "both" => vec![Device::Cpu, Device::Gpu],
-        other => vec![other.parse().map_err(anyhow::Error::msg)?],
-    };
+    let devices = args.gpu.devices()?;
     let mut figures = Vec::new();
     for device in devices {
         figures.push(fit_on(device, &args, &data).await?);
@@ -324,7 +282,7 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
     );
     let scratch = tempfile::tempdir()?;
-    let baseline = sklearn::run(
+    let baseline = sklearn_baseline(
         "logistic",
         scratch.path(),
         &x,
@@ -402,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
     for f in &figures {
         devices.push(match f.device {
             Device::Cpu => BenchDevice::cpu(x.len() * 4),
-            _ => match BenchDevice::gpu(&args.choice(), x.len() * 4) {
+            _ => match BenchDevice::gpu(&args.gpu.choice(), x.len() * 4) {
                 Ok(gpu) => gpu,
                 Err(e) => {
                     println!("kernel table: no GPU in this process ({e})");

@@ -168,7 +168,7 @@ impl AdapterChoice {
 
 /// One adapter wgpu found, as Ember ranks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdapterSummary {
+pub(super) struct AdapterSummary {
     /// The adapter's name.
     pub name: String,
     /// Its backend.
@@ -238,25 +238,6 @@ pub(super) fn candidates(choice: &AdapterChoice) -> (Vec<wgpu::Adapter>, Vec<Ada
     }
     usable.sort_by_key(|(rank, backend, _)| (*rank, *backend));
     (usable.into_iter().map(|(_, _, a)| a).collect(), found)
-}
-
-/// Every adapter this build can see, best-ranked first (what `auto` would consider).
-pub fn list_adapters() -> Vec<AdapterSummary> {
-    let (_, mut found) = candidates(&AdapterChoice::default());
-    found.sort_by_key(|s| {
-        (
-            !s.compute,
-            match s.device_type.as_str() {
-                "DiscreteGpu" => 0,
-                "IntegratedGpu" => 1,
-                "VirtualGpu" => 2,
-                "Other" => 3,
-                _ => 4,
-            },
-            s.backend,
-        )
-    });
-    found
 }
 
 /// The error when no adapter fits `choice`, naming what was found.

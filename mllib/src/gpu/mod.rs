@@ -24,7 +24,7 @@
 mod adapter;
 mod device;
 
-pub use adapter::{list_adapters, AdapterChoice, AdapterSummary, GpuBackend};
+pub use adapter::{AdapterChoice, GpuBackend};
 use device::gpu_error;
 pub use device::GpuKernel;
 

@@ -1,9 +1,74 @@
-//! scikit-learn on the same rows, in the same run: the benches write their data as raw
-//! little-endian files and call `bench/sklearn_baseline.py` with `EMBER_BENCH_PYTHON` (or
-//! `python3`); without Python or scikit-learn they say so and go on.
+//! What the ML benches share: the device flags, the seeded generator, medians, and
+//! scikit-learn on the same rows in the same run (the benches write their data as raw
+//! little-endian files and call `bench/sklearn_baseline.py` with `EMBER_BENCH_PYTHON`, or
+//! `python3`; without Python or scikit-learn they say so and go on).
+
+// Each bench includes this file and uses part of it.
+#![allow(dead_code)]
 
 use std::io::Write;
 use std::path::Path;
+
+use ember::mllib::gpu::{AdapterChoice, Device, GpuBackend};
+
+/// Where the executors' kernels run and which GPU adapter they open.
+#[derive(clap::Args, Debug)]
+pub struct DeviceArgs {
+    /// What the executors' kernels run on: cpu, gpu, auto or both (a fit on CPU executors,
+    /// then one on GPU executors, over the same data).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Open only a GPU adapter whose name contains this.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Look for GPU adapters on these backends only (vulkan, metal, dx12, gl).
+    #[arg(long, value_delimiter = ',')]
+    pub gpu_backend: Vec<GpuBackend>,
+}
+
+impl DeviceArgs {
+    /// The devices to fit on, in order.
+    pub fn devices(&self) -> anyhow::Result<Vec<Device>> {
+        Ok(match self.device.as_str() {
+            "both" => vec![Device::Cpu, Device::Gpu],
+            other => vec![other.parse().map_err(anyhow::Error::msg)?],
+        })
+    }
+
+    /// The adapter the flags choose.
+    pub fn choice(&self) -> AdapterChoice {
+        AdapterChoice {
+            name: self.adapter.clone(),
+            backends: self.gpu_backend.clone(),
+            ..AdapterChoice::default()
+        }
+    }
+}
+
+/// splitmix64, with uniforms and Box-Muller normals.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    pub fn normal(&mut self) -> f64 {
+        (-2.0 * self.uniform().ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
+    }
+}
+
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 /// What scikit-learn measured.
 pub struct Baseline {
@@ -33,7 +98,7 @@ fn write_raw<T: Copy>(
 /// Runs the baseline script on `rows x d` features `x`: `kind` is `logistic` (labels `y`)
 /// or `kmeans`; `args` are the script's arguments after the shape (iterations, and for
 /// k-means k and the seed). `None`, with the reason printed, when it cannot run.
-pub fn run(
+pub fn sklearn_baseline(
     kind: &str,
     dir: &Path,
     x: &[f32],
