@@ -28,48 +28,28 @@ use parquet::arrow::ArrowWriter;
 
 #[path = "common/bench.rs"]
 mod common;
-use common::{median, sklearn_baseline, DeviceArgs, Rng};
+use common::{median, sklearn_baseline, DeviceArgs, Rng, RunArgs};
 
+/// k-means on a local cluster, its kernel against bandwidth, and scikit-learn on the same
+/// rows.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Rows to generate.
-    #[arg(long, default_value_t = 1_000_000)]
-    rows: usize,
-    /// Features per row.
-    #[arg(long, default_value_t = 32)]
-    features: usize,
+    #[command(flatten)]
+    run: RunArgs,
     /// Clusters generated and centres fitted.
     #[arg(long, default_value_t = 16)]
     k: usize,
-    /// Iteration limit of the fit.
-    #[arg(long, default_value_t = 20)]
-    iterations: usize,
-    /// Executor processes.
-    #[arg(long, default_value_t = 2)]
-    executors: usize,
-    /// Parquet files (= partitions) the data is written as.
-    #[arg(long, default_value_t = 4)]
-    files: usize,
-    /// Timed fits after a warm-up (the median is reported).
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// Seed of the data and of the fit.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
     #[command(flatten)]
     gpu: DeviceArgs,
-    /// Timed passes of the kernel table (the median is reported).
-    #[arg(long, default_value_t = 10)]
-    kernel_passes: usize,
 }
 
 /// Row-major features around `k` random centres.
 fn generate(args: &Args) -> Vec<f32> {
-    let (d, k) = (args.features, args.k.max(1));
-    let mut rng = Rng(args.seed);
+    let (d, k) = (args.run.features, args.k.max(1));
+    let mut rng = Rng(args.run.seed);
     let centres: Vec<f64> = (0..k * d).map(|_| rng.uniform() * 20.0 - 10.0).collect();
-    let mut x = Vec::with_capacity(args.rows * d);
-    for _ in 0..args.rows {
+    let mut x = Vec::with_capacity(args.run.rows * d);
+    for _ in 0..args.run.rows {
         let c = (rng.next_u64() % k as u64) as usize;
         for j in 0..d {
             x.push((centres[c * d + j] + rng.normal()) as f32);
@@ -79,14 +59,14 @@ fn generate(args: &Args) -> Vec<f32> {
 }
 
 fn write_parquet(dir: &std::path::Path, args: &Args, x: &[f32]) -> anyhow::Result<()> {
-    let d = args.features;
+    let d = args.run.features;
     let fields: Vec<Field> = (0..d)
         .map(|j| Field::new(format!("x{j}"), DataType::Float32, false))
         .collect();
     let schema = Arc::new(Schema::new(fields));
-    let per_file = args.rows.div_ceil(args.files.max(1));
-    for (f, start) in (0..args.rows).step_by(per_file.max(1)).enumerate() {
-        let end = (start + per_file).min(args.rows);
+    let per_file = args.run.rows.div_ceil(args.run.files.max(1));
+    for (f, start) in (0..args.run.rows).step_by(per_file.max(1)).enumerate() {
+        let end = (start + per_file).min(args.run.rows);
         let columns: Vec<Arc<dyn Array>> = (0..d)
             .map(|j| {
                 Arc::new(Float32Array::from_iter_values(
@@ -114,14 +94,14 @@ struct Fit {
 /// Fits k-means on a cluster whose executors compute on `device`; prints its figures.
 async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::Result<Fit> {
     let session = Session::builder()
-        .executors(args.executors)
+        .executors(args.run.executors)
         .device(device)
         .adapter(args.gpu.choice())
         .local_cluster()
         .await?;
     let started = Instant::now();
     let raw = session.read_parquet(data).await?;
-    let names: Vec<String> = (0..args.features).map(|j| format!("x{j}")).collect();
+    let names: Vec<String> = (0..args.run.features).map(|j| format!("x{j}")).collect();
     let df = VectorAssembler::new(names)
         .transform(&raw)?
         .select_columns(&["features"])?
@@ -135,12 +115,12 @@ async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::
     );
     let km = KMeans::new()
         .k(args.k)
-        .max_iter(args.iterations)
-        .seed(args.seed);
+        .max_iter(args.run.iterations)
+        .seed(args.run.seed);
     let _warm = km.fit(&df).await?;
     let mut fits = Vec::new();
     let mut model = None;
-    for _ in 0..args.runs.max(1) {
+    for _ in 0..args.run.runs.max(1) {
         let started = Instant::now();
         let m = km.fit(&df).await?;
         fits.push(started.elapsed().as_secs_f64());
@@ -154,7 +134,7 @@ async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::
     }
     println!(
         "fit (warm, median of {}): {fit:.3} s, {} iterations, {} passes, converged: {}",
-        args.runs, s.iterations, s.passes, s.converged
+        args.run.runs, s.iterations, s.passes, s.converged
     );
     println!(
         "seconds per iteration: {:.4}; per pass: {:.4}; training cost {:.6e}",
@@ -175,17 +155,17 @@ async fn main() -> anyhow::Result<()> {
     ember::run_executor_if_requested();
     ember::init_tracing("warn");
     let args = Args::parse();
-    let d = args.features;
+    let d = args.run.features;
     let started = Instant::now();
     let x = generate(&args);
     let data = tempfile::tempdir()?;
     write_parquet(data.path(), &args, &x)?;
     println!(
         "data: {} rows x {d} features around {} centres, seed {}, {} Parquet files ({:.1} s)",
-        args.rows,
+        args.run.rows,
         args.k,
-        args.seed,
-        args.files,
+        args.run.seed,
+        args.run.files,
         started.elapsed().as_secs_f64()
     );
     let devices = args.gpu.devices()?;
@@ -201,11 +181,11 @@ async fn main() -> anyhow::Result<()> {
         scratch.path(),
         &x,
         None,
-        (args.rows, d),
+        (args.run.rows, d),
         &[
-            args.iterations.to_string(),
+            args.run.iterations.to_string(),
             args.k.to_string(),
-            args.seed.to_string(),
+            args.run.seed.to_string(),
         ],
     ) {
         println!(
@@ -237,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
     let block = DenseBlock {
         features: owner.typed_data(),
         labels: &[],
-        rows: args.rows,
+        rows: args.run.rows,
         dimension: d,
         owner: Some(&owner),
     };
@@ -253,12 +233,12 @@ async fn main() -> anyhow::Result<()> {
                 }
             },
         };
-        table.push(bench.kmeans(&block, args.k, args.kernel_passes));
+        table.push(bench.kmeans(&block, args.k, args.run.kernel_passes));
     }
     println!();
     println!(
         "kernel passes in this process, {} rows x {d} (median of {}):",
-        args.rows, args.kernel_passes
+        args.run.rows, args.run.kernel_passes
     );
     print_table(&table);
     Ok(())

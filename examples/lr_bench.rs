@@ -33,44 +33,24 @@ use parquet::arrow::ArrowWriter;
 
 #[path = "common/bench.rs"]
 mod common;
-use common::{median, sklearn_baseline, DeviceArgs, Rng};
+use common::{median, sklearn_baseline, DeviceArgs, Rng, RunArgs};
 
 /// Spark MLlib in local[2] on data from the same generator, measured elsewhere (ANCHORS.md):
 /// printed beside Ember's figures, never divided by.
 const SPARK_SECONDS_PER_ITERATION: f64 = 0.56;
 const SPARK_AUC: f64 = 0.851134;
 
+/// Logistic regression on a local cluster, its kernels against bandwidth, and scikit-learn
+/// on the same rows.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Rows to generate.
-    #[arg(long, default_value_t = 1_000_000)]
-    rows: usize,
-    /// Features per row.
-    #[arg(long, default_value_t = 32)]
-    features: usize,
-    /// Iteration limit of the fit.
-    #[arg(long, default_value_t = 20)]
-    iterations: usize,
-    /// Executor processes.
-    #[arg(long, default_value_t = 2)]
-    executors: usize,
-    /// Parquet files (= partitions) the data is written as.
-    #[arg(long, default_value_t = 4)]
-    files: usize,
-    /// Timed fits after a warm-up (the median is reported).
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// Seed of the data.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    run: RunArgs,
     #[command(flatten)]
     gpu: DeviceArgs,
     /// Classes of the multinomial kernel in the kernel table.
     #[arg(long, default_value_t = 4)]
     classes: usize,
-    /// Timed passes per kernel in the kernel table (the median is reported).
-    #[arg(long, default_value_t = 10)]
-    kernel_passes: usize,
     /// Keep the generated Parquet data in this directory (for the PySpark bench,
     /// `bench/connect_lr.sh`) instead of a temporary one.
     #[arg(long)]
@@ -79,14 +59,14 @@ struct Args {
 
 /// Row-major features and labels.
 fn generate(args: &Args) -> (Vec<f32>, Vec<f64>) {
-    let d = args.features;
-    let mut rng = Rng(args.seed);
+    let d = args.run.features;
+    let mut rng = Rng(args.run.seed);
     let w: Vec<f64> = (0..d)
         .map(|_| rng.normal() * 2.0 / (d as f64).sqrt())
         .collect();
-    let mut x = Vec::with_capacity(args.rows * d);
-    let mut y = Vec::with_capacity(args.rows);
-    for _ in 0..args.rows {
+    let mut x = Vec::with_capacity(args.run.rows * d);
+    let mut y = Vec::with_capacity(args.run.rows);
+    for _ in 0..args.run.rows {
         let mut m = 0.25;
         for wj in &w {
             let v = rng.normal() as f32;
@@ -99,16 +79,16 @@ fn generate(args: &Args) -> (Vec<f32>, Vec<f64>) {
 }
 
 fn write_parquet(dir: &std::path::Path, args: &Args, x: &[f32], y: &[f64]) -> anyhow::Result<()> {
-    let d = args.features;
+    let d = args.run.features;
     let mut fields: Vec<Field> = (0..d)
         .map(|j| Field::new(format!("x{j}"), DataType::Float32, false))
         .collect();
     fields.push(Field::new("label", DataType::Float64, false));
     let schema = Arc::new(Schema::new(fields));
-    let per_file = args.rows.div_ceil(args.files);
-    for f in 0..args.files {
+    let per_file = args.run.rows.div_ceil(args.run.files);
+    for f in 0..args.run.files {
         let start = f * per_file;
-        let end = ((f + 1) * per_file).min(args.rows);
+        let end = ((f + 1) * per_file).min(args.run.rows);
         if start >= end {
             break;
         }
@@ -149,9 +129,9 @@ struct Figures {
 /// Starts a cluster whose executors compute on `device`, caches the assembled data and
 /// times the fit.
 async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::Result<Figures> {
-    let d = args.features;
+    let d = args.run.features;
     let session = Session::builder()
-        .executors(args.executors)
+        .executors(args.run.executors)
         .device(device)
         .adapter(args.gpu.choice())
         .local_cluster()
@@ -170,7 +150,7 @@ async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::
         session.executors().len(),
         started.elapsed().as_secs_f64()
     );
-    let lr = LogisticRegression::new().max_iter(args.iterations);
+    let lr = LogisticRegression::new().max_iter(args.run.iterations);
     let _warm = lr.fit(&df).await?;
     let adapter = session
         .executors()
@@ -179,7 +159,7 @@ async fn fit_on(device: Device, args: &Args, data: &std::path::Path) -> anyhow::
         .unwrap_or_default();
     let mut fits = Vec::new();
     let mut model = None;
-    for _ in 0..args.runs.max(1) {
+    for _ in 0..args.run.runs.max(1) {
         let started = Instant::now();
         let m = lr.fit(&df).await?;
         fits.push(started.elapsed().as_secs_f64());
@@ -211,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
     ember::run_executor_if_requested();
     ember::init_tracing("warn");
     let args = Args::parse();
-    let d = args.features;
+    let d = args.run.features;
 
     let started = Instant::now();
     let (x, y) = generate(&args);
@@ -226,9 +206,9 @@ async fn main() -> anyhow::Result<()> {
     write_parquet(&data, &args, &x, &y)?;
     println!(
         "data: {} rows x {d} features, seed {}, {} Parquet files ({:.1} s to generate)",
-        args.rows,
-        args.seed,
-        args.files,
+        args.run.rows,
+        args.run.seed,
+        args.run.files,
         started.elapsed().as_secs_f64()
     );
 
@@ -245,7 +225,7 @@ async fn main() -> anyhow::Result<()> {
     let block = DenseBlock {
         features: &x,
         labels: &y,
-        rows: args.rows,
+        rows: args.run.rows,
         dimension: d,
         owner: None,
     };
@@ -264,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let single = time_one(gradient_f32);
     let reference = time_one(gradient_serial);
-    let bytes = (args.rows * d * 4) as f64;
+    let bytes = (args.run.rows * d * 4) as f64;
     // The bandwidth floor: one thread summing the same bytes, no arithmetic to speak of.
     let floor = median(
         (0..3)
@@ -287,8 +267,8 @@ async fn main() -> anyhow::Result<()> {
         scratch.path(),
         &x,
         Some(&y),
-        (args.rows, d),
-        &[args.iterations.to_string()],
+        (args.run.rows, d),
+        &[args.run.iterations.to_string()],
     );
 
     println!();
@@ -314,7 +294,7 @@ async fn main() -> anyhow::Result<()> {
         }
         println!(
             "fit (warm, median of {}): {:.3} s, {} iterations, {} passes, converged: {}, tree levels {:?}",
-            args.runs, f.fit, f.iterations, f.passes, f.converged, f.tree_levels
+            args.run.runs, f.fit, f.iterations, f.passes, f.converged, f.tree_levels
         );
         println!(
             "seconds per iteration: {:.4} (fit time / iterations)",
@@ -378,13 +358,13 @@ async fn main() -> anyhow::Result<()> {
             },
             Loss::Squared,
         ] {
-            table.push(device.gradient(loss, &resident, args.kernel_passes));
+            table.push(device.gradient(loss, &resident, args.run.kernel_passes));
         }
     }
     println!();
     println!(
         "kernel passes in this process, {} rows x {d} (median of {}):",
-        args.rows, args.kernel_passes
+        args.run.rows, args.run.kernel_passes
     );
     print_table(&table);
     Ok(())

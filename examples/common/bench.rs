@@ -11,6 +11,35 @@ use std::path::Path;
 
 use ember::mllib::gpu::{AdapterChoice, Device, GpuBackend};
 
+/// The data and the cluster of a bench: shape, seed, executors, files, timed fits.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Rows to generate.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: usize,
+    /// Features per row.
+    #[arg(long, default_value_t = 32)]
+    pub features: usize,
+    /// Iteration limit of the fit.
+    #[arg(long, default_value_t = 20)]
+    pub iterations: usize,
+    /// Executor processes.
+    #[arg(long, default_value_t = 2)]
+    pub executors: usize,
+    /// Parquet files (= partitions) the data is written as.
+    #[arg(long, default_value_t = 4)]
+    pub files: usize,
+    /// Timed fits after a warm-up (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Seed of the data (and of the fit where it has one).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Timed passes per kernel in the kernel table (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub kernel_passes: usize,
+}
+
 /// Where the executors' kernels run and which GPU adapter they open.
 #[derive(clap::Args, Debug)]
 pub struct DeviceArgs {

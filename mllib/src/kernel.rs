@@ -370,13 +370,7 @@ fn gradient_blocks(
                         *m = f64::from(dot32(x, &w[c * d..(c + 1) * d])) + b[c];
                         max = max.max(*m);
                     }
-                    let true_margin = margins[y];
-                    let mut total = 0.0;
-                    for m in &mut margins {
-                        *m = (*m - max).exp();
-                        total += *m;
-                    }
-                    loss_sum += total.ln() + max - true_margin;
+                    let total = softmax_terms(&mut margins, max, y, &mut loss_sum);
                     for (c, e) in margins.iter().enumerate() {
                         let residual = e / total - if c == y { 1.0 } else { 0.0 };
                         axpy32(&mut sums[c * d..(c + 1) * d], residual as f32, x);
@@ -418,6 +412,21 @@ fn kmeans_blocks(block: &DenseBlock<'_>, centres32: &[f32], k: usize, out: &mut 
         *o += *n as f64;
     }
     out[k * d + k] += cost;
+}
+
+/// Turns a row's class `margins` (largest `max`) into `exp(m - max)`, adds the row's
+/// cross-entropy (log-sum-exp minus the true class `y`'s margin) to `loss`, and returns
+/// the sum of the exponentials.
+#[inline(always)]
+fn softmax_terms(margins: &mut [f64], max: f64, y: usize, loss: &mut f64) -> f64 {
+    let true_margin = margins[y];
+    let mut sum = 0.0;
+    for m in margins.iter_mut() {
+        *m = (*m - max).exp();
+        sum += *m;
+    }
+    *loss += sum.ln() + max - true_margin;
+    sum
 }
 
 /// `x . w` with `x` in f32 and `w` in f64, four running sums.
@@ -506,14 +515,7 @@ pub fn gradient_serial(loss: Loss, block: &DenseBlock<'_>, params: &[f64], out: 
                     *m = dot(x, &w[k * d..(k + 1) * d]) + b[k];
                     max = max.max(*m);
                 }
-                let true_margin = margins[y];
-                let mut sum = 0.0;
-                for m in &mut margins {
-                    *m = (*m - max).exp();
-                    sum += *m;
-                }
-                // log-sum-exp minus the true class's margin.
-                loss_sum += sum.ln() + max - true_margin;
+                let sum = softmax_terms(&mut margins, max, y, &mut loss_sum);
                 for (k, e) in margins.iter().enumerate() {
                     let r = e / sum - if k == y { 1.0 } else { 0.0 };
                     axpy(&mut grad[k * d..(k + 1) * d], r, x);
