@@ -202,7 +202,8 @@ async fn main() -> anyhow::Result<()> {
         .get(&holder)
         .expect("executor")
         .address;
-    let pool = ChannelPool::new();
+    // The driver's channels carry the cluster's credentials.
+    let pool: ChannelPool = session.driver().channels().clone();
     let (t_fetch, (partition, bytes)) = time(3, || {
         let pool = pool.clone();
         let address = address.clone();

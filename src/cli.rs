@@ -127,12 +127,22 @@ pub struct ServerArgs {
     /// elsewhere to register with the driver on `--driver-port`.
     #[arg(long)]
     pub standalone: bool,
-    /// Driver port executors register with in `--standalone` mode.
+    /// Driver port executors register with in `--standalone` mode (on the --bind
+    /// address).
     #[arg(long, default_value_t = 7077)]
     pub driver_port: u16,
+    /// The address executors and clients are told to dial, HOST or HOST:PORT (default:
+    /// the bound address; for a wildcard bind, this host's address on its default route).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub advertise: Option<String>,
     /// A table every client session sees, NAME=PATH (as `ember sql --table`).
     #[arg(long = "table", value_name = "NAME=PATH")]
     pub tables: Vec<String>,
+    /// Secret and TLS. With a secret, Spark Connect clients give it as the token of their
+    /// URL: `sc://HOST:PORT/;token=SECRET` (PySpark sends tokens over TLS, or in plain
+    /// text to localhost only).
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
 }
 
 /// Runs the command line.
@@ -162,13 +172,31 @@ async fn run_suite(suite: &'static crate::suite::Suite, args: SuiteArgs) -> anyh
 
 /// `ember server`: a cluster and its Spark Connect endpoint, until SIGINT or SIGTERM.
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let security = args.security.resolve()?;
+    security.check_exposure("the Spark Connect endpoint", args.bind)?;
     let listener = tokio::net::TcpListener::bind((args.bind, args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
     let addr = listener.local_addr()?;
+    // The advertised host with the Spark Connect port.
+    let advertised = ember_engine::rpc::advertised_address(addr, args.advertise.as_deref(), None)?;
+    // PySpark sends a token without TLS only to a host named `localhost`.
+    let advertised = match advertised.rsplit_once(':') {
+        _ if args.advertise.is_none() && addr.ip().is_loopback() => {
+            format!("localhost:{}", addr.port())
+        }
+        Some((host, _)) => format!("{host}:{}", addr.port()),
+        None => advertised,
+    };
+    let driver_config = crate::driver::DriverConfig {
+        advertise: args.advertise.clone(),
+        security: security.clone(),
+        ..crate::driver::DriverConfig::default()
+    };
     let builder = Session::builder()
         .executors(args.executors)
-        .memory_per_executor(args.memory);
+        .memory_per_executor(args.memory)
+        .driver_config(driver_config);
     let session = if args.standalone {
         let driver = std::net::SocketAddr::new(args.bind, args.driver_port);
         eprintln!("waiting for executors to register with the driver at {driver}");
@@ -177,17 +205,31 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         builder.local_cluster().await?
     };
     register_tables(&session, &args.tables).await?;
-    let url = crate::connect::connect_url(addr);
+    let url = crate::connect::connect_url(&advertised);
     tracing::info!(%url, executors = session.executors().len(), "Spark Connect server started");
-    println!("Spark Connect server listening on {url}");
+    // One write, and a reader that went away is no reason to stop serving.
+    let mut banner = format!("Spark Connect server listening on {url}\n");
+    if security.secret.is_some() {
+        banner.push_str(&format!("clients connect with {url}/;token=<the secret>\n"));
+    }
+    if args.standalone {
+        banner.push_str(&format!(
+            "executors register with ember-executor --driver {}\n",
+            session.driver().advertised_address()
+        ));
+    }
     use std::io::Write;
-    std::io::stdout().flush()?;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
+    drop(stdout);
     let signal = shutdown_signal()?;
     let shutdown = async move {
         signal.await;
         eprintln!("shutting down");
     };
-    crate::connect::serve(session.clone(), listener, shutdown).await?;
+    crate::connect::serve(session.clone(), listener, &security, shutdown).await?;
     // The executors stop (and remove their spill directories) with the last session handle.
     drop(session);
     Ok(())

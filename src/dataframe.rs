@@ -321,6 +321,15 @@ impl DataFrame {
             let mut done = Vec::with_capacity(files.len());
             for f in files {
                 let target = dir.join(f.file_name().unwrap_or_default());
+                if !f.exists() {
+                    return Err(Error::Path {
+                        path: f.clone(),
+                        message: "an executor wrote this file, but the driver's host does not \
+                                  see it: in a cluster across hosts, write to a filesystem every \
+                                  executor and the driver share (NFS, a mounted bucket)"
+                            .into(),
+                    });
+                }
                 std::fs::rename(&f, &target).map_err(|e| EngineError::io(&target, e))?;
                 done.push(target);
             }

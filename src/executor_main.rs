@@ -27,9 +27,24 @@ pub struct ExecutorArgs {
     /// The driver's address, host:port.
     #[arg(long)]
     pub driver: String,
-    /// Address to listen on; port 0 picks a free port.
+    /// Address to listen on; port 0 picks a free port. A non-loopback address needs a
+    /// secret (or --insecure).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub bind: SocketAddr,
+    /// The address the driver and other executors dial, HOST or HOST:PORT (default: the
+    /// bound address; for a wildcard bind, this host's address on the route to the
+    /// driver).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub advertise: Option<String>,
+    /// Serve plain-HTTP health checks on this address (for Kubernetes probes):
+    /// `GET /healthz` answers 200 while the executor runs, `GET /readyz` 200 while it is
+    /// registered with its driver and not stopping, 503 otherwise. Nothing else is served
+    /// there.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub health_bind: Option<SocketAddr>,
+    /// Secret and TLS.
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
     /// Memory limit, e.g. 2GiB, 512MiB, 1000000: half holds blocks (cached partitions,
     /// shuffle outputs; beyond it shuffle outputs spill to disk), half is the operators' pool.
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
@@ -109,6 +124,39 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Serves `/healthz` and `/readyz` on `bind` until aborted; ready while `stopping` is
+/// false (the executor registered before this starts, and stops when the driver is lost).
+async fn serve_health(
+    bind: SocketAddr,
+    stopping: tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use axum::http::StatusCode;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("--health-bind {bind}: {e}"))?;
+    let ready = stopping.subscribe();
+    let router = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let stopping = *ready.borrow();
+                async move {
+                    if stopping {
+                        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+                    } else {
+                        (StatusCode::OK, "ready\n")
+                    }
+                }
+            }),
+        );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "health endpoint failed");
+        }
+    }))
+}
+
 /// Parses a byte size such as `2GiB`, `512MiB`, `64KiB`, `1g` or `1000`.
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();
@@ -159,8 +207,16 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         task_delay: args
             .inject_task_delay_ms
             .map(std::time::Duration::from_millis),
+        advertise: args.advertise.clone(),
+        security: args.security.resolve()?,
     })
     .await?;
+    let _health = match args.health_bind {
+        Some(bind) => Some(AbortOnDrop(
+            serve_health(bind, handle.shutdown_signal()).await?,
+        )),
+        None => None,
+    };
     // Aborted on return, so the watcher never outlives the executor.
     let _stdin_watch = args.exit_on_stdin_close.then(|| {
         let stop = handle.shutdown_signal();

@@ -47,6 +47,8 @@ mod memory_plan;
 pub mod ml;
 /// What applications import.
 pub mod prelude;
+/// Security options shared by the commands (secret, TLS, `--insecure`).
+pub mod security;
 /// `ember serve`: saved ML pipelines answered over HTTP.
 pub mod serve;
 /// Sessions and clusters.

@@ -115,6 +115,8 @@ pub(crate) struct ExecutorSettings {
     pub(crate) memory: usize,
     pub(crate) device: ember_mllib::gpu::Device,
     pub(crate) adapter: ember_mllib::gpu::AdapterChoice,
+    /// The cluster's secret and TLS (the secret goes in the child's environment).
+    pub(crate) security: ember_engine::security::Security,
 }
 
 /// Starts one executor process that registers with `driver`.
@@ -144,12 +146,14 @@ pub(crate) fn spawn_executor(
         &settings.device.to_string(),
         "--exit-on-stdin-close",
     ])
-    .args(settings.adapter.to_args())
-    // The executor watches its stdin: when this process dies, even by SIGKILL, the pipe
-    // closes and the executor exits.
-    .stdin(Stdio::piped())
-    .stdout(Stdio::null())
-    .stderr(Stdio::inherit());
+    .args(settings.adapter.to_args());
+    crate::security::pass_to_child(&settings.security, &mut cmd);
+    cmd
+        // The executor watches its stdin: when this process dies, even by SIGKILL, the pipe
+        // closes and the executor exits.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
     if launch.self_exec {
         cmd.env(RUN_AS_EXECUTOR_ENV, "1");
     }

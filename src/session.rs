@@ -246,7 +246,24 @@ impl SessionBuilder {
             memory: self.memory,
             device: self.device,
             adapter: self.adapter.clone(),
+            security: self.driver.security.clone(),
         }
+    }
+
+    /// Who may call the cluster's driver and executors, and how their connections are
+    /// protected. Local clusters (in-process or processes) get a fresh random secret when
+    /// none is given, so no other local user can call their loopback ports.
+    pub fn security(mut self, security: ember_engine::security::Security) -> Self {
+        self.driver.security = security;
+        self
+    }
+
+    /// Gives a local cluster a random secret unless one was set.
+    fn with_local_secret(mut self) -> Self {
+        if self.driver.security.secret.is_none() {
+            self.driver.security.secret = Some(ember_engine::security::Secret::generate());
+        }
+        self
     }
 
     fn cores(&self) -> usize {
@@ -269,23 +286,26 @@ impl SessionBuilder {
     /// Starts executors inside this process; tasks and blocks still go through gRPC on
     /// loopback exactly as with processes.
     pub async fn local(self) -> Result<Session> {
-        let driver = self.start_driver().await?;
-        let cores = self.cores();
-        let mut handles = Vec::with_capacity(self.executors);
-        for i in 0..self.executors {
+        let this = self.with_local_secret();
+        let driver = this.start_driver().await?;
+        let cores = this.cores();
+        let mut handles = Vec::with_capacity(this.executors);
+        for i in 0..this.executors {
             let handle = ember_executor::start(ExecutorConfig {
                 driver: driver.address().to_string(),
                 bind: "127.0.0.1:0"
                     .parse()
                     .map_err(|e| Error::Cluster(format!("{e}")))?,
-                memory_bytes: self.memory,
+                memory_bytes: this.memory,
                 cores,
                 id: Some(format!("exec-{i}")),
                 register_timeout: ember_executor::DEFAULT_REGISTER_TIMEOUT,
-                hooks: crate::executor_main::kernel_hooks(self.device, self.adapter.clone())
+                hooks: crate::executor_main::kernel_hooks(this.device, this.adapter.clone())
                     .await?,
                 driver_timeout: ember_executor::DEFAULT_DRIVER_TIMEOUT,
-                task_delay: self.delay_of(i),
+                task_delay: this.delay_of(i),
+                advertise: None,
+                security: this.driver.security.clone(),
             })
             .await?;
             handles.push(Some(handle));
@@ -293,9 +313,9 @@ impl SessionBuilder {
         Session::assemble(
             driver,
             Executors::InProcess(handles),
-            self.executors,
+            this.executors,
             cores,
-            self.broadcast_threshold,
+            this.broadcast_threshold,
             None,
         )
         .await
@@ -303,10 +323,15 @@ impl SessionBuilder {
 
     /// Starts executor processes on loopback ports and waits until they have registered.
     pub async fn local_cluster(self) -> Result<Session> {
+        let this = self.with_local_secret();
+        this.start_local_cluster().await
+    }
+
+    async fn start_local_cluster(self) -> Result<Session> {
         let launch = find_launch(self.executor_binary.as_deref())?;
         let driver = self.start_driver().await?;
         let cores = self.cores();
-        let address = driver.address().to_string();
+        let address = driver.advertised_address().to_string();
         let settings = self.executor_settings();
         let mut children = Vec::with_capacity(self.executors);
         for i in 0..self.executors {
@@ -400,7 +425,7 @@ impl SessionBuilder {
             return Err(Error::Cluster(format!(
                 "only {up} of {} executors registered at {} within {EXECUTOR_START_TIMEOUT:?}",
                 self.executors,
-                driver.address()
+                driver.advertised_address()
             )));
         }
         let cores = driver

@@ -201,6 +201,8 @@ async fn executor_that_cannot_reach_its_driver_fails_to_start_with_the_address()
         hooks: Default::default(),
         driver_timeout: ember::executor::DEFAULT_DRIVER_TIMEOUT,
         task_delay: None,
+        advertise: None,
+        security: Default::default(),
     })
     .await
     .expect_err("no driver there");

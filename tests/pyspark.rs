@@ -246,6 +246,9 @@ fn pyspark_client_suite_runs_unchanged_on_ember_server() {
         ])
         .arg(&suite)
         .env("EMBER_CONNECT_URL", &server.url)
+        // test_auth.py starts servers of its own, with a secret.
+        .env("EMBER_BIN", env!("CARGO_BIN_EXE_ember"))
+        .env("EMBER_EXECUTOR_BIN", env!("CARGO_BIN_EXE_ember-executor"))
         .env("EMBER_SERVER_PID", server.pid().to_string())
         .env("EMBER_TPCH_DIR", &data)
         .env("EMBER_EXPECTED_DIR", &expected)

@@ -49,7 +49,8 @@ impl DriverService for DriverServiceImpl {
                 device: r.device,
             })
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .map_err(Status::already_exists)?;
         Ok(Response::new(RegisterExecutorResponse {
             heartbeat_interval_ms: self.driver.config.heartbeat_interval.as_millis() as u64,
         }))

@@ -52,6 +52,7 @@ use ember_engine::lineage::{Dataset, Persistence};
 use ember_engine::proto::driver_service_server::DriverServiceServer;
 use ember_engine::proto::{RemoveBlocksRequest, ShutdownRequest};
 use ember_engine::rpc::{self, ChannelPool, CONTROL_TIMEOUT, MAX_MESSAGE_BYTES};
+use ember_engine::security::Security;
 use ember_engine::{BlockId, DatasetId, EngineError, ExecutorId, JobId, StageId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -114,6 +115,11 @@ pub struct DriverConfig {
     pub exclusion: Exclusion,
     /// Where to append the JSON-lines event log (`<dir>/<app id>.jsonl`); none when unset.
     pub event_log: Option<PathBuf>,
+    /// Who may call the driver and how its channels are protected (the secret, TLS).
+    pub security: Security,
+    /// The address executors and clients are told to dial (`HOST[:PORT]`); by default the
+    /// bound address, or this host's address on its default route when bound to a wildcard.
+    pub advertise: Option<String>,
 }
 
 impl Default for DriverConfig {
@@ -129,6 +135,8 @@ impl Default for DriverConfig {
             speculation: Speculation::default(),
             exclusion: Exclusion::default(),
             event_log: None,
+            security: Security::none(),
+            advertise: None,
         }
     }
 }
@@ -137,6 +145,8 @@ impl Default for DriverConfig {
 /// into the scheduler loop that owns everything that changes while jobs run.
 pub struct Driver {
     address: SocketAddr,
+    /// What executors and clients are told to dial.
+    advertised: String,
     app: String,
     config: DriverConfig,
     registry: Arc<ExecutorRegistry>,
@@ -244,15 +254,19 @@ impl DriverHandle {
     ///
     /// The address cannot be bound.
     pub async fn start(bind: SocketAddr, config: DriverConfig) -> Result<Self> {
+        config.security.check_exposure("the driver", bind.ip())?;
         let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| EngineError::io(bind.to_string(), e))?;
         let address = listener
             .local_addr()
             .map_err(|e| EngineError::io(bind.to_string(), e))?;
+        let advertised = rpc::advertised_address(address, config.advertise.as_deref(), None)?;
+        let server_builder = rpc::server(&config.security)?;
+        let auth = config.security.server_auth();
         let registry = Arc::new(ExecutorRegistry::new());
         let locations = Arc::new(BlockLocations::new());
-        let pool = ChannelPool::new();
+        let pool = ChannelPool::new(config.security.clone());
         let app = format!("app-{}-{}", events::now_ms(), std::process::id());
         let (scheduler, loop_task) = SchedulerHandle::start(
             config.clone(),
@@ -263,6 +277,7 @@ impl DriverHandle {
         )?;
         let driver = Arc::new(Driver {
             address,
+            advertised,
             app,
             config,
             registry,
@@ -282,10 +297,13 @@ impl DriverHandle {
             driver: Arc::clone(&driver),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let svc = tonic::service::interceptor::InterceptedService::new(svc, auth);
+        let mut server_builder = server_builder;
         let server = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let incoming = rpc::incoming(listener, rpc::MAX_CONNECTIONS);
+            let result = server_builder
                 .add_service(svc)
-                .serve_with_incoming_shutdown(rpc::incoming(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;
@@ -293,7 +311,7 @@ impl DriverHandle {
                 tracing::error!(error = %e, "driver server failed");
             }
         });
-        tracing::info!(%address, app = %driver.app, "driver started");
+        tracing::info!(%address, advertised = %driver.advertised, app = %driver.app, "driver started");
         Ok(Self {
             driver,
             shutdown,
@@ -304,9 +322,24 @@ impl DriverHandle {
 }
 
 impl Driver {
-    /// The address executors register at.
+    /// The address the driver is bound to.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The address executors are told to register at (`host:port`).
+    pub fn advertised_address(&self) -> &str {
+        &self.advertised
+    }
+
+    /// Who may call, and how channels are protected.
+    pub fn security(&self) -> &Security {
+        &self.config.security
+    }
+
+    /// The driver's channels to executors (carrying its credentials).
+    pub fn channels(&self) -> &ChannelPool {
+        &self.pool
     }
 
     /// The executors known to the driver.

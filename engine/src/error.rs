@@ -68,6 +68,10 @@ pub enum EngineError {
         /// What went wrong.
         source: Box<EngineError>,
     },
+    /// Security settings are unusable (a secret, a certificate), or a server would be
+    /// exposed without them.
+    #[error("security: {0}")]
+    Security(String),
     /// A bug in Ember: please report it.
     #[error("internal error (this is a bug in Ember): {0}")]
     Internal(String),

@@ -11,6 +11,7 @@
 //! - [`plan_codec`]: plan fragments to bytes (datafusion-proto plus Ember's extension codec).
 //! - [`lineage`]: datasets and the cutting of physical plans into them.
 //! - [`rpc`]: channels with deadlines, the channel pool and the block fetch.
+//! - [`security`]: the shared secret, TLS, and who may listen where.
 //! - [`proto`]: the generated driver <-> executor protocol.
 //! - [`failure`]: what the scheduler does about each kind of task failure.
 //! - [`error`]: the error type, [`EngineError`].
@@ -42,6 +43,8 @@ pub mod partition;
 pub mod plan_codec;
 /// gRPC channels and block fetching.
 pub mod rpc;
+/// Authentication and TLS of every RPC.
+pub mod security;
 
 pub use error::{EngineError, Result};
 pub use ids::{BlockId, DatasetId, ExecutorId, JobId, StageId};

@@ -1,14 +1,21 @@
-//! RPC plumbing: the one place gRPC channels are made (always with deadlines), a pool that
-//! reuses them per peer, and the block fetch that the driver and executors share.
+//! RPC plumbing: the one place gRPC channels and servers are made (always with deadlines,
+//! limits, authentication and, when configured, TLS), a pool that reuses channels per
+//! peer, and the block fetch that the driver and executors share.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use dashmap::DashMap;
 use futures::{stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::block_read::BlockBatches;
@@ -17,6 +24,7 @@ use crate::error::{EngineError, Result};
 use crate::ids::BlockId;
 use crate::proto;
 use crate::proto::executor_service_client::ExecutorServiceClient;
+use crate::security::{ClientAuth, Security};
 
 /// How long to wait for a TCP connection to a peer. Peers are on a LAN or loopback: a
 /// connection that takes longer than this is as good as refused.
@@ -37,22 +45,205 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// ([`crate::codec::MAX_CHUNK_BYTES`]); plans of wide queries can be a few MiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The connections accepted on `listener`, with Nagle's algorithm off: RPCs are small
-/// request/response pairs, and delayed ACKs would otherwise hold each response ~40 ms.
+/// Connections a driver or executor server holds open at once; further ones wait in the
+/// listen backlog until one closes. A cluster needs one per peer process (channels are
+/// shared), so this bounds what a flood of connections can cost, not normal work.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Calls in flight on one connection (HTTP/2 streams); further ones wait.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// Largest request header block a server reads (tokens and metadata are small).
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
+
+/// A channel with Ember's deadlines whose requests carry this process's credentials.
+pub type RpcChannel = InterceptedService<Channel, ClientAuth>;
+
+/// The connections accepted on `listener`, at most `max_connections` open at once, with
+/// Nagle's algorithm off: RPCs are small request/response pairs, and delayed ACKs would
+/// otherwise hold each response ~40 ms.
 pub fn incoming(
     listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn {
+    max_connections: usize,
+) -> impl futures::Stream<Item = std::io::Result<LimitedStream>> {
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    stream::unfold((listener, slots), |(listener, slots)| async move {
+        // Waiting for a slot before accepting leaves further connections in the backlog.
+        let permit = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let accepted = listener.accept().await.map(|(stream, _)| {
             let _ = stream.set_nodelay(true);
-        }
-        conn
+            LimitedStream {
+                stream,
+                _permit: permit,
+            }
+        });
+        Some((accepted, (listener, slots)))
     })
 }
 
-/// Makes a lazily-connecting channel to `address` (`host:port`) with Ember's deadlines.
-pub fn channel(address: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+/// An accepted connection that holds one of its server's connection slots until closed.
+#[derive(Debug)]
+pub struct LimitedStream {
+    stream: tokio::net::TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for LimitedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// A server builder for a driver or executor: TLS as configured, and bounds on streams
+/// per connection and header size. Services added to it are wrapped in
+/// [`Security::server_auth`] by their owner.
+///
+/// # Errors
+///
+/// The TLS material is unusable.
+pub fn server(security: &Security) -> Result<tonic::transport::Server> {
+    Ok(security
+        .server_builder()?
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_header_list_size(Some(MAX_HEADER_BYTES)))
+}
+
+/// The address peers should dial to reach a server bound to `bound`: `advertise`
+/// (`HOST` or `HOST:PORT`; without a port, the bound one) when given; else the bound
+/// address; else, for a wildcard bind, this host's address on the route toward `toward`
+/// (the driver, for an executor), or on the default route. Never `0.0.0.0` or `::`.
+///
+/// # Errors
+///
+/// `advertise` is malformed, a wildcard, or a name that does not resolve.
+pub fn advertised_address(
+    bound: std::net::SocketAddr,
+    advertise: Option<&str>,
+    toward: Option<&str>,
+) -> Result<String> {
+    use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
+    let unusable = |why: String| EngineError::Security(format!("--advertise: {why}"));
+    if let Some(text) = advertise {
+        let text = text.trim();
+        let (host, port) = match text.parse::<SocketAddr>() {
+            Ok(addr) => (addr.ip().to_string(), addr.port()),
+            Err(_) => match text.parse::<IpAddr>() {
+                Ok(ip) => (ip.to_string(), bound.port()),
+                Err(_) => match text.rsplit_once(':') {
+                    Some((host, port)) if !host.contains(':') => (
+                        host.to_string(),
+                        port.parse::<u16>()
+                            .map_err(|_| unusable(format!("`{port}` in `{text}` is not a port")))?,
+                    ),
+                    _ => (text.to_string(), bound.port()),
+                },
+            },
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if host.is_empty() {
+            return Err(unusable(format!("`{text}` names no host")));
+        }
+        if host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+            return Err(unusable(format!(
+                "`{text}` is a wildcard; peers need an address they can dial"
+            )));
+        }
+        if port == 0 {
+            return Err(unusable(format!("`{text}` has port 0")));
+        }
+        let resolved = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| unusable(format!("`{host}` does not resolve: {e}")))?
+            .next()
+            .ok_or_else(|| unusable(format!("`{host}` resolves to no address")))?;
+        return Ok(match host.parse::<IpAddr>() {
+            Ok(_) => resolved.to_string(),
+            Err(_) => format!("{host}:{port}"),
+        });
+    }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound.to_string());
+    }
+    // A UDP "connection" sends nothing: it only asks the kernel which local address the
+    // route to the target leaves from.
+    let target = toward
+        .and_then(|t| t.to_socket_addrs().ok()?.next())
+        .unwrap_or_else(|| SocketAddr::from(([192, 0, 2, 1], 9)));
+    let local = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let routed = UdpSocket::bind(local)
+        .and_then(|socket| {
+            socket.connect(target)?;
+            socket.local_addr()
+        })
+        .map(|addr| addr.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified());
+    let ip = match routed {
+        Some(ip) => ip,
+        None => {
+            tracing::warn!(%bound, "no route to tell peers this host's address; advertising loopback (give --advertise)");
+            IpAddr::from([127, 0, 0, 1])
+        }
+    };
+    Ok(SocketAddr::new(ip, bound.port()).to_string())
+}
+
+/// Makes a lazily-connecting channel to `address` (`host:port`) with Ember's deadlines,
+/// this process's credentials and TLS.
+pub fn channel(address: &str, security: &Security) -> Result<RpcChannel> {
+    let endpoint = Endpoint::from_shared(format!("{}://{address}", security.scheme()))
         .map_err(|e| EngineError::Transport {
             address: address.to_string(),
             status: Box::new(tonic::Status::invalid_argument(e.to_string())),
@@ -62,27 +253,35 @@ pub fn channel(address: &str) -> Result<Channel> {
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    let endpoint = security.client_tls(endpoint)?;
+    Ok(InterceptedService::new(
+        endpoint.connect_lazy(),
+        security.client_auth(),
+    ))
 }
 
 /// Channels by peer address, made once and shared (a tonic channel multiplexes calls).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct ChannelPool {
-    channels: Arc<DashMap<String, Channel>>,
+    channels: Arc<DashMap<String, RpcChannel>>,
+    security: Security,
 }
 
 impl ChannelPool {
-    /// An empty pool.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty pool whose channels carry `security`'s credentials and TLS.
+    pub fn new(security: Security) -> Self {
+        Self {
+            channels: Arc::default(),
+            security,
+        }
     }
 
     /// The channel to `address`, made on first use.
-    pub fn get(&self, address: &str) -> Result<Channel> {
+    pub fn get(&self, address: &str) -> Result<RpcChannel> {
         if let Some(c) = self.channels.get(address) {
             return Ok(c.clone());
         }
-        let c = channel(address)?;
+        let c = channel(address, &self.security)?;
         self.channels.insert(address.to_string(), c.clone());
         Ok(c)
     }
@@ -93,11 +292,20 @@ impl ChannelPool {
     }
 
     /// An executor client on the channel to `address`.
-    pub fn executor(&self, address: &str) -> Result<ExecutorServiceClient<Channel>> {
+    pub fn executor(&self, address: &str) -> Result<ExecutorServiceClient<RpcChannel>> {
         Ok(ExecutorServiceClient::new(self.get(address)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
+}
+
+/// A driver client on `channel`, with Ember's message size limits.
+pub fn driver_client(
+    channel: RpcChannel,
+) -> crate::proto::driver_service_client::DriverServiceClient<RpcChannel> {
+    crate::proto::driver_service_client::DriverServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// Turns a gRPC status from `address` into an [`EngineError`].

@@ -38,12 +38,12 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_engine::proto::driver_service_client::DriverServiceClient;
 use ember_engine::proto::executor_service_server::ExecutorServiceServer;
 use ember_engine::proto::{HeartbeatRequest, RegisterExecutorRequest};
-use ember_engine::rpc::{self, ChannelPool, CONTROL_TIMEOUT, MAX_MESSAGE_BYTES};
+use ember_engine::rpc::{self, ChannelPool, RpcChannel, CONTROL_TIMEOUT, MAX_MESSAGE_BYTES};
+use ember_engine::security::Security;
 use ember_engine::{EngineError, ExecutorId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 pub use block_manager::{BlockKind, BlockManager, PutOutcome};
 pub use error::{ExecutorError, Result};
@@ -121,6 +121,12 @@ pub struct ExecutorConfig {
     /// Fault injection for tests of straggler handling: every task waits this long before
     /// it starts. `None` in normal operation.
     pub task_delay: Option<Duration>,
+    /// The address the driver and peers are told to dial (`HOST[:PORT]`); by default the
+    /// bound address, or this host's address on the route to the driver when bound to a
+    /// wildcard.
+    pub advertise: Option<String>,
+    /// Who may call the executor, and how its channels are protected.
+    pub security: Security,
 }
 
 /// Adds a configuration value to an executor's DataFusion session.
@@ -163,6 +169,7 @@ impl std::fmt::Debug for ExecutorHooks {
 pub struct ExecutorHandle {
     id: ExecutorId,
     address: SocketAddr,
+    advertised: String,
     shutdown: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
     heartbeat: JoinHandle<()>,
@@ -181,6 +188,11 @@ impl ExecutorHandle {
     /// The address its ExecutorService listens on.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The address the driver and peers dial.
+    pub fn advertised_address(&self) -> &str {
+        &self.advertised
     }
 
     /// Its block manager (for in-process inspection).
@@ -227,12 +239,21 @@ impl Drop for ExecutorHandle {
 ///
 /// The bind address is unusable, or the driver cannot be reached within 15 seconds.
 pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
+    config
+        .security
+        .check_exposure("an executor", config.bind.ip())?;
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|e| EngineError::io(config.bind.to_string(), e))?;
-    let address = listener
+    let bound = listener
         .local_addr()
         .map_err(|e| EngineError::io(config.bind.to_string(), e))?;
+    let address = rpc::advertised_address(
+        bound,
+        config.advertise.as_deref(),
+        Some(config.driver.as_str()),
+    )?;
+    let server_builder = rpc::server(&config.security)?;
     let id = ExecutorId(
         config
             .id
@@ -288,10 +309,10 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     }
     let (shutdown, _) = watch::channel(false);
 
-    let driver_channel = rpc::channel(&config.driver)?;
+    let driver_channel = rpc::channel(&config.driver, &config.security)?;
     let registration = RegisterExecutorRequest {
         executor_id: id.0.clone(),
-        address: address.to_string(),
+        address: address.clone(),
         cores: cores as u32,
         memory_bytes: config.memory_bytes as u64,
         pid: std::process::id(),
@@ -318,7 +339,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
             executor_id: id.clone(),
             blocks: Arc::clone(&blocks),
             session,
-            pool: ChannelPool::new(),
+            pool: ChannelPool::new(config.security.clone()),
             hooks: config.hooks.clone(),
         },
         compute: Arc::clone(&compute),
@@ -328,17 +349,25 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         cores: cores as u32,
         shutdown: shutdown.clone(),
         task_delay: config.task_delay,
+        slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+        fetches: Arc::default(),
     };
     let mut stop = shutdown.subscribe();
+    let auth = config.security.server_auth();
+    let mut server_builder = server_builder;
     let server = tokio::spawn(async move {
         let svc = ExecutorServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let result = tonic::transport::Server::builder()
+        let svc = tonic::service::interceptor::InterceptedService::new(svc, auth);
+        let result = server_builder
             .add_service(svc)
-            .serve_with_incoming_shutdown(rpc::incoming(listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(
+                rpc::incoming(listener, rpc::MAX_CONNECTIONS),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "executor server failed");
@@ -355,10 +384,11 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         running,
         shutdown: shutdown.clone(),
     }));
-    tracing::info!(executor = %id, %address, driver = %config.driver, "executor started");
+    tracing::info!(executor = %id, %address, %bound, driver = %config.driver, "executor started");
     Ok(ExecutorHandle {
         id,
-        address,
+        address: bound,
+        advertised: address,
         shutdown,
         server: Some(server),
         heartbeat,
@@ -381,14 +411,14 @@ fn sanitize(id: &str) -> String {
         .collect()
 }
 
-fn driver_client(channel: &Channel) -> DriverServiceClient<Channel> {
-    DriverServiceClient::new(channel.clone())
+fn driver_client(channel: &RpcChannel) -> DriverServiceClient<RpcChannel> {
+    rpc::driver_client(channel.clone())
 }
 
 /// Registers with the driver, retrying with backoff until `timeout`; returns the heartbeat
 /// interval the driver asked for.
 async fn register(
-    channel: &Channel,
+    channel: &RpcChannel,
     driver: &str,
     request: &RegisterExecutorRequest,
     timeout: Duration,
@@ -404,6 +434,15 @@ async fn register(
                 let ms = resp.into_inner().heartbeat_interval_ms.max(50);
                 return Ok(Duration::from_millis(ms));
             }
+            // Retrying cannot help a caller the driver does not trust, or an id in use.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::AlreadyExists
+                ) =>
+            {
+                return Err(rpc::transport_error(driver, status).into());
+            }
             Ok(Err(status)) => rpc::transport_error(driver, status),
             Err(_) => rpc::transport_error(driver, tonic::Status::deadline_exceeded("register")),
         };
@@ -417,7 +456,7 @@ async fn register(
 
 /// What the heartbeat loop reads and reports.
 struct Heartbeats {
-    channel: Channel,
+    channel: RpcChannel,
     driver: String,
     registration: RegisterExecutorRequest,
     interval: Duration,

@@ -3,17 +3,16 @@
 
 use std::time::Duration;
 
-use ember_engine::proto::driver_service_client::DriverServiceClient;
 use ember_engine::proto::{TaskStatus, TaskStatusReport};
+use ember_engine::rpc::RpcChannel;
 use ember_engine::rpc::CONTROL_TIMEOUT;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 /// Sends task statuses to the driver.
 #[derive(Debug)]
 pub(crate) struct StatusReporter {
-    pub(crate) channel: Channel,
+    pub(crate) channel: RpcChannel,
     pub(crate) executor_id: String,
     /// How long to keep retrying one report: as long as the executor waits for a silent
     /// driver before stopping.
@@ -34,7 +33,7 @@ impl StatusReporter {
         let deadline = Instant::now() + self.give_up_after;
         let mut backoff = Duration::from_millis(20);
         loop {
-            let mut client = DriverServiceClient::new(self.channel.clone());
+            let mut client = ember_engine::rpc::driver_client(self.channel.clone());
             let error = match tokio::time::timeout(
                 CONTROL_TIMEOUT,
                 client.report_task_status(request.clone()),

@@ -17,7 +17,7 @@ use ember_engine::proto::{
 };
 use ember_engine::{BlockId, DatasetId};
 use futures::Stream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -32,6 +32,14 @@ use crate::task_runner::{run_task, TaskEnv};
 /// (an empty partition, a tiny one) is answered with its status inline, which saves the
 /// status report's round trip; any other is answered as accepted.
 const INLINE_STATUS_WINDOW: Duration = Duration::from_millis(3);
+
+/// How long a task launched onto an executor whose slots are all busy waits for one: the
+/// driver counts a slot free when a task it stopped is still winding down here, which
+/// takes milliseconds. After this the launch is refused (the driver tries again).
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+
+/// Block fetches one peer connection may have in flight here; more wait for one to end.
+pub(crate) const MAX_FETCHES_PER_PEER: usize = 64;
 
 /// Chunks encoded ahead of the network while a block is being sent. Two in flight keep the
 /// encoder busy while one is on the wire, and cap a fetch's memory at 2 chunks.
@@ -50,6 +58,11 @@ pub(crate) struct ExecutorServiceImpl {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Fault injection for tests of straggler handling: every task waits this long first.
     pub(crate) task_delay: Option<Duration>,
+    /// One permit per task slot: the executor runs no more tasks than it has cores,
+    /// whatever its callers believe.
+    pub(crate) slots: Arc<Semaphore>,
+    /// Fetches in flight per peer connection (by its address).
+    pub(crate) fetches: Arc<DashMap<std::net::SocketAddr, Arc<Semaphore>>>,
 }
 
 impl ExecutorServiceImpl {
@@ -89,6 +102,16 @@ impl ExecutorService for ExecutorServiceImpl {
         request: Request<LaunchTaskRequest>,
     ) -> Result<Response<LaunchTaskResponse>, Status> {
         self.ensure_running()?;
+        let slot =
+            match tokio::time::timeout(SLOT_WAIT, Arc::clone(&self.slots).acquire_owned()).await {
+                Ok(Ok(slot)) => slot,
+                _ => {
+                    return Err(Status::resource_exhausted(format!(
+                        "{}: all {} task slots stayed busy for {SLOT_WAIT:?}",
+                        self.env.executor_id, self.cores
+                    )))
+                }
+            };
         let request = request.into_inner();
         let task_id = request.task_id;
         let (cancel, cancelled) = oneshot::channel::<String>();
@@ -108,6 +131,8 @@ impl ExecutorService for ExecutorServiceImpl {
         tokio::spawn(async move {
             let _guard = guard;
             let status = this.run(request, cancelled).await;
+            // The slot is free before the driver hears of the end and sends the next task.
+            drop(slot);
             this.tasks.remove(&task_id);
             if let Err(status) = inline.send(status) {
                 this.reporter.report(task_id, status).await;
@@ -149,6 +174,10 @@ impl ExecutorService for ExecutorServiceImpl {
         request: Request<FetchBlockRequest>,
     ) -> Result<Response<Self::FetchBlockStream>, Status> {
         self.ensure_running()?;
+        let permit = match request.remote_addr() {
+            Some(peer) => Some(self.fetch_permit(peer).await),
+            None => None,
+        };
         let block = request
             .into_inner()
             .block
@@ -160,6 +189,8 @@ impl ExecutorService for ExecutorServiceImpl {
         // A spilled block is read back from disk: that, like the encoding, stays off the
         // threads that answer RPCs.
         tokio::task::spawn_blocking(move || {
+            // Held until the block is sent or the fetcher hangs up.
+            let _permit = permit;
             let send = |chunks: &mut dyn Iterator<Item = ember_engine::Result<bytes::Bytes>>| {
                 for chunk in chunks {
                     let msg = chunk
@@ -251,6 +282,26 @@ impl ExecutorService for ExecutorServiceImpl {
 }
 
 impl ExecutorServiceImpl {
+    /// Waits for one of `peer`'s [`MAX_FETCHES_PER_PEER`] fetch slots.
+    async fn fetch_permit(&self, peer: std::net::SocketAddr) -> FetchPermit {
+        let slots = Arc::clone(
+            self.fetches
+                .entry(peer)
+                .or_insert_with(|| Arc::new(Semaphore::new(MAX_FETCHES_PER_PEER)))
+                .value(),
+        );
+        let permit = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("fetch slots are never closed");
+        FetchPermit {
+            permit: Some(permit),
+            peer,
+            slots,
+            fetches: Arc::clone(&self.fetches),
+        }
+    }
+
     /// Runs one task on the compute runtime until it ends, is cancelled by the driver, or
     /// the executor shuts down. A stopped task is awaited until it is really gone, so
     /// nothing it would have stored appears after its status is reported.
@@ -300,5 +351,25 @@ fn failed(e: &ExecutorError) -> TaskStatus {
         result: Some(ember_engine::proto::task_status::Result::Failure(
             e.to_task_failure(),
         )),
+    }
+}
+
+/// One in-flight fetch of a peer; the last one to end forgets the peer's slots.
+struct FetchPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    peer: std::net::SocketAddr,
+    slots: Arc<Semaphore>,
+    fetches: Arc<DashMap<std::net::SocketAddr, Arc<Semaphore>>>,
+}
+
+impl Drop for FetchPermit {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        // Idle: no fetch holds a slot and no one else holds the semaphore but the map.
+        self.fetches.remove_if(&self.peer, |_, slots| {
+            Arc::ptr_eq(slots, &self.slots)
+                && Arc::strong_count(slots) == 2
+                && slots.available_permits() == MAX_FETCHES_PER_PEER
+        });
     }
 }

@@ -347,7 +347,21 @@ async fn write_parquet(
     attempt: u32,
 ) -> Result<(u64, u64)> {
     let tmp = path.with_extension(format!("parquet.tmp{attempt}"));
-    let file = File::create(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
+    let file = File::create(&tmp).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound && tmp.parent().is_some_and(|d| !d.exists()) {
+            // The driver made the directory; this host does not see it.
+            EngineError::Input(format!(
+                "{}: the output directory the driver created does not exist on this \
+                 executor's host; in a cluster across hosts, write to a filesystem every \
+                 executor and the driver share (NFS, a mounted bucket)",
+                tmp.parent()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            ))
+        } else {
+            EngineError::io(&tmp, e)
+        }
+    })?;
     let mut writer = ArrowWriter::try_new(file, stream.schema(), None)
         .map_err(|e| EngineError::Internal(format!("parquet writer: {e}")))?;
     let mut rows = 0u64;

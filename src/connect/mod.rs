@@ -32,7 +32,6 @@ pub mod proto {
 }
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 pub use error::{ConnectError, ConnectResult};
 pub use service::ConnectService;
@@ -56,6 +55,9 @@ fn staging_path(path: &std::path::Path) -> std::path::PathBuf {
 /// large pandas DataFrame arrives as one local relation).
 const MAX_MESSAGE_BYTES: usize = 512 << 20;
 
+/// Client connections the endpoint holds open at once (each PySpark session opens one).
+const MAX_CONNECTIONS: usize = 256;
+
 /// Serves the Spark Connect protocol on `listener` for `ember`'s cluster until `shutdown`
 /// completes; every client session then is closed (its cached blocks removed).
 ///
@@ -65,6 +67,7 @@ const MAX_MESSAGE_BYTES: usize = 512 << 20;
 pub async fn serve(
     ember: Session,
     listener: tokio::net::TcpListener,
+    security: &ember_engine::security::Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> crate::Result<()> {
     let service = std::sync::Arc::new(ConnectService::new(ember));
@@ -73,9 +76,13 @@ pub async fn serve(
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    // Nagle's algorithm off: small responses would otherwise wait for delayed ACKs.
-    let incoming = ember_engine::rpc::incoming(listener);
-    tonic::transport::Server::builder()
+    // Clients prove they know the secret with the token of their `sc://` URL.
+    let server = tonic::service::interceptor::InterceptedService::new(
+        server,
+        ember_engine::security::ServerAuth::bearer(security.secret.clone()),
+    );
+    let incoming = ember_engine::rpc::incoming(listener, MAX_CONNECTIONS);
+    ember_engine::rpc::server(security)?
         .add_service(server)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -84,12 +91,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// The `sc://` URL a client connects to for a server listening on `addr`.
-pub fn connect_url(addr: SocketAddr) -> String {
-    let host = if addr.ip().is_unspecified() {
-        "localhost".to_string()
-    } else {
-        addr.ip().to_string()
-    };
-    format!("sc://{host}:{}", addr.port())
+/// The `sc://` URL a client connects to for a server advertised as `address`
+/// (`host:port`), without credentials.
+pub fn connect_url(address: &str) -> String {
+    format!("sc://{address}")
 }

@@ -32,7 +32,7 @@ def test_readme_python_examples_run(workdir, capsys):
     try:
         for block in python_blocks():
             code = (
-                block.replace("sc://127.0.0.1:15002", URL)
+                block.replace("sc://localhost:15002", URL)
                 .replace('"data/orders"', repr(orders))
                 .replace('"tests/data/', '"' + os.path.abspath(os.path.join(ROOT, "tests", "data")) + "/")
                 .replace("/tmp/ember-iris-model", os.path.join(workdir, "iris-model"))

@@ -217,7 +217,8 @@ pub(crate) enum Event {
     },
     ExecutorRegistered {
         info: ExecutorInfo,
-        reply: oneshot::Sender<()>,
+        /// `Err` with the reason when the registration is refused.
+        reply: oneshot::Sender<std::result::Result<(), String>>,
     },
     Heartbeat {
         beat: Heartbeat,
@@ -331,7 +332,11 @@ impl SchedulerHandle {
             .await;
     }
 
-    pub(crate) async fn register(&self, info: ExecutorInfo) -> Result<()> {
+    /// Registers an executor; the inner `Err` says why the registration was refused.
+    pub(crate) async fn register(
+        &self,
+        info: ExecutorInfo,
+    ) -> Result<std::result::Result<(), String>> {
         let (reply, rx) = oneshot::channel();
         self.send(Event::ExecutorRegistered { info, reply }).await?;
         rx.await.map_err(|_| gone())

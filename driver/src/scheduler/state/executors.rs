@@ -12,9 +12,20 @@ use crate::registry::ExecutorInfo;
 use crate::scheduler::Heartbeat;
 
 impl Scheduler {
-    pub(super) fn register(&mut self, info: ExecutorInfo) {
+    /// Registers (or revives) an executor. A live executor's id is refused to any other
+    /// process (another address or pid): re-using it would take the live one's place and
+    /// its blocks. The same process registering again (a retried call) replaces itself.
+    pub(super) fn register(&mut self, info: ExecutorInfo) -> std::result::Result<(), String> {
         let id = info.id.clone();
-        if self.executors.get(&id).is_some_and(|e| e.alive) {
+        if let Some(live) = self.executors.get(&id).filter(|e| e.alive) {
+            if live.info.address != info.address || live.info.pid != info.pid {
+                tracing::warn!(executor = %id, live = %live.info.address, refused = %info.address, "refused a registration re-using a live executor's id");
+                return Err(format!(
+                    "executor id `{id}` belongs to a live executor at {} (pid {}); \
+                     give each executor its own --id",
+                    live.info.address, live.info.pid
+                ));
+            }
             self.executor_lost(&id, "registered again (restarted)");
         }
         // Blocks it held in an earlier life are never read again.
@@ -39,6 +50,7 @@ impl Scheduler {
                 excluded_until: None,
             },
         );
+        Ok(())
     }
 
     pub(super) fn heartbeat(&mut self, beat: Heartbeat) -> bool {

@@ -368,8 +368,7 @@ impl Scheduler {
                 status,
             } => self.task_status(&executor, task, status),
             Event::ExecutorRegistered { info, reply } => {
-                self.register(info);
-                let _ = reply.send(());
+                let _ = reply.send(self.register(info));
             }
             Event::Heartbeat { beat, reply } => {
                 let known = self.heartbeat(beat);
