@@ -405,3 +405,61 @@ impl Fetching {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(text: &str) -> std::net::SocketAddr {
+        text.parse().expect("address")
+    }
+
+    #[test]
+    fn advertised_addresses_are_dialable() {
+        let any = bound("0.0.0.0:5000");
+        // Explicit: a host takes the bound port; a host and port are kept as given.
+        assert_eq!(
+            advertised_address(any, Some("10.1.2.3"), None).unwrap(),
+            "10.1.2.3:5000"
+        );
+        assert_eq!(
+            advertised_address(any, Some("10.1.2.3:7000"), None).unwrap(),
+            "10.1.2.3:7000"
+        );
+        assert_eq!(
+            advertised_address(any, Some("::1"), None).unwrap(),
+            "[::1]:5000"
+        );
+        assert_eq!(
+            advertised_address(any, Some("[::1]:7000"), None).unwrap(),
+            "[::1]:7000"
+        );
+        assert_eq!(
+            advertised_address(any, Some("localhost"), None).unwrap(),
+            "localhost:5000"
+        );
+        // Not dialable: refused with the reason.
+        for (text, why) in [
+            ("0.0.0.0", "wildcard"),
+            ("[::]:7000", "wildcard"),
+            ("10.1.2.3:0", "port 0"),
+            ("somehost:port", "not a port"),
+            ("", "no host"),
+        ] {
+            let e = advertised_address(any, Some(text), None).expect_err(text);
+            assert!(e.to_string().contains(why), "{text}: {e}");
+        }
+        // Bound to one address: that one.
+        assert_eq!(
+            advertised_address(bound("127.0.0.1:5000"), None, None).unwrap(),
+            "127.0.0.1:5000"
+        );
+        // Bound to a wildcard: the address on the route to the driver, never 0.0.0.0.
+        assert_eq!(
+            advertised_address(any, None, Some("127.0.0.1:9")).unwrap(),
+            "127.0.0.1:5000"
+        );
+        let default_route = advertised_address(any, None, None).unwrap();
+        assert!(!default_route.starts_with("0.0.0.0"), "{default_route}");
+    }
+}
