@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use ember_engine::security::{Secret, Security, TlsFiles, TlsSettings, SECRET_ENV};
+use ember_engine::EngineError;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Who may call this process's servers, and how its connections are protected.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -47,9 +48,14 @@ impl SecurityArgs {
         let secret = match &self.secret_file {
             Some(path) => Some(Secret::from_file(path)?),
             None => match std::env::var_os(SECRET_ENV) {
-                Some(value) => Some(Secret::new(value.as_encoded_bytes()).map_err(|e| {
-                    Error::Cluster(format!("the {SECRET_ENV} environment variable: {e}"))
-                })?),
+                Some(value) => {
+                    Some(Secret::new(value.as_encoded_bytes()).map_err(|e| match e {
+                        EngineError::Security(why) => EngineError::Security(format!(
+                            "the {SECRET_ENV} environment variable: {why}"
+                        )),
+                        other => other,
+                    })?)
+                }
                 None => None,
             },
         };
@@ -64,9 +70,10 @@ impl SecurityArgs {
             )?),
             (None, None, None) => None,
             _ => {
-                return Err(Error::Cluster(
+                return Err(EngineError::Security(
                     "TLS needs all of --tls-cert, --tls-key and --tls-ca".into(),
-                ))
+                )
+                .into())
             }
         };
         Ok(Security {

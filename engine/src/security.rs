@@ -104,7 +104,12 @@ impl Secret {
     /// The file cannot be read, or holds too short a secret.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
-        Self::new(&bytes).map_err(|e| EngineError::Security(format!("{}: {e}", path.display())))
+        Self::new(&bytes).map_err(|e| match e {
+            EngineError::Security(why) => {
+                EngineError::Security(format!("{}: {why}", path.display()))
+            }
+            other => other,
+        })
     }
 
     /// The secret's value, to hand to a child process (in its environment, never on a
