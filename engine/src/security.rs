@@ -197,11 +197,12 @@ pub struct TlsFiles {
 }
 
 impl TlsSettings {
-    /// Reads the PEM files and checks they parse.
+    /// Reads the PEM files and checks each holds PEM; whether the certificate and key
+    /// themselves are usable is found when a server or channel is built from them.
     ///
     /// # Errors
     ///
-    /// A file cannot be read or holds no PEM certificate / key.
+    /// A file cannot be read or holds no PEM block.
     pub fn load(files: TlsFiles, mutual: bool) -> Result<Self> {
         let read = |path: &Path, what: &str| -> Result<Vec<u8>> {
             let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
@@ -257,11 +258,6 @@ impl Security {
     /// No secret, no TLS: for servers on loopback only.
     pub fn none() -> Self {
         Self::default()
-    }
-
-    /// Whether channels use TLS.
-    pub fn uses_tls(&self) -> bool {
-        self.tls.is_some()
     }
 
     /// Refuses a server on a non-loopback address without a secret, unless
@@ -404,11 +400,6 @@ impl ServerAuth {
     /// The check of a Spark Connect endpoint: a Bearer token equal to the secret.
     pub fn bearer(secret: Option<Secret>) -> Self {
         Self::new(secret, Scheme::Bearer)
-    }
-
-    /// Whether callers must authenticate.
-    pub fn enabled(&self) -> bool {
-        self.inner.is_some()
     }
 }
 
