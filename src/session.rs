@@ -576,6 +576,7 @@ impl Session {
         JobDescription {
             text,
             pool: self.pool.to_string(),
+            plan: String::new(),
         }
     }
 

@@ -41,6 +41,7 @@ use crate::block_fetch::DriverBlockReader;
 use crate::error::{DriverError, Result};
 use crate::events::JobStatus;
 use crate::metrics::JobMetrics;
+use crate::planner::describe_stages;
 use crate::scheduler::{OutputKind, StageEnd, StageSpec};
 use crate::{Driver, JobDescription};
 
@@ -238,9 +239,7 @@ impl Driver {
             self.register_dataset(d);
         }
         let id = self.next_job_id();
-        self.scheduler
-            .job_started(id, description.text.clone(), description.pool.clone())
-            .await;
+        self.scheduler.job_started(id, description).await;
         Job {
             id,
             driver: Arc::clone(self),
@@ -313,7 +312,8 @@ impl Driver {
         temporary: Vec<Dataset>,
         description: &JobDescription,
     ) -> Result<(Vec<RecordBatch>, JobMetrics)> {
-        let mut job = self.new_job(temporary, description).await;
+        let description = description.planned(|| describe_stages(&root, &temporary));
+        let mut job = self.new_job(temporary, &description).await;
         let result = self.collect_in(&mut job, root).await;
         self.end_job(&mut job, &result).await;
         result.map(|batches| (batches, job.metrics.clone()))
@@ -396,7 +396,7 @@ impl Driver {
         let (done, metrics) = oneshot::channel();
         let schema = root.schema();
         let driver = Arc::clone(self);
-        let description = description.clone();
+        let description = description.planned(|| describe_stages(&root, &temporary));
         tokio::spawn(async move {
             let mut job = driver.new_job(temporary, &description).await;
             let id = job.id;
@@ -445,9 +445,10 @@ impl Driver {
     ) -> Result<(Vec<PathBuf>, JobMetrics)> {
         let id = dataset.id();
         let partitions = dataset.partitions();
+        let description = description.planned(|| describe_stages(dataset.plan(), &temporary));
         let mut all = temporary;
         all.push(dataset);
-        let mut job = self.new_job(all, description).await;
+        let mut job = self.new_job(all, &description).await;
         let result = self
             .run_until_done(
                 &mut job,
@@ -662,6 +663,7 @@ impl Driver {
         let stage_started = Instant::now();
         job.metrics.stages_run += 1;
         let inputs = self.input_locations(&plan)?;
+        let name = stage_name(plan.as_ref());
         let encoded = encode_plan(plan).map_err(DriverError::from)?;
         let narrow: Vec<DatasetId> = dataset
             .dependencies()
@@ -691,6 +693,8 @@ impl Driver {
                 job: job.id,
                 stage,
                 dataset: dataset.id(),
+                parents: dataset.dependencies().to_vec(),
+                name,
                 partitions: partitions.to_vec(),
                 preferred,
                 template: LaunchTaskRequest {
@@ -873,4 +877,20 @@ fn grouped_reads(plan: &Arc<dyn ExecutionPlan>) -> Vec<BlockReadExec> {
         Ok(TreeNodeRecursion::Continue)
     });
     found
+}
+
+/// Names of the operators a stage runs, top first, as the UI labels the stage: the first
+/// child is followed down (joins show their probe side), at most eight names.
+fn stage_name(plan: &dyn ExecutionPlan) -> String {
+    let mut names = Vec::new();
+    let mut node = Some(plan);
+    while let Some(n) = node {
+        if names.len() == 8 {
+            names.push("…");
+            break;
+        }
+        names.push(n.name());
+        node = n.children().first().copied().map(|c| c.as_ref());
+    }
+    names.join(" ← ")
 }

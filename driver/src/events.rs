@@ -136,6 +136,10 @@ pub enum SchedulerEvent {
         description: String,
         /// The pool it shares slots in under FAIR scheduling.
         pool: String,
+        /// Ember's stages and DataFusion's physical plan, as `EXPLAIN` prints them (empty
+        /// when the job was not planned from a query).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        plan: String,
         /// When.
         time_ms: u64,
     },
@@ -162,6 +166,13 @@ pub enum SchedulerEvent {
         tasks: usize,
         /// Whether it is the map side of a shuffle.
         shuffle: bool,
+        /// The datasets its tasks read (shuffles, stored stage outputs, cached data): the
+        /// stage DAG's edges.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        parents: Vec<DatasetId>,
+        /// What it runs: its operators, top first.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
         /// When.
         time_ms: u64,
     },

@@ -76,6 +76,9 @@ pub struct JobDescription {
     pub text: String,
     /// The pool it shares task slots in under [`SchedulingMode::Fair`].
     pub pool: String,
+    /// Ember's stages and DataFusion's physical plan as `EXPLAIN` prints them, for the UI
+    /// and the event log (empty when not known).
+    pub plan: String,
 }
 
 impl JobDescription {
@@ -84,7 +87,17 @@ impl JobDescription {
         Self {
             text: text.into(),
             pool: DEFAULT_POOL.to_string(),
+            plan: String::new(),
         }
+    }
+
+    /// This description with its plan text made by `describe` when it has none yet.
+    pub fn planned(&self, describe: impl FnOnce() -> String) -> Self {
+        let mut d = self.clone();
+        if d.plan.is_empty() {
+            d.plan = describe();
+        }
+        d
     }
 }
 

@@ -49,6 +49,9 @@ pub struct JobSnapshot {
     pub description: String,
     /// Its scheduling pool.
     pub pool: String,
+    /// Ember's stages and DataFusion's physical plan (empty when not planned from a query).
+    #[serde(default)]
+    pub plan: String,
     /// Its state.
     pub status: JobStatus,
     /// Why it failed or was cancelled.
@@ -94,6 +97,12 @@ pub struct StageSnapshot {
     pub dataset: DatasetId,
     /// Whether it is a shuffle's map side.
     pub shuffle: bool,
+    /// The datasets its tasks read (the stage DAG's edges).
+    #[serde(default)]
+    pub parents: Vec<DatasetId>,
+    /// Its operators, top first.
+    #[serde(default)]
+    pub name: String,
     /// Its state.
     pub status: StageStatus,
     /// Partitions it computes.
@@ -129,20 +138,30 @@ impl StageSnapshot {
     /// The `qs` quantiles (each in 0..=1) of `metric` over the stage's successful tasks,
     /// by nearest rank; empty when no task has succeeded.
     pub fn quantiles(&self, metric: TaskMetric, qs: &[f64]) -> Vec<f64> {
+        self.quantiles_by(qs, |t| {
+            let f = t.figures.as_ref();
+            Some(match metric {
+                TaskMetric::Duration => t.duration_ms? as f64,
+                TaskMetric::ShuffleRead => f?.bytes_fetched as f64,
+                TaskMetric::ShuffleWrite => f?.shuffle_bytes_written as f64,
+                TaskMetric::Spill => f?.spilled_bytes as f64,
+                TaskMetric::Output => f?.output_bytes as f64,
+            })
+        })
+    }
+
+    /// The `qs` quantiles (each in 0..=1) of what `value` reads off each successful task
+    /// (tasks it gives `None` for are left out), by nearest rank; empty when there is none.
+    pub fn quantiles_by(
+        &self,
+        qs: &[f64],
+        value: impl Fn(&TaskSnapshot) -> Option<f64>,
+    ) -> Vec<f64> {
         let mut values: Vec<f64> = self
             .tasks
             .iter()
             .filter(|t| t.status == Some(TaskEndStatus::Success))
-            .filter_map(|t| {
-                let f = t.figures.as_ref();
-                Some(match metric {
-                    TaskMetric::Duration => t.duration_ms? as f64,
-                    TaskMetric::ShuffleRead => f?.bytes_fetched as f64,
-                    TaskMetric::ShuffleWrite => f?.shuffle_bytes_written as f64,
-                    TaskMetric::Spill => f?.spilled_bytes as f64,
-                    TaskMetric::Output => f?.output_bytes as f64,
-                })
-            })
+            .filter_map(value)
             .collect();
         if values.is_empty() {
             return Vec::new();
@@ -217,6 +236,12 @@ pub struct ExecutorSnapshot {
     pub killed_tasks: usize,
     /// Sum of its tasks' run times, in ms.
     pub task_time_ms: u64,
+    /// When it (last) registered.
+    #[serde(default)]
+    pub added_ms: u64,
+    /// When it was removed, if it is.
+    #[serde(default)]
+    pub removed_ms: Option<u64>,
 }
 
 /// One cached dataset.
@@ -229,6 +254,23 @@ pub struct CachedDatasetSnapshot {
     /// Partitions held by executors now.
     pub partitions_cached: usize,
     /// Bytes of those partitions.
+    pub bytes: u64,
+    /// Each partition held now, with its executor.
+    #[serde(default)]
+    pub blocks: Vec<CachedBlockSnapshot>,
+    /// Partitions cached again after they were lost or evicted (recomputed from lineage).
+    #[serde(default)]
+    pub recomputed: usize,
+}
+
+/// One cached partition and where it is held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedBlockSnapshot {
+    /// The partition.
+    pub partition: u32,
+    /// The executor holding it.
+    pub executor: ExecutorId,
+    /// Its size.
     pub bytes: u64,
 }
 
@@ -252,6 +294,10 @@ pub struct SnapshotBuilder {
     /// Cached partitions: (bytes, executor) by (dataset, partition).
     cached_blocks: BTreeMap<(DatasetId, u32), (u64, ExecutorId)>,
     cached: BTreeMap<DatasetId, usize>,
+    /// Cached partitions lost (evicted or with their executor) and not cached again yet.
+    lost_cached: std::collections::BTreeSet<(DatasetId, u32)>,
+    /// Partitions of each cached dataset cached again after a loss.
+    recomputed: BTreeMap<DatasetId, usize>,
 }
 
 impl SnapshotBuilder {
@@ -281,16 +327,22 @@ impl SnapshotBuilder {
             .cached
             .iter()
             .map(|(dataset, partitions)| {
-                let held: Vec<u64> = self
+                let blocks: Vec<CachedBlockSnapshot> = self
                     .cached_blocks
                     .range((*dataset, 0)..=(*dataset, u32::MAX))
-                    .map(|(_, (bytes, _))| *bytes)
+                    .map(|((_, partition), (bytes, executor))| CachedBlockSnapshot {
+                        partition: *partition,
+                        executor: executor.clone(),
+                        bytes: *bytes,
+                    })
                     .collect();
                 CachedDatasetSnapshot {
                     dataset: *dataset,
                     partitions: *partitions,
-                    partitions_cached: held.len(),
-                    bytes: held.iter().sum(),
+                    partitions_cached: blocks.len(),
+                    bytes: blocks.iter().map(|b| b.bytes).sum(),
+                    blocks,
+                    recomputed: self.recomputed.get(dataset).copied().unwrap_or_default(),
                 }
             })
             .collect();
@@ -331,6 +383,7 @@ impl SnapshotBuilder {
                 cores,
                 memory_bytes,
                 device,
+                time_ms,
                 ..
             } => {
                 let fresh = ExecutorSnapshot {
@@ -350,6 +403,8 @@ impl SnapshotBuilder {
                     failed_tasks: 0,
                     killed_tasks: 0,
                     task_time_ms: 0,
+                    added_ms: *time_ms,
+                    removed_ms: None,
                 };
                 match self.executors.get(executor) {
                     Some(i) => {
@@ -361,6 +416,8 @@ impl SnapshotBuilder {
                         old.device = fresh.device;
                         old.active = true;
                         old.removed_reason = None;
+                        old.added_ms = fresh.added_ms;
+                        old.removed_ms = None;
                         old.running_tasks = 0;
                     }
                     None => {
@@ -371,13 +428,23 @@ impl SnapshotBuilder {
                 }
             }
             ExecutorRemoved {
-                executor, reason, ..
+                executor,
+                reason,
+                time_ms,
             } => {
                 if let Some(e) = self.executor_mut(executor) {
                     e.active = false;
                     e.removed_reason = Some(reason.clone());
+                    e.removed_ms = Some(*time_ms);
                 }
-                self.cached_blocks.retain(|_, (_, at)| at != executor);
+                let lost = &mut self.lost_cached;
+                self.cached_blocks.retain(|key, (_, at)| {
+                    let keep = at != executor;
+                    if !keep {
+                        lost.insert(*key);
+                    }
+                    keep
+                });
             }
             ExecutorExcluded {
                 executor, reason, ..
@@ -395,6 +462,7 @@ impl SnapshotBuilder {
                 job,
                 description,
                 pool,
+                plan,
                 time_ms,
             } => {
                 self.jobs.insert(
@@ -403,6 +471,7 @@ impl SnapshotBuilder {
                         job: *job,
                         description: description.clone(),
                         pool: pool.clone(),
+                        plan: plan.clone(),
                         status: JobStatus::Running,
                         error: None,
                         submitted_ms: *time_ms,
@@ -435,6 +504,8 @@ impl SnapshotBuilder {
                 dataset,
                 tasks,
                 shuffle,
+                parents,
+                name,
                 time_ms,
             } => {
                 let Some(j) = self.jobs.get_mut(job) else {
@@ -447,6 +518,8 @@ impl SnapshotBuilder {
                     job: *job,
                     dataset: *dataset,
                     shuffle: *shuffle,
+                    parents: parents.clone(),
+                    name: name.clone(),
                     status: StageStatus::Active,
                     num_tasks: *tasks,
                     counts: TaskCounts::default(),
@@ -571,6 +644,9 @@ impl SnapshotBuilder {
                 ..
             } => {
                 if self.cached.contains_key(dataset) {
+                    if self.lost_cached.remove(&(*dataset, *partition)) {
+                        *self.recomputed.entry(*dataset).or_default() += 1;
+                    }
                     self.cached_blocks
                         .insert((*dataset, *partition), (*bytes, executor.clone()));
                 }
@@ -578,10 +654,14 @@ impl SnapshotBuilder {
             BlockUncached {
                 dataset, partition, ..
             } => {
-                self.cached_blocks.remove(&(*dataset, *partition));
+                if self.cached_blocks.remove(&(*dataset, *partition)).is_some() {
+                    self.lost_cached.insert((*dataset, *partition));
+                }
             }
             DatasetUnpersisted { dataset, .. } => {
                 self.cached.remove(dataset);
+                self.recomputed.remove(dataset);
+                self.lost_cached.retain(|(d, _)| d != dataset);
                 self.cached_blocks.retain(|(d, _), _| d != dataset);
             }
         }
@@ -619,6 +699,7 @@ mod tests {
                 job: JobId(j),
                 description: format!("job {j}"),
                 pool: "default".into(),
+                plan: String::new(),
                 time_ms: j,
             });
             b.apply(&SchedulerEvent::StageSubmitted {
@@ -627,6 +708,8 @@ mod tests {
                 dataset: DatasetId(j),
                 tasks: 1,
                 shuffle: false,
+                parents: Vec::new(),
+                name: String::new(),
                 time_ms: j,
             });
             b.apply(&SchedulerEvent::JobEnded {
@@ -641,6 +724,7 @@ mod tests {
             job: JobId(0),
             description: "still running".into(),
             pool: "default".into(),
+            plan: String::new(),
             time_ms: 0,
         });
         let s = b.snapshot();

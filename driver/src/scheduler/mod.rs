@@ -37,7 +37,7 @@ use crate::error::{DriverError, Result};
 use crate::events::{JobStatus, SchedulerEvent};
 use crate::registry::{ExecutorInfo, ExecutorRegistry};
 use crate::snapshot::AppSnapshot;
-use crate::DriverConfig;
+use crate::{DriverConfig, JobDescription};
 
 pub use backend::{ExecutorBackend, GrpcBackend, LaunchError};
 pub(crate) use state::Scheduler;
@@ -132,6 +132,10 @@ pub(crate) struct StageSpec {
     pub(crate) job: JobId,
     pub(crate) stage: StageId,
     pub(crate) dataset: DatasetId,
+    /// The datasets its tasks read.
+    pub(crate) parents: Vec<DatasetId>,
+    /// Its operators, top first (for the UI).
+    pub(crate) name: String,
     /// Partitions to compute.
     pub(crate) partitions: Vec<u32>,
     /// For each of `partitions`, executors to prefer (holders of its inputs).
@@ -187,6 +191,7 @@ pub(crate) enum Event {
         job: JobId,
         description: String,
         pool: String,
+        plan: String,
     },
     JobEnded {
         job: JobId,
@@ -288,12 +293,13 @@ impl SchedulerHandle {
         self.events.subscribe()
     }
 
-    pub(crate) async fn job_started(&self, job: JobId, description: String, pool: String) {
+    pub(crate) async fn job_started(&self, job: JobId, description: &JobDescription) {
         let _ = self
             .send(Event::JobStarted {
                 job,
-                description,
-                pool,
+                description: description.text.clone(),
+                pool: description.pool.clone(),
+                plan: description.plan.clone(),
             })
             .await;
     }

@@ -152,6 +152,7 @@ impl Harness {
             job: JobId(job),
             description: format!("job {job}"),
             pool: pool.into(),
+            plan: String::new(),
         });
     }
 
@@ -162,6 +163,8 @@ impl Harness {
                 job: JobId(job),
                 stage: StageId(stage),
                 dataset: DatasetId(stage as u64),
+                parents: Vec::new(),
+                name: String::new(),
                 partitions: (0..partitions).collect(),
                 preferred: Vec::new(),
                 template: LaunchTaskRequest {

@@ -348,7 +348,8 @@ impl Scheduler {
                 job,
                 description,
                 pool,
-            } => self.job_started(job, description, pool),
+                plan,
+            } => self.job_started(job, description, pool, plan),
             Event::JobEnded { job, status, error } => {
                 self.jobs.remove(&job);
                 self.job_drained(job);
@@ -405,7 +406,7 @@ impl Scheduler {
         self.schedule(Instant::now());
     }
 
-    fn job_started(&mut self, job: JobId, description: String, pool: String) {
+    fn job_started(&mut self, job: JobId, description: String, pool: String, plan: String) {
         self.jobs.insert(
             job,
             JobState {
@@ -419,6 +420,7 @@ impl Scheduler {
             job,
             description,
             pool,
+            plan,
             time_ms: now_ms(),
         });
     }
@@ -488,6 +490,8 @@ impl Scheduler {
             dataset: spec.dataset,
             tasks: stage.parts.len(),
             shuffle: stage.shuffle(),
+            parents: spec.parents,
+            name: spec.name,
             time_ms: now_ms(),
         });
         self.stages.insert(spec.stage, stage);
