@@ -7,7 +7,9 @@
 //! 5. run the aggregate again: only the partitions that lived on the dead executor are
 //!    recomputed from lineage, and the answer is the same.
 //!
-//! Run it with `cargo run --release --example quickstart`.
+//! Run it with `cargo run --release --example quickstart`. It serves the web UI while it
+//! runs (the URL is printed); at a terminal it keeps the cluster and the UI up at the end
+//! until Enter is pressed.
 
 use std::sync::Arc;
 
@@ -40,8 +42,12 @@ async fn main() -> anyhow::Result<()> {
     let session = Session::builder()
         .executors(2)
         .cores_per_executor(2)
+        .ui(ember::ui::UiConfig::default())
         .local_cluster()
         .await?;
+    if let Some(url) = session.ui_url() {
+        println!("web UI at {url}");
+    }
     for e in session.executors() {
         println!(
             "executor {} at {} (pid {}, {} task slots)",
@@ -95,12 +101,17 @@ async fn main() -> anyhow::Result<()> {
         m.partitions_recomputed, m.cached_blocks_used, m.executors_lost, m.tasks_run
     );
     println!("{}", arrow::util::pretty::pretty_format_batches(&after)?);
-    if before == after {
-        println!("answer unchanged after losing an executor");
-        Ok(())
-    } else {
+    if before != after {
         anyhow::bail!("answer changed after recovery")
     }
+    println!("answer unchanged after losing an executor");
+    use std::io::IsTerminal;
+    if let (Some(url), true) = (session.ui_url(), std::io::stdin().is_terminal()) {
+        println!("the web UI at {url} shows the jobs, stages and executors; press Enter to stop");
+        let mut line = String::new();
+        tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await??;
+    }
+    Ok(())
 }
 
 /// Writes `FILES` Parquet files of synthetic orders (seeded, so every run is the same).

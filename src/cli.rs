@@ -38,6 +38,8 @@ pub enum Command {
     Tpch(SuiteArgs),
     /// Generate TPC-DS data or benchmark the 99 TPC-DS queries.
     Tpcds(SuiteArgs),
+    /// Serve the web UI and REST API of finished applications from their event logs.
+    History(crate::ui::HistoryArgs),
 }
 
 /// Arguments of `ember tpch` and `ember tpcds`.
@@ -85,6 +87,43 @@ pub enum Format {
     Json,
 }
 
+/// Web UI and event-log options of `ember sql` and `ember server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UiArgs {
+    /// Port of the web UI and its REST API (the next free one when taken; 0 picks any).
+    #[arg(long, value_name = "PORT")]
+    pub ui_port: Option<u16>,
+    /// Address the web UI listens on (it has no login: keep it on loopback unless the
+    /// network is trusted).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub ui_bind: std::net::IpAddr,
+    /// Append the scheduler's events to `DIR/<application id>.jsonl`, for `ember history`.
+    #[arg(long, value_name = "DIR")]
+    pub event_log: Option<PathBuf>,
+}
+
+impl UiArgs {
+    /// `builder` with the UI on `default_port` (or `--ui-port`; none when both are unset)
+    /// and the event log.
+    fn apply(
+        &self,
+        builder: crate::session::SessionBuilder,
+        default_port: Option<u16>,
+    ) -> crate::session::SessionBuilder {
+        let builder = match self.ui_port.or(default_port) {
+            Some(port) => builder.ui(crate::ui::UiConfig {
+                bind: self.ui_bind,
+                port,
+            }),
+            None => builder,
+        };
+        match &self.event_log {
+            Some(dir) => builder.event_log(dir),
+            None => builder,
+        }
+    }
+}
+
 /// Arguments of `ember sql`.
 #[derive(Debug, clap::Args)]
 pub struct SqlArgs {
@@ -98,7 +137,9 @@ pub struct SqlArgs {
     /// directory of them (the format follows the extension).
     #[arg(long = "table", value_name = "NAME=PATH")]
     pub tables: Vec<String>,
-    /// Read the SQL from this file (statements separated by `;`).
+    /// Read the SQL from this file (statements end with `;`; comments and literals may
+    /// hold `;`). With neither a query nor a file, `ember sql` opens an interactive shell
+    /// (or reads a script from standard input when it is not a terminal).
     #[arg(short = 'f', long = "file", conflicts_with = "query")]
     pub file: Option<PathBuf>,
     /// The SQL to run.
@@ -106,6 +147,13 @@ pub struct SqlArgs {
     /// How to print results.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Serve the web UI while the shell or the statements run (on `--ui-port`, default
+    /// 4040).
+    #[arg(long)]
+    pub ui: bool,
+    /// Web UI and event log.
+    #[command(flatten)]
+    pub ui_args: UiArgs,
 }
 
 /// Arguments of `ember server`.
@@ -138,6 +186,12 @@ pub struct ServerArgs {
     /// A table every client session sees, NAME=PATH (as `ember sql --table`).
     #[arg(long = "table", value_name = "NAME=PATH")]
     pub tables: Vec<String>,
+    /// Serve no web UI.
+    #[arg(long, conflicts_with = "ui_port")]
+    pub no_ui: bool,
+    /// Web UI (default port 4040) and event log.
+    #[command(flatten)]
+    pub ui_args: UiArgs,
     /// Secret and TLS. With a secret, Spark Connect clients give it as the token of their
     /// URL: `sc://HOST:PORT/;token=SECRET` (PySpark sends tokens over TLS, or in plain
     /// text to localhost only).
@@ -154,6 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Executor(args) => crate::executor_main::run_executor(args).await,
         Command::Tpch(args) => run_suite(&crate::tpch::SUITE, args).await,
         Command::Tpcds(args) => run_suite(&crate::tpcds::SUITE, args).await,
+        Command::History(args) => run_history(args).await,
     }
 }
 
@@ -168,6 +223,22 @@ async fn run_suite(suite: &'static crate::suite::Suite, args: SuiteArgs) -> anyh
         }
         SuiteCommand::Bench(args) => crate::suite::bench(suite, &args).await,
     }
+}
+
+/// `ember history`: the UI of the event logs of a directory, until SIGINT or SIGTERM.
+async fn run_history(args: crate::ui::HistoryArgs) -> anyhow::Result<()> {
+    let config = crate::ui::UiConfig {
+        bind: args.bind,
+        port: args.port,
+    };
+    let ui = crate::ui::serve_history(args.event_log.clone(), &config).await?;
+    println!(
+        "history server for {} at {}",
+        args.event_log.display(),
+        ui.url()
+    );
+    shutdown_signal()?.await;
+    Ok(())
 }
 
 /// `ember server`: a cluster and its Spark Connect endpoint, until SIGINT or SIGTERM.
@@ -197,6 +268,8 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         .executors(args.executors)
         .memory_per_executor(args.memory)
         .driver_config(driver_config);
+    let default_ui = (!args.no_ui).then_some(crate::ui::DEFAULT_UI_PORT);
+    let builder = args.ui_args.apply(builder, default_ui);
     let session = if args.standalone {
         let driver = std::net::SocketAddr::new(args.bind, args.driver_port);
         eprintln!("waiting for executors to register with the driver at {driver}");
@@ -217,6 +290,9 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             "executors register with ember-executor --driver {}\n",
             session.driver().advertised_address()
         ));
+    }
+    if let Some(ui) = session.ui_url() {
+        banner.push_str(&format!("web UI at {ui}\n"));
     }
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -250,54 +326,82 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Outpu
 }
 
 async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
-    let sql = match (&args.file, &args.query) {
-        (Some(file), _) => {
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    use std::io::IsTerminal;
+    // With no query and no file: a shell on a terminal, a script from a pipe.
+    let script = match (&args.file, &args.query) {
+        (Some(file), _) => Some(
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+        ),
+        (None, Some(q)) => Some(q.clone()),
+        (None, None) if std::io::stdin().is_terminal() => None,
+        (None, None) => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading SQL from standard input")?;
+            Some(text)
         }
-        (None, Some(q)) => q.clone(),
-        (None, None) => bail!("give a query or -f FILE"),
     };
-    let session = Session::builder()
-        .executors(args.executors)
-        .memory_per_executor(args.memory)
-        .local_cluster()
-        .await?;
-    register_tables(&session, &args.tables).await?;
-    let statements: Vec<&str> = sql
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if statements.is_empty() {
-        bail!("no SQL statement given");
-    }
-    for statement in statements {
-        let df = session.sql(statement).await?;
-        // Ctrl-C cancels the running query (its tasks stop, its blocks go) and exits.
-        tokio::select! {
-            printed = print_as_it_comes(&df, args.format) => printed?,
-            _ = tokio::signal::ctrl_c() => {
-                let cancelled = session.cancel_all().await?;
-                eprintln!("interrupted: {cancelled} query cancelled");
-                std::process::exit(130);
+    let statements = match &script {
+        Some(text) => {
+            let where_ = args
+                .file
+                .as_ref()
+                .map(|f| f.display().to_string())
+                .unwrap_or_else(|| "the query".into());
+            let statements = crate::shell::split_statements(text)
+                .map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
+            if statements.is_empty() {
+                bail!("{where_}: no SQL statement (only whitespace and comments)");
             }
+            Some(statements)
+        }
+        None => None,
+    };
+    let ui_port = args
+        .ui_args
+        .ui_port
+        .or(args.ui.then_some(crate::ui::DEFAULT_UI_PORT));
+    let builder = Session::builder()
+        .executors(args.executors)
+        .memory_per_executor(args.memory);
+    let session = args.ui_args.apply(builder, ui_port).local_cluster().await?;
+    register_tables(&session, &args.tables).await?;
+    let Some(statements) = statements else {
+        return crate::shell::interactive(&session, args.format).await;
+    };
+    if let Some(url) = session.ui_url() {
+        eprintln!("web UI at {url}");
+    }
+    let timing = std::io::stderr().is_terminal();
+    for statement in &statements {
+        if !crate::shell::run_statement(&session, statement, args.format, timing).await? {
+            std::process::exit(130);
         }
     }
     Ok(())
 }
 
-/// Prints `df`'s rows as the driver hands them on. A query that runs out of operator
-/// memory before any row arrived runs again through `collect`, which plans it leaner.
-async fn print_as_it_comes(df: &crate::DataFrame, format: Format) -> anyhow::Result<()> {
+/// Prints `df`'s rows as the driver hands them on and returns how many there were. A
+/// query that runs out of operator memory before any row arrived runs again through
+/// `collect`, which plans it leaner.
+pub(crate) async fn print_as_it_comes(
+    df: &crate::DataFrame,
+    format: Format,
+) -> anyhow::Result<usize> {
     let mut stream = df.execute_stream().await?;
     let mut printer = Printer::new(format, stream.schema());
+    let mut rows = 0;
     while let Some(batch) = stream.next().await {
         match batch {
-            Ok(batch) => printer.push(batch)?,
+            Ok(batch) => {
+                rows += batch.num_rows();
+                printer.push(batch)?;
+            }
             Err(crate::Error::Driver(ember_driver::DriverError::OutOfMemory { .. }))
                 if !printer.started() =>
             {
                 for batch in df.collect().await? {
+                    rows += batch.num_rows();
                     printer.push(batch)?;
                 }
                 break;
@@ -305,7 +409,8 @@ async fn print_as_it_comes(df: &crate::DataFrame, format: Format) -> anyhow::Res
             Err(e) => return Err(e.into()),
         }
     }
-    printer.finish()
+    printer.finish()?;
+    Ok(rows)
 }
 
 /// Rows a table printed by `ember sql` holds before it is printed and the next begins:
@@ -412,6 +517,9 @@ async fn register_tables(session: &Session, tables: &[String]) -> anyhow::Result
 
 /// Registers `path` as table `name`, choosing the reader by file extension.
 async fn register(session: &Session, name: &str, path: &Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        bail!("{}: no such file or directory", path.display());
+    }
     let format = if path.is_dir() {
         let mut found = None;
         for entry in

@@ -47,18 +47,23 @@ mod memory_plan;
 pub mod ml;
 /// What applications import.
 pub mod prelude;
+mod progress;
 /// Security options shared by the commands (secret, TLS, `--insecure`).
 pub mod security;
 /// `ember serve`: saved ML pipelines answered over HTTP.
 pub mod serve;
 /// Sessions and clusters.
 pub mod session;
+/// `ember sql`'s statement splitting and interactive shell.
+pub mod shell;
 /// Benchmark suites: data generation, registration, answer comparison and the bench.
 pub mod suite;
 /// TPC-DS queries and data.
 pub mod tpcds;
 /// TPC-H queries and data.
 pub mod tpch;
+/// The web UI, its REST API and `/metrics`; `ember history`.
+pub mod ui;
 
 pub use dataframe::{DataFrame, ResultStream};
 

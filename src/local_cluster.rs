@@ -154,6 +154,10 @@ pub(crate) fn spawn_executor(
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    // Executors get their own process group: Ctrl-C at a terminal signals the foreground
+    // group, and it is the driver's to handle (it cancels the running query); executors
+    // end with the driver through their stdin instead.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     if launch.self_exec {
         cmd.env(RUN_AS_EXECUTOR_ENV, "1");
     }

@@ -57,6 +57,8 @@ struct Inner {
     last_metrics: Mutex<Option<JobMetrics>>,
     /// For a local cluster: replaces executor processes that die.
     healer: Option<Arc<Healer>>,
+    /// The web UI, when the builder asked for one.
+    ui: std::sync::OnceLock<crate::ui::UiHandle>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -121,6 +123,8 @@ pub struct SessionBuilder {
     /// Fault injection: (executor index, delay before each of its tasks).
     task_delays: Vec<(usize, Duration)>,
     executor_restarts: usize,
+    ui: Option<crate::ui::UiConfig>,
+    progress: bool,
 }
 
 /// Default size under which a join's build side is sent whole to every task instead of
@@ -140,6 +144,8 @@ impl Default for SessionBuilder {
             adapter: ember_mllib::gpu::AdapterChoice::default(),
             task_delays: Vec::new(),
             executor_restarts: DEFAULT_EXECUTOR_RESTARTS,
+            ui: None,
+            progress: true,
         }
     }
 }
@@ -200,6 +206,71 @@ impl SessionBuilder {
     pub fn event_log(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.driver.event_log = Some(dir.into());
         self
+    }
+
+    /// Serves the web UI and its REST API (Spark's monitoring API's shape) and `/metrics`
+    /// while the session lives; [`Session::ui_url`] says where.
+    pub fn ui(mut self, config: crate::ui::UiConfig) -> Self {
+        self.ui = Some(config);
+        self
+    }
+
+    /// Whether running stages show progress bars on stderr when it is a terminal (default
+    /// on; they are never drawn into a pipe or a file).
+    pub fn console_progress(mut self, show: bool) -> Self {
+        self.progress = show;
+        self
+    }
+
+    /// Starts the web UI of `session` when one was asked for, and the console progress
+    /// bars.
+    async fn with_ui(&self, session: Session) -> Result<Session> {
+        if self.progress && crate::progress::wanted() {
+            crate::progress::follow(session.driver().subscribe());
+        }
+        let Some(config) = &self.ui else {
+            return Ok(session);
+        };
+        let driver = session.driver();
+        let environment = vec![
+            ("ember.app.id".to_string(), driver.app_id().to_string()),
+            (
+                "ember.driver.address".into(),
+                driver.advertised_address().to_string(),
+            ),
+            (
+                "ember.executor.instances".into(),
+                self.executors.to_string(),
+            ),
+            ("ember.executor.cores".into(), self.cores().to_string()),
+            ("ember.executor.memory".into(), self.memory.to_string()),
+            (
+                "ember.scheduler.mode".into(),
+                format!("{:?}", self.driver.scheduling_mode),
+            ),
+            (
+                "ember.eventLog.dir".into(),
+                self.driver
+                    .event_log
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "ember.autoBroadcastJoinThreshold".into(),
+                self.broadcast_threshold.to_string(),
+            ),
+            (
+                "ember.authenticate".into(),
+                self.driver.security.secret.is_some().to_string(),
+            ),
+        ];
+        let handle = crate::ui::serve_live(Arc::clone(driver), environment, config)
+            .await
+            .map_err(|e| Error::Cluster(e.to_string()))?;
+        tracing::info!(url = %handle.url(), "web UI started");
+        let _ = session.inner.ui.set(handle);
+        Ok(session)
     }
 
     /// Fault injection for tests of straggler handling: executor `index` (in start order)
@@ -310,7 +381,7 @@ impl SessionBuilder {
             .await?;
             handles.push(Some(handle));
         }
-        Session::assemble(
+        let session = Session::assemble(
             driver,
             Executors::InProcess(handles),
             this.executors,
@@ -318,7 +389,8 @@ impl SessionBuilder {
             this.broadcast_threshold,
             None,
         )
-        .await
+        .await?;
+        this.with_ui(session).await
     }
 
     /// Starts executor processes on loopback ports and waits until they have registered.
@@ -409,7 +481,7 @@ impl SessionBuilder {
                 }
             }
         });
-        Ok(session)
+        self.with_ui(session).await
     }
 
     /// Starts a driver on `bind` for executors started elsewhere with
@@ -435,7 +507,7 @@ impl SessionBuilder {
             .map(|e| e.cores as usize)
             .sum::<usize>()
             / up.max(1);
-        Session::assemble(
+        let session = Session::assemble(
             driver,
             Executors::External,
             up,
@@ -443,7 +515,8 @@ impl SessionBuilder {
             self.broadcast_threshold,
             None,
         )
-        .await
+        .await?;
+        self.with_ui(session).await
     }
 }
 
@@ -537,6 +610,7 @@ impl Session {
                 executors: Mutex::new(executors),
                 last_metrics: Mutex::new(None),
                 healer,
+                ui: std::sync::OnceLock::new(),
             }),
             pool: Arc::from(ember_driver::DEFAULT_POOL),
         })
@@ -642,6 +716,11 @@ impl Session {
     /// The driver (registry, block locations, lineage).
     pub fn driver(&self) -> &DriverHandle {
         &self.inner.driver
+    }
+
+    /// The web UI's URL, when the session serves one ([`SessionBuilder::ui`]).
+    pub fn ui_url(&self) -> Option<String> {
+        self.inner.ui.get().map(crate::ui::UiHandle::url)
     }
 
     /// The executors alive now.
@@ -797,6 +876,15 @@ impl Session {
                 "EXPLAIN ANALYZE: run the query and read Session::last_job_metrics() instead"
                     .into(),
             )),
+            // Catalog queries (SHOW TABLES, SHOW COLUMNS, DESCRIBE, information_schema)
+            // read the driver's catalog: they run here, at once, not on executors.
+            plan if reads_catalog(plan) => {
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let batches = df.collect().await?;
+                let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+                let read = self.ctx.read_table(Arc::new(table))?;
+                Ok(DataFrame::new(self.clone(), read).with_description(query))
+            }
             _ => Ok(DataFrame::new(self.clone(), df).with_description(query)),
         }
     }
@@ -1023,4 +1111,20 @@ fn extension_of(path: &Path, default: &str) -> String {
     } else {
         default.to_string()
     }
+}
+
+/// Whether `plan` reads the session's catalog (`information_schema`, `DESCRIBE`), which
+/// only the driver has.
+fn reads_catalog(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    matches!(plan, LogicalPlan::DescribeTable(_))
+        || plan
+            .exists(|node| {
+                Ok(matches!(
+                    node,
+                    LogicalPlan::TableScan(scan)
+                        if scan.table_name.schema() == Some("information_schema")
+                ))
+            })
+            .unwrap_or(false)
 }

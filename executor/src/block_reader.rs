@@ -32,7 +32,7 @@ pub(crate) struct TaskBlockReader {
     source_reads: AtomicU32,
     /// Blocks computed inline and kept, and blocks evicted to keep them; nothing is awaited
     /// while these are locked.
-    filled: Arc<Mutex<Vec<BlockId>>>,
+    filled: Arc<Mutex<Vec<(BlockId, u64)>>>,
     evicted: Arc<Mutex<Vec<BlockId>>>,
 }
 
@@ -71,7 +71,7 @@ impl TaskBlockReader {
     }
 
     /// Cached blocks computed inline and kept by this executor.
-    pub(crate) fn take_filled(&self) -> Vec<BlockId> {
+    pub(crate) fn take_filled(&self) -> Vec<(BlockId, u64)> {
         std::mem::take(&mut *self.filled.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -175,7 +175,7 @@ impl BlockReader for TaskBlockReader {
 struct CacheSink {
     block: BlockId,
     writer: BlockWriter,
-    filled: Arc<Mutex<Vec<BlockId>>>,
+    filled: Arc<Mutex<Vec<(BlockId, u64)>>>,
     evicted: Arc<Mutex<Vec<BlockId>>>,
 }
 
@@ -193,7 +193,7 @@ impl BlockSink for CacheSink {
         self.filled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(self.block);
+            .push((self.block, written.bytes));
         Ok(())
     }
 }

@@ -76,17 +76,18 @@ pub(crate) async fn run_task(env: TaskEnv, request: LaunchTaskRequest) -> TaskSt
             let filled = reader.take_filled();
             evicted.extend(reader.take_evicted());
             // A block filled early in the task may have been evicted by its own output.
-            let filled = filled
+            let (filled, filled_bytes): (Vec<_>, Vec<u64>) = filled
                 .into_iter()
-                .filter(|b| !evicted.contains(b))
-                .map(Into::into)
-                .collect();
+                .filter(|(b, _)| !evicted.contains(b))
+                .map(|(b, bytes)| (ember_engine::proto::BlockId::from(b), bytes))
+                .unzip();
             task_status::Result::Success(TaskSuccess {
                 rows,
                 bytes,
                 metrics: Some(metrics),
                 evicted: evicted.into_iter().map(Into::into).collect(),
                 filled,
+                filled_bytes,
             })
         }
         Err(e) => {

@@ -2,6 +2,8 @@
 //! and an independent single-process DataFusion to compare answers with.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

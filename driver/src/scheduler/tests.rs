@@ -265,6 +265,7 @@ fn success() -> task_status::Result {
         metrics: Some(TaskMetrics::default()),
         evicted: vec![],
         filled: vec![],
+        filled_bytes: vec![],
     })
 }
 

@@ -123,8 +123,9 @@ impl Scheduler {
         if cached {
             cached_blocks.push((BlockId::new(dataset, partition), success.bytes));
         }
-        for filled in &success.filled {
-            cached_blocks.push((BlockId::from(filled), 0));
+        for (i, filled) in success.filled.iter().enumerate() {
+            let bytes = success.filled_bytes.get(i).copied().unwrap_or_default();
+            cached_blocks.push((BlockId::from(filled), bytes));
         }
         stage.done.insert(
             index,
