@@ -65,6 +65,22 @@ pub struct JobSnapshot {
 }
 
 impl JobSnapshot {
+    /// The stage DAG's edges, (from, to): from the newest attempt that computed a dataset
+    /// to each stage that read it.
+    pub fn stage_edges(&self) -> Vec<(StageId, StageId)> {
+        self.stages
+            .iter()
+            .flat_map(|s| {
+                s.parents.iter().filter_map(move |p| {
+                    self.stages
+                        .iter()
+                        .rfind(|from| from.dataset == *p)
+                        .map(|from| (from.stage, s.stage))
+                })
+            })
+            .collect()
+    }
+
     /// Tasks of the job now running.
     pub fn running_tasks(&self) -> usize {
         self.stages.iter().map(|s| s.counts.running).sum()

@@ -634,17 +634,9 @@ fn sql_json(j: &JobSnapshot, detail: bool) -> Value {
             })
             .collect();
         let edges: Vec<Value> = j
-            .stages
-            .iter()
-            .flat_map(|s| {
-                s.parents.iter().filter_map(move |p| {
-                    j.stages
-                        .iter()
-                        .filter(|from| from.dataset == *p)
-                        .next_back()
-                        .map(|from| json!({"fromId": from.stage.0, "toId": s.stage.0}))
-                })
-            })
+            .stage_edges()
+            .into_iter()
+            .map(|(from, to)| json!({"fromId": from.0, "toId": to.0}))
             .collect();
         v["nodes"] = Value::Array(nodes);
         v["edges"] = Value::Array(edges);

@@ -62,18 +62,8 @@ pub(crate) fn job_dot(job: &JobSnapshot) -> String {
             colour(s.status)
         );
     }
-    for s in &job.stages {
-        for parent in &s.parents {
-            // The newest attempt that computed the parent dataset.
-            if let Some(from) = job
-                .stages
-                .iter()
-                .filter(|f| f.dataset == *parent)
-                .next_back()
-            {
-                let _ = writeln!(dot, "  s{} -> s{};", from.stage.0, s.stage.0);
-            }
-        }
+    for (from, to) in job.stage_edges() {
+        let _ = writeln!(dot, "  s{} -> s{};", from.0, to.0);
     }
     dot.push_str("}\n");
     dot
