@@ -10,8 +10,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::http::json_request;
-use common::{builder, write_orders};
+use common::http::{address_of, json_request};
+use common::{builder, orders_session, Mode};
 use ember::ui::UiConfig;
 
 /// The Chromium binary on PATH.
@@ -94,24 +94,13 @@ async fn every_page_shows_what_a_user_looks_for_in_chromium() {
     let profile = tempfile::tempdir().expect("tmp");
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
     std::fs::create_dir_all(&shots).expect("mkdir");
-    let data = tempfile::tempdir().expect("tmp");
-    write_orders(data.path(), 2, 2_000);
     // Executor 0 waits before each task, so a job stays running while pages load.
-    let session = builder(2)
+    let slow = builder(2)
         .ui(UiConfig::port(0))
-        .inject_task_delay(0, Duration::from_millis(2500))
-        .local_cluster()
-        .await
-        .expect("session");
-    session
-        .register_parquet("orders", data.path())
-        .await
-        .expect("register");
+        .inject_task_delay(0, Duration::from_millis(2500));
+    let (_data, session) = orders_session(Mode::Processes, slow, 2, 2_000).await;
     let url = session.ui_url().expect("the UI runs");
-    let addr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .replace("localhost", "127.0.0.1");
+    let addr = address_of(&url);
     let app = session.driver().app_id().to_string();
     let page = |route: &str| format!("{url}#/{app}/{route}");
 

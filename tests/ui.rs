@@ -8,8 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::http::{json_request, request};
-use common::{builder, write_orders};
+use common::http::{address_of, json_request, request};
+use common::{builder, orders_session, Mode};
 use ember::ui::UiConfig;
 use serde_json::Value;
 
@@ -18,12 +18,6 @@ fn get(addr: &str, path: &str) -> Value {
     let (status, v) = json_request(addr, "GET", path, None);
     assert_eq!(status, 200, "GET {path}: {v}");
     v
-}
-
-fn addr_of(url: &str) -> String {
-    url.trim_start_matches("http://")
-        .trim_end_matches('/')
-        .replace("localhost", "127.0.0.1")
 }
 
 /// Polls GET `path` until `done` holds (10 s at most): the UI is live, events arrive a
@@ -42,21 +36,11 @@ fn wait_for(addr: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_shows_a_live_cluster_in_sparks_shape_and_the_history_server_replays_it() {
-    let data = tempfile::tempdir().expect("tmp");
-    write_orders(data.path(), 2, 3_000);
     let logs = tempfile::tempdir().expect("tmp");
-    let session = builder(2)
-        .ui(UiConfig::port(0))
-        .event_log(logs.path())
-        .local_cluster()
-        .await
-        .expect("session");
-    session
-        .register_parquet("orders", data.path())
-        .await
-        .expect("register");
+    let ui = builder(2).ui(UiConfig::port(0)).event_log(logs.path());
+    let (_data, session) = orders_session(Mode::Processes, ui, 2, 3_000).await;
     let url = session.ui_url().expect("the UI runs");
-    let addr = addr_of(&url);
+    let addr = address_of(&url);
     let app_id = session.driver().app_id().to_string();
 
     // The application.
@@ -278,7 +262,7 @@ async fn the_api_shows_a_live_cluster_in_sparks_shape_and_the_history_server_rep
     let history = ember::ui::serve_history(logs.path().to_path_buf(), &UiConfig::port(0))
         .await
         .expect("history server");
-    let haddr = addr_of(&history.url());
+    let haddr = address_of(&history.url());
     let apps = get(&haddr, "/api/v1/applications");
     assert_eq!(apps[0]["id"], app_id.as_str());
     let replayed = get(&haddr, &format!("{base}/jobs"));

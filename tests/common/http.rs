@@ -44,3 +44,10 @@ pub fn read_response(mut stream: TcpStream) -> (u16, String) {
         .expect("status");
     (status, body.to_string())
 }
+
+/// The `HOST:PORT` to dial for a server's `http://localhost:PORT/` URL.
+pub fn address_of(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .replace("localhost", "127.0.0.1")
+}
