@@ -151,6 +151,10 @@ pub struct SqlArgs {
     /// 4040).
     #[arg(long)]
     pub ui: bool,
+    /// Run the statements on a running `ember server` (`sc://HOST:PORT[/;token=SECRET]`)
+    /// instead of starting a local cluster.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["tables", "ui", "ui_port"])]
+    pub connect: Option<String>,
     /// Web UI and event log.
     #[command(flatten)]
     pub ui_args: UiArgs,
@@ -357,28 +361,55 @@ async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let ui_port = args
-        .ui_args
-        .ui_port
-        .or(args.ui.then_some(crate::ui::DEFAULT_UI_PORT));
-    let builder = Session::builder()
-        .executors(args.executors)
-        .memory_per_executor(args.memory);
-    let session = args.ui_args.apply(builder, ui_port).local_cluster().await?;
-    register_tables(&session, &args.tables).await?;
-    let Some(statements) = statements else {
-        return crate::shell::interactive(&session, args.format).await;
+    let mut target = match &args.connect {
+        Some(url) => crate::shell::Target::Remote {
+            client: Box::new(crate::connect::client::ConnectClient::connect(url).await?),
+            url: url.clone(),
+        },
+        None => {
+            let ui_port = args
+                .ui_args
+                .ui_port
+                .or(args.ui.then_some(crate::ui::DEFAULT_UI_PORT));
+            let builder = Session::builder()
+                .executors(args.executors)
+                .memory_per_executor(args.memory);
+            let session = args.ui_args.apply(builder, ui_port).local_cluster().await?;
+            register_tables(&session, &args.tables).await?;
+            crate::shell::Target::Local(session)
+        }
     };
-    if let Some(url) = session.ui_url() {
-        eprintln!("web UI at {url}");
+    let Some(statements) = statements else {
+        return crate::shell::interactive(&mut target, args.format).await;
+    };
+    if let crate::shell::Target::Local(session) = &target {
+        if let Some(url) = session.ui_url() {
+            eprintln!("web UI at {url}");
+        }
     }
     let timing = std::io::stderr().is_terminal();
     for statement in &statements {
-        if !crate::shell::run_statement(&session, statement, args.format, timing).await? {
+        if !crate::shell::run_statement(&mut target, statement, args.format, timing).await? {
             std::process::exit(130);
         }
     }
     Ok(())
+}
+
+/// Prints collected result batches and returns how many rows there were.
+pub(crate) fn print_batches(batches: Vec<RecordBatch>, format: Format) -> anyhow::Result<usize> {
+    let schema = batches
+        .first()
+        .map(RecordBatch::schema)
+        .unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+    let mut printer = Printer::new(format, schema);
+    let mut rows = 0;
+    for batch in batches {
+        rows += batch.num_rows();
+        printer.push(batch)?;
+    }
+    printer.finish()?;
+    Ok(rows)
 }
 
 /// Prints `df`'s rows as the driver hands them on and returns how many there were. A

@@ -879,10 +879,7 @@ impl Session {
             // Catalog queries (SHOW TABLES, SHOW COLUMNS, DESCRIBE, information_schema)
             // read the driver's catalog: they run here, at once, not on executors.
             plan if reads_catalog(plan) => {
-                let schema = Arc::new(df.schema().as_arrow().clone());
-                let batches = df.collect().await?;
-                let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
-                let read = self.ctx.read_table(Arc::new(table))?;
+                let read = catalog_on_driver(&self.ctx, df).await?;
                 Ok(DataFrame::new(self.clone(), read).with_description(query))
             }
             _ => Ok(DataFrame::new(self.clone(), df).with_description(query)),
@@ -1111,6 +1108,21 @@ fn extension_of(path: &Path, default: &str) -> String {
     } else {
         default.to_string()
     }
+}
+
+/// `df` computed now, by DataFusion on the driver, when it reads the session's catalog
+/// (which only the driver has), as an in-memory table of `ctx`; any other plan unchanged.
+pub(crate) async fn catalog_on_driver(
+    ctx: &SessionContext,
+    df: datafusion::dataframe::DataFrame,
+) -> Result<datafusion::dataframe::DataFrame> {
+    if !reads_catalog(df.logical_plan()) {
+        return Ok(df);
+    }
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+    Ok(ctx.read_table(Arc::new(table))?)
 }
 
 /// Whether `plan` reads the session's catalog (`information_schema`, `DESCRIBE`), which

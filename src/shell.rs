@@ -10,7 +10,21 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 
 use crate::cli::Format;
+use crate::connect::client::ConnectClient;
 use crate::session::Session;
+
+/// Where statements run.
+pub(crate) enum Target {
+    /// A session of this process (a local cluster).
+    Local(Session),
+    /// A running `ember server`, over Spark Connect.
+    Remote {
+        /// The client.
+        client: Box<ConnectClient>,
+        /// Its URL, for the banner.
+        url: String,
+    },
+}
 
 /// What cutting SQL text into statements found.
 #[derive(Debug, PartialEq, Eq)]
@@ -102,31 +116,43 @@ fn unfinished(error: &str) -> bool {
 /// when `timing`. Ctrl-C cancels it (its tasks stop, its blocks go) and returns
 /// `Ok(false)`.
 pub(crate) async fn run_statement(
-    session: &Session,
+    target: &mut Target,
     sql: &str,
     format: Format,
     timing: bool,
 ) -> anyhow::Result<bool> {
     let started = Instant::now();
-    let df = session.sql(sql).await?;
-    tokio::select! {
-        printed = crate::cli::print_as_it_comes(&df, format) => {
-            let rows = printed?;
-            if timing {
-                eprintln!(
-                    "{rows} row{} in {:.3} s",
-                    if rows == 1 { "" } else { "s" },
-                    started.elapsed().as_secs_f64()
-                );
+    let rows = match target {
+        Target::Local(session) => {
+            let df = session.sql(sql).await?;
+            tokio::select! {
+                printed = crate::cli::print_as_it_comes(&df, format) => printed?,
+                _ = tokio::signal::ctrl_c() => {
+                    let cancelled = session.cancel_all().await?;
+                    eprintln!("interrupted: {cancelled} query cancelled");
+                    return Ok(false);
+                }
             }
-            Ok(true)
         }
-        _ = tokio::signal::ctrl_c() => {
-            let cancelled = session.cancel_all().await?;
-            eprintln!("interrupted: {cancelled} query cancelled");
-            Ok(false)
+        Target::Remote { client, .. } => {
+            tokio::select! {
+                batches = client.sql(sql) => crate::cli::print_batches(batches?, format)?,
+                _ = tokio::signal::ctrl_c() => {
+                    // Dropping the call ends the server's operation.
+                    eprintln!("interrupted: the query was cancelled");
+                    return Ok(false);
+                }
+            }
         }
+    };
+    if timing {
+        eprintln!(
+            "{rows} row{} in {:.3} s",
+            if rows == 1 { "" } else { "s" },
+            started.elapsed().as_secs_f64()
+        );
     }
+    Ok(true)
 }
 
 /// Where the shell keeps its history.
@@ -143,7 +169,7 @@ Catalog: SHOW TABLES; SHOW COLUMNS FROM t; DESCRIBE t; SELECT * FROM information
 
 /// The interactive shell: reads statements with line editing and history until `\q` or
 /// end of input, running each as it is completed.
-pub(crate) async fn interactive(session: &Session, format: Format) -> anyhow::Result<()> {
+pub(crate) async fn interactive(target: &mut Target, format: Format) -> anyhow::Result<()> {
     use rustyline::error::ReadlineError;
     let config = rustyline::Config::builder().auto_add_history(false).build();
     let mut editor =
@@ -153,13 +179,18 @@ pub(crate) async fn interactive(session: &Session, format: Format) -> anyhow::Re
         // A missing history file is the first run.
         let _ = editor.load_history(h);
     }
+    let on = match &*target {
+        Target::Local(session) => format!("{} executors", session.executors().len()),
+        Target::Remote { url, .. } => url.clone(),
+    };
     eprintln!(
-        "Ember {} SQL shell on {} executors; statements end with `;`, \\? for help, \\q to quit.",
+        "Ember {} SQL shell on {on}; statements end with `;`, \\? for help, \\q to quit.",
         env!("CARGO_PKG_VERSION"),
-        session.executors().len()
     );
-    if let Some(url) = session.ui_url() {
-        eprintln!("web UI at {url}");
+    if let Target::Local(session) = &*target {
+        if let Some(url) = session.ui_url() {
+            eprintln!("web UI at {url}");
+        }
     }
     let mut buffer = String::new();
     loop {
@@ -214,7 +245,7 @@ pub(crate) async fn interactive(session: &Session, format: Format) -> anyhow::Re
         }
         let _ = editor.add_history_entry(buffer.trim());
         for statement in &split.statements {
-            match run_statement(session, statement, format, true).await {
+            match run_statement(target, statement, format, true).await {
                 Ok(true) => {}
                 // Interrupted: the rest of the line is not run.
                 Ok(false) => break,

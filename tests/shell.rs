@@ -159,3 +159,90 @@ fn scripts_with_semicolons_in_comments_and_literals_run_from_files() {
         "{stderr}"
     );
 }
+
+/// Kills the server when the test ends, passed or not.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn connect_runs_statements_on_a_running_server() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().expect("tmp");
+    write_orders(data.path(), 1, 100);
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args([
+                "server",
+                "--port",
+                "0",
+                "--executors",
+                "1",
+                "--no-ui",
+                "--table",
+            ])
+            .arg(format!("orders={}", data.path().display()))
+            .env("RUST_LOG", "error")
+            .env("EMBER_EXECUTOR_BIN", env!("CARGO_BIN_EXE_ember-executor"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ember server starts"),
+    );
+    let stdout = server.0.stdout.take().expect("stdout");
+    let banner = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("sc://"))
+        .expect("the server prints its URL");
+    let url = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("sc://"))
+        .expect("a sc:// URL")
+        .to_string();
+    let sql = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["sql", "--connect", &url, "--format", "csv"])
+            .args(args)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("runs")
+    };
+    let out = sql(&[
+        "SELECT region, count(*) AS n FROM orders GROUP BY region ORDER BY region; SHOW TABLES",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("region,n\nr0,20\nr1,20\n"), "{stdout}");
+    assert!(
+        stdout.contains("orders"),
+        "SHOW TABLES on the server: {stdout}"
+    );
+
+    let out = sql(&["SELEC 1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("SELEC"),
+        "the server's parse error: {stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["sql", "--connect", "sc://127.0.0.1:1", "SELECT 1"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot reach the Spark Connect server at 127.0.0.1:1"),
+        "{stderr}"
+    );
+}

@@ -10,6 +10,8 @@
 //! - `ml`: `pyspark.ml` (fit, transform, evaluate, model attributes, save and load).
 //! - `error`: errors as the exceptions a Spark client raises.
 
+/// `ember sql --connect`: a Spark Connect client for SQL statements.
+pub mod client;
 mod error;
 mod expr;
 mod ml;

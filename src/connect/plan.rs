@@ -1154,10 +1154,11 @@ impl<'a> Planner<'a> {
         let (args, pos_args) = literal_arguments(sql)?;
         let (text, params) = sql_parameters(&sql.query, &args, &pos_args)?;
         let df = self.ctx().sql(&text).await?;
-        Ok(match params {
+        let df = match params {
             Some(p) => df.with_param_values(p)?,
             None => df,
-        })
+        };
+        Ok(crate::session::catalog_on_driver(self.ctx(), df).await?)
     }
 
     fn local_relation(&self, l: &proto::LocalRelation) -> ConnectResult<DFrame> {
