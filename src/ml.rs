@@ -69,6 +69,12 @@ impl Frame for DataFrame {
         self.inner()
     }
 
+    fn record_training(&self, event: ember_driver::SchedulerEvent) {
+        // Fire and forget: progress must never slow or fail training.
+        let driver = std::sync::Arc::clone(self.session().driver());
+        tokio::spawn(async move { driver.record_training(event).await });
+    }
+
     fn derive(&self, df: datafusion::dataframe::DataFrame) -> Self {
         DataFrame::new(self.session().clone(), df)
     }

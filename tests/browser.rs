@@ -1,6 +1,7 @@
 //! The web UI in a real headless Chromium: every page is loaded while a job runs and after
 //! it, its rendered DOM checked for what a user looks for (the job row and its status,
-//! stage quantiles, the DAG's SVG boxes, executors' memory, cached data, the SQL plan),
+//! stage quantiles, the DAG's SVG boxes, executors' memory, cached data, the SQL plan, a
+//! training run's chart),
 //! and a screenshot of each saved under the test's output directory
 //! (`target/tmp/ui-screenshots/`). `.ci/run` installs Debian's `chromium`; elsewhere the
 //! test is skipped with a message when no Chromium is found (in CI it fails instead).
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::http::{address_of, json_request};
 use common::{builder, orders_session, Mode};
+use ember::ml::*;
 use ember::ui::UiConfig;
 
 /// The Chromium binary on PATH.
@@ -156,6 +158,17 @@ async fn every_page_shows_what_a_user_looks_for_in_chromium() {
         .expect("cache");
     assert!(cached.count().await.expect("count") > 0);
 
+    // A k-means training run for the ML page.
+    let iris = session
+        .read_csv(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/iris.csv"))
+        .await
+        .expect("iris");
+    let features =
+        VectorAssembler::new(["sepal_length", "sepal_width", "petal_length", "petal_width"])
+            .transform(&iris)
+            .expect("assemble");
+    KMeans::new().k(3).fit(&features).await.expect("k-means");
+
     // After it: every page.
     let (_, jobs) = json_request(
         &addr,
@@ -279,6 +292,15 @@ async fn every_page_shows_what_a_user_looks_for_in_chromium() {
     let storage_page = dom(&chrome, profile.path(), &page("storage")).await;
     assert!(storage_page.contains(r#"class="cached""#), "{storage_page}");
     screenshot(&chrome, profile.path(), &page("storage"), &shots, "storage").await;
+
+    let ml_page = dom(&chrome, profile.path(), &page("ml")).await;
+    assert!(ml_page.contains(r#"class="training""#), "{ml_page}");
+    assert!(ml_page.contains("KMeans"), "{ml_page}");
+    assert!(
+        ml_page.contains("<polyline"),
+        "the objective is charted: {ml_page}"
+    );
+    screenshot(&chrome, profile.path(), &page("ml"), &shots, "ml").await;
 
     let env_page = dom(&chrome, profile.path(), &page("environment")).await;
     assert!(env_page.contains("ember.executor.instances"), "{env_page}");

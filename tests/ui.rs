@@ -1,8 +1,8 @@
 //! The web UI's REST API against a real cluster of executor processes: a SQL job's stages
 //! and tasks with their counts and bytes, quantiles, the stage DAG, a cached dataset under
-//! storage that leaves on unpersist, a killed executor shown lost with its reason, a failed
-//! job with its error, `/metrics`, and the history server replaying the same application
-//! from its event log.
+//! storage that leaves on unpersist, a training run's objective per pass, a killed executor
+//! shown lost with its reason, a failed job with its error, `/metrics`, and the history
+//! server replaying the same application from its event log.
 
 mod common;
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::http::{address_of, json_request, request};
 use common::{builder, orders_session, Mode};
+use ember::ml::*;
 use ember::ui::UiConfig;
 use serde_json::Value;
 
@@ -215,6 +216,56 @@ async fn the_api_shows_a_live_cluster_in_sparks_shape_and_the_history_server_rep
     let shown = jobs[0]["error"].as_str().expect("error text");
     assert!(shown.to_lowercase().contains("cast"), "{shown} / {error}");
 
+    // An mllib training run: the objective at each pass, then its iterations.
+    let iris = session
+        .read_csv(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/iris.csv"))
+        .await
+        .expect("iris");
+    Pipeline::new()
+        .estimator(StringIndexer::new("species", "label"))
+        .transformer(VectorAssembler::new([
+            "sepal_length",
+            "sepal_width",
+            "petal_length",
+            "petal_width",
+        ]))
+        .estimator(LogisticRegression::new().reg_param(0.01))
+        .fit(&iris)
+        .await
+        .expect("fit");
+    let runs = wait_for(&addr, &format!("{base}/ml"), |r| {
+        r[0]["status"] == "FINISHED"
+            && r[0]["passes"].as_u64() == r[0]["passObjectives"].as_array().map(|a| a.len() as u64)
+    });
+    let run = &runs[0];
+    assert_eq!(run["algorithm"], "LogisticRegression");
+    assert_eq!(run["rows"], 150);
+    let objectives: Vec<f64> = run["passObjectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().expect("every pass reported"))
+        .collect();
+    assert!(objectives.len() >= 2, "{run}");
+    assert!(
+        objectives.last() < objectives.first(),
+        "training lowers the objective: {run}"
+    );
+    let iterations = run["iterations"].as_u64().expect("iterations");
+    assert_eq!(
+        run["objectiveHistory"].as_array().map(|a| a.len() as u64),
+        Some(iterations + 1),
+        "{run}"
+    );
+    let (status, chart) = request(
+        &addr,
+        "GET",
+        &format!("{base}/ml/{}/objective.svg", run["run"]),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(chart.contains("<polyline"), "{chart}");
+
     // A killed executor shows as lost, with the reason.
     let victim = session.kill_executor(0).expect("kill");
     let all = wait_for(&addr, &format!("{base}/allexecutors"), |e| {
@@ -279,6 +330,11 @@ async fn the_api_shows_a_live_cluster_in_sparks_shape_and_the_history_server_rep
             .collect()
     };
     assert_eq!(ids(&replayed), ids(&live_jobs));
+    assert_eq!(
+        get(&haddr, &format!("{base}/ml"))[0]["passObjectives"],
+        run["passObjectives"],
+        "the training run replays"
+    );
     let replayed_job = get(&haddr, &format!("{base}/jobs/{job_id}"));
     assert_eq!(replayed_job["numTasks"], job["numTasks"]);
     let (status, svg) = request(

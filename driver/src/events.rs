@@ -271,6 +271,37 @@ pub enum SchedulerEvent {
         /// When.
         time_ms: u64,
     },
+    /// An mllib training run made a pass over its data (a gradient evaluation, or a Lloyd
+    /// iteration of k-means).
+    TrainingPass {
+        /// The run (unique in the process).
+        run: u64,
+        /// What is trained (`LogisticRegression`, `LinearRegression`, `KMeans`).
+        algorithm: String,
+        /// Passes so far, this one included.
+        pass: u32,
+        /// The objective at this pass (loss with regularization, or k-means cost).
+        objective: f64,
+        /// Partials per level of the pass's tree reduction.
+        tree_levels: Vec<usize>,
+        /// Rows trained on.
+        rows: u64,
+        /// When.
+        time_ms: u64,
+    },
+    /// An mllib training run ended.
+    TrainingEnded {
+        /// The run.
+        run: u64,
+        /// Accepted iterations.
+        iterations: u32,
+        /// Whether the tolerance was met before the iteration limit.
+        converged: bool,
+        /// The objective after each accepted iteration (the first at the start).
+        objective_history: Vec<f64>,
+        /// When.
+        time_ms: u64,
+    },
 }
 
 impl SchedulerEvent {
@@ -292,7 +323,9 @@ impl SchedulerEvent {
             | DatasetCached { time_ms, .. }
             | BlockCached { time_ms, .. }
             | BlockUncached { time_ms, .. }
-            | DatasetUnpersisted { time_ms, .. } => *time_ms,
+            | DatasetUnpersisted { time_ms, .. }
+            | TrainingPass { time_ms, .. }
+            | TrainingEnded { time_ms, .. } => *time_ms,
         }
     }
 }

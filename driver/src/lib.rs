@@ -399,6 +399,17 @@ impl Driver {
         self.scheduler.snapshot().await
     }
 
+    /// Records a training run's progress (a pass over the data, or its end) in the event
+    /// stream, the event log and the snapshot; other events are ignored.
+    pub async fn record_training(&self, event: SchedulerEvent) {
+        if matches!(
+            event,
+            SchedulerEvent::TrainingPass { .. } | SchedulerEvent::TrainingEnded { .. }
+        ) {
+            self.scheduler.record_event(event).await;
+        }
+    }
+
     /// Cancels a running job: its tasks are stopped on the executors and its job-scoped
     /// blocks removed; the job's caller gets [`DriverError::Cancelled`]. Resolves once no
     /// task of it runs. Returns whether the job was running.
@@ -431,7 +442,7 @@ impl Driver {
         let partitions = dataset.partitions();
         let dataset = self.register_dataset(dataset);
         self.scheduler
-            .dataset_event(SchedulerEvent::DatasetCached {
+            .record_event(SchedulerEvent::DatasetCached {
                 dataset: dataset.id(),
                 partitions,
                 time_ms: events::now_ms(),
@@ -486,7 +497,7 @@ impl Driver {
         self.drop_blocks(&[id]).await;
         self.forget_dataset_blocks(id);
         self.scheduler
-            .dataset_event(SchedulerEvent::DatasetUnpersisted {
+            .record_event(SchedulerEvent::DatasetUnpersisted {
                 dataset: id,
                 time_ms: events::now_ms(),
             })

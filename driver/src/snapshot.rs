@@ -25,6 +25,35 @@ pub struct AppSnapshot {
     pub executors: Vec<ExecutorSnapshot>,
     /// Cached datasets not unpersisted.
     pub cached: Vec<CachedDatasetSnapshot>,
+    /// mllib training runs, oldest first (the newest [`RETAINED_TRAINING_RUNS`]).
+    #[serde(default)]
+    pub training: Vec<TrainingSnapshot>,
+}
+
+/// One mllib training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSnapshot {
+    /// The run.
+    pub run: u64,
+    /// What is trained.
+    pub algorithm: String,
+    /// Rows trained on.
+    pub rows: u64,
+    /// The objective at each pass over the data, in order (NaN for a pass not yet
+    /// reported).
+    pub pass_objectives: Vec<f64>,
+    /// Partials per level of the last pass's tree reduction.
+    pub tree_levels: Vec<usize>,
+    /// When the first pass ended.
+    pub started_ms: u64,
+    /// When the last pass (or the run) ended.
+    pub updated_ms: u64,
+    /// Accepted iterations, once the run ended.
+    pub iterations: Option<u32>,
+    /// Whether it converged, once the run ended.
+    pub converged: Option<bool>,
+    /// The objective after each accepted iteration, once the run ended.
+    pub objective_history: Vec<f64>,
 }
 
 impl AppSnapshot {
@@ -293,6 +322,9 @@ pub struct CachedBlockSnapshot {
 /// Finished jobs a snapshot keeps (the oldest are dropped beyond it), so a driver that runs
 /// for weeks holds a bounded history.
 pub const RETAINED_JOBS: usize = 1000;
+
+/// Training runs a snapshot keeps (the oldest are dropped beyond it).
+pub const RETAINED_TRAINING_RUNS: usize = 100;
 
 /// Folds events into an [`AppSnapshot`].
 #[derive(Debug, Default, Clone)]
@@ -679,6 +711,61 @@ impl SnapshotBuilder {
                 self.recomputed.remove(dataset);
                 self.lost_cached.retain(|(d, _)| d != dataset);
                 self.cached_blocks.retain(|(d, _), _| d != dataset);
+            }
+            TrainingPass {
+                run,
+                algorithm,
+                pass,
+                objective,
+                tree_levels,
+                rows,
+                time_ms,
+            } => {
+                let runs = &mut self.snapshot.training;
+                let i = match runs.iter().position(|r| r.run == *run) {
+                    Some(i) => i,
+                    None => {
+                        runs.push(TrainingSnapshot {
+                            run: *run,
+                            algorithm: algorithm.clone(),
+                            rows: *rows,
+                            pass_objectives: Vec::new(),
+                            tree_levels: Vec::new(),
+                            started_ms: *time_ms,
+                            updated_ms: *time_ms,
+                            iterations: None,
+                            converged: None,
+                            objective_history: Vec::new(),
+                        });
+                        if runs.len() > RETAINED_TRAINING_RUNS {
+                            runs.remove(0);
+                        }
+                        runs.len() - 1
+                    }
+                };
+                let r = &mut runs[i];
+                // Passes may arrive out of order: each goes to its own place.
+                let at = (*pass as usize).max(1) - 1;
+                if r.pass_objectives.len() <= at {
+                    r.pass_objectives.resize(at + 1, f64::NAN);
+                }
+                r.pass_objectives[at] = *objective;
+                r.tree_levels = tree_levels.clone();
+                r.updated_ms = *time_ms;
+            }
+            TrainingEnded {
+                run,
+                iterations,
+                converged,
+                objective_history,
+                time_ms,
+            } => {
+                if let Some(r) = self.snapshot.training.iter_mut().find(|r| r.run == *run) {
+                    r.iterations = Some(*iterations);
+                    r.converged = Some(*converged);
+                    r.objective_history = objective_history.clone();
+                    r.updated_ms = *time_ms;
+                }
             }
         }
     }

@@ -15,7 +15,7 @@ use crate::frame::Frame;
 use crate::kernel::nearest;
 use crate::persist::{self, read_arrays, read_metadata, save_stage};
 use crate::pipeline::{Estimator, PredictedColumns, Transformer};
-use crate::train::{pack, Packed, TrainingSummary, FEATURES};
+use crate::train::{pack, Packed, RunReport, TrainingSummary, FEATURES};
 use crate::udf;
 
 /// How the first centres are chosen.
@@ -175,6 +175,7 @@ async fn fit_packed<F: Frame>(p: &KMeansParams, packed: &Packed<F>) -> Result<KM
         ..TrainingSummary::default()
     };
     let mut centres = initial_centres(p, packed, d, &mut summary).await?;
+    let report = RunReport::new("KMeans");
     let k = p.k;
     let mut cost = f64::INFINITY;
     for _ in 0..p.max_iter {
@@ -191,6 +192,7 @@ async fn fit_packed<F: Frame>(p: &KMeansParams, packed: &Packed<F>) -> Result<KM
         .await?;
         cost = partial[k * d + k];
         summary.objective_history.push(cost);
+        report.pass(&packed.frame, cost, &summary);
         let mut moved = false;
         for c in 0..k {
             let count = partial[k * d + c];
@@ -213,6 +215,7 @@ async fn fit_packed<F: Frame>(p: &KMeansParams, packed: &Packed<F>) -> Result<KM
         }
     }
     summary.total_time = packed.started.elapsed();
+    report.ended(&packed.frame, &summary);
     Ok(KMeansModel {
         params: p.clone(),
         dimension: d,

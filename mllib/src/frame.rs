@@ -32,6 +32,10 @@ pub trait Frame: Clone + Send + Sync + Sized + 'static {
     /// Runs the query on the cluster and returns every row.
     async fn collect_batches(&self) -> Result<Vec<RecordBatch>>;
 
+    /// Hands a training run's progress (`TrainingPass`, `TrainingEnded`) to whoever watches
+    /// the session: the driver's event stream, event log and web UI. By default nothing.
+    fn record_training(&self, _event: ember_driver::SchedulerEvent) {}
+
     /// The same rows, kept in the executors' memory once computed (a lineage dataset: a
     /// lost block is recomputed).
     async fn cached(&self) -> Result<Self>;

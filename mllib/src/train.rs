@@ -50,6 +50,49 @@ impl TrainingSummary {
     }
 }
 
+/// Numbers training runs within the process (the UI tells runs apart by it).
+static NEXT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Reports training progress of one run to its frame's session: a pass, then its end.
+pub(crate) struct RunReport {
+    run: u64,
+    algorithm: &'static str,
+}
+
+impl RunReport {
+    /// A new run of `algorithm`.
+    pub(crate) fn new(algorithm: &'static str) -> Self {
+        Self {
+            run: NEXT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            algorithm,
+        }
+    }
+
+    /// One pass over the data ended with `objective`.
+    pub(crate) fn pass<F: Frame>(&self, frame: &F, objective: f64, summary: &TrainingSummary) {
+        frame.record_training(ember_driver::SchedulerEvent::TrainingPass {
+            run: self.run,
+            algorithm: self.algorithm.to_string(),
+            pass: summary.passes as u32,
+            objective,
+            tree_levels: summary.tree_levels.clone(),
+            rows: summary.rows as u64,
+            time_ms: ember_driver::events::now_ms(),
+        });
+    }
+
+    /// The run ended.
+    pub(crate) fn ended<F: Frame>(&self, frame: &F, summary: &TrainingSummary) {
+        frame.record_training(ember_driver::SchedulerEvent::TrainingEnded {
+            run: self.run,
+            iterations: summary.iterations as u32,
+            converged: summary.converged,
+            objective_history: summary.objective_history.clone(),
+            time_ms: ember_driver::events::now_ms(),
+        });
+    }
+}
+
 /// The training data packed and cached: a vector column and (optionally) a Float64 label.
 pub(crate) struct Packed<F: Frame> {
     pub frame: F,
@@ -212,6 +255,10 @@ pub(crate) async fn train_linear<F: Frame>(
         rows: packed.summary.count as usize,
         ..TrainingSummary::default()
     };
+    let report = RunReport::new(match problem.loss {
+        Loss::Squared => "LinearRegression",
+        Loss::Logistic | Loss::Multinomial { .. } => "LogisticRegression",
+    });
     let result = loop {
         match minimizer.next_step() {
             Step::Evaluate(beta) => {
@@ -252,6 +299,7 @@ pub(crate) async fn train_linear<F: Frame>(
                         grad[k * d + c] = partial[k * d + c] / n;
                     }
                 }
+                report.pass(&packed.frame, loss, &summary);
                 minimizer
                     .tell(loss, grad)
                     .map_err(|e| MlError::data(format!("optimizer: {e}")))?;
@@ -263,5 +311,6 @@ pub(crate) async fn train_linear<F: Frame>(
     summary.iterations = result.iterations;
     summary.converged = result.converged;
     summary.total_time = packed.started.elapsed();
+    report.ended(&packed.frame, &summary);
     Ok((problem.to_model(&result.x), summary))
 }

@@ -696,3 +696,40 @@ pub(crate) async fn environment(
         "resourceProfiles": [],
     })))
 }
+
+fn training_json(r: &ember_driver::snapshot::TrainingSnapshot) -> Value {
+    json!({
+        "run": r.run,
+        "algorithm": r.algorithm,
+        "rows": r.rows,
+        "status": if r.iterations.is_some() { "FINISHED" } else { "RUNNING" },
+        "passes": r.pass_objectives.len(),
+        "passObjectives": r.pass_objectives,
+        "iterations": r.iterations,
+        "converged": r.converged,
+        "objectiveHistory": r.objective_history,
+        "treeLevels": r.tree_levels,
+        "startTime": time(r.started_ms),
+        "lastUpdated": time(r.updated_ms),
+    })
+}
+
+/// `GET /api/v1/applications/{app}/ml` (Ember's): mllib training runs, newest first, with
+/// the objective at each pass and, once ended, per accepted iteration.
+pub(crate) async fn ml(State(state): St, Path(app): Path<String>) -> ApiResult<Json<Value>> {
+    let a = state.app(&app).await?;
+    Ok(Json(Value::Array(
+        a.training.iter().rev().map(training_json).collect(),
+    )))
+}
+
+/// The training run `id` of `a`, or 404.
+pub(crate) fn find_run(
+    a: &AppSnapshot,
+    id: u64,
+) -> ApiResult<&ember_driver::snapshot::TrainingSnapshot> {
+    a.training
+        .iter()
+        .find(|r| r.run == id)
+        .ok_or_else(|| ApiError::not_found(format!("no training run {id}")))
+}

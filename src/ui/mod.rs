@@ -4,6 +4,7 @@
 //! UI showed.
 
 mod api;
+mod chart;
 mod dag;
 mod history;
 mod metrics;
@@ -225,17 +226,17 @@ async fn start(state: UiState, config: &UiConfig) -> anyhow::Result<UiHandle> {
     Ok(UiHandle { address, task })
 }
 
-/// Binds `config.port`, or the next free port after it when it is taken.
+/// Binds `config.port`, or the next free port after it when it is taken, or (when the next
+/// few are all taken) any free port: a busy machine still gets its UI, at the URL printed.
 async fn bind(config: &UiConfig) -> anyhow::Result<tokio::net::TcpListener> {
     let tries = if config.port == 0 { 1 } else { PORT_TRIES };
-    let mut last = None;
     for i in 0..tries {
         let Some(port) = config.port.checked_add(i) else {
             break;
         };
         match tokio::net::TcpListener::bind((config.bind, port)).await {
             Ok(l) => return Ok(l),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
             Err(e) => {
                 return Err(anyhow::anyhow!(
                     "web UI: cannot listen on {}:{port}: {e}",
@@ -244,13 +245,14 @@ async fn bind(config: &UiConfig) -> anyhow::Result<tokio::net::TcpListener> {
             }
         }
     }
-    Err(anyhow::anyhow!(
-        "web UI: ports {}..{} on {} are all taken ({})",
-        config.port,
-        config.port.saturating_add(tries - 1),
-        config.bind,
-        last.map(|e| e.to_string()).unwrap_or_default()
-    ))
+    tracing::warn!(
+        first = config.port,
+        tries,
+        "web UI: the ports tried are all taken; listening on a free one"
+    );
+    tokio::net::TcpListener::bind((config.bind, 0))
+        .await
+        .map_err(|e| anyhow::anyhow!("web UI: cannot listen on {}: {e}", config.bind))
 }
 
 fn router(state: Arc<UiState>) -> Router {
@@ -298,6 +300,11 @@ fn router(state: Arc<UiState>) -> Router {
             "/api/v1/applications/{app}/environment",
             get(api::environment),
         )
+        .route("/api/v1/applications/{app}/ml", get(api::ml))
+        .route(
+            "/api/v1/applications/{app}/ml/{run}/objective.svg",
+            get(objective_svg),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -334,6 +341,17 @@ async fn dag_svg(
     let snapshot = state.app(&app).await?;
     let job = api::find_job(&snapshot, job)?;
     let svg = dag::job_svg(job).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
+async fn objective_svg(
+    State(state): State<Arc<UiState>>,
+    Path((app, run)): Path<(String, u64)>,
+) -> ApiResult<Response> {
+    let snapshot = state.app(&app).await?;
+    let run = api::find_run(&snapshot, run)?;
+    let svg =
+        chart::objective_svg(run).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 

@@ -234,8 +234,9 @@ pub(crate) enum Event {
         reason: String,
         reply: Option<oneshot::Sender<bool>>,
     },
-    /// A cached dataset was registered or dropped.
-    Dataset {
+    /// An event from outside the loop: a cached dataset registered or dropped, a training
+    /// pass.
+    Record {
         event: SchedulerEvent,
     },
     Snapshot {
@@ -372,8 +373,8 @@ impl SchedulerHandle {
         rx.await.unwrap_or(false)
     }
 
-    pub(crate) async fn dataset_event(&self, event: SchedulerEvent) {
-        let _ = self.send(Event::Dataset { event }).await;
+    pub(crate) async fn record_event(&self, event: SchedulerEvent) {
+        let _ = self.send(Event::Record { event }).await;
     }
 
     pub(crate) async fn snapshot(&self) -> Result<AppSnapshot> {

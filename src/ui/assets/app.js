@@ -40,9 +40,10 @@ function table(headers, rows, attrs = "") {
 }
 
 function nav(current) {
-  const pages = ["jobs", "stages", "sql", "executors", "storage", "environment"];
+  const pages = ["jobs", "stages", "sql", "executors", "storage", "ml", "environment"];
+  const title = p => ({ sql: "SQL", ml: "ML" })[p] || p[0].toUpperCase() + p.slice(1);
   const links = app ? pages.map(p =>
-    `<a href="#/${esc(app)}/${p}" class="${p === current ? "active" : ""}">${p === "sql" ? "SQL" : p[0].toUpperCase() + p.slice(1)}</a>`) : [];
+    `<a href="#/${esc(app)}/${p}" class="${p === current ? "active" : ""}">${title(p)}</a>`) : [];
   document.getElementById("nav").innerHTML = `<a href="#/">Applications</a>` + links.join("");
   document.getElementById("app-id").textContent = app || "";
 }
@@ -189,6 +190,22 @@ async function storage() {
   return `<h2>Storage</h2>` + table(["Dataset", "Partitions cached", "Size", "Per executor", "Recomputed after loss"], rows, `id="storage"`);
 }
 
+// mllib training runs: the objective per pass as a chart (drawn by the server), iterations,
+// convergence and the tree reduction's levels.
+async function ml() {
+  const runs = await get(`/applications/${app}/ml`);
+  const charts = await Promise.all(runs.map(r =>
+    fetch(`${API}/applications/${app}/ml/${r.run}/objective.svg`).then(x => x.text())));
+  const rows = runs.map(r => `<tr class="training" data-run="${r.run}"><td>${r.run}</td><td>${esc(r.algorithm)}</td>` +
+    `<td>${status(r.status)}</td><td class="num">${r.rows}</td><td class="num">${r.passes}</td>` +
+    `<td class="num">${r.iterations ?? ""}</td><td>${r.converged ?? ""}</td>` +
+    `<td class="num">${r.passObjectives.length ? Number(r.passObjectives[r.passObjectives.length - 1]).toPrecision(6) : ""}</td>` +
+    `<td>${r.treeLevels.join(" → ")}</td></tr>`);
+  return `<h2>ML training</h2>` + table(["Run", "Algorithm", "Status", "Rows", "Passes", "Iterations", "Converged",
+    "Objective", "Tree levels"], rows, `id="training"`) +
+    runs.map((r, i) => `<div class="chart" data-run="${r.run}">${charts[i]}</div>`).join("");
+}
+
 async function environment() {
   const env = await get(`/applications/${app}/environment`);
   return `<h2>Environment</h2>` + table(["Setting", "Value"],
@@ -211,7 +228,7 @@ async function render() {
         jobs: () => id ? job(id) : jobs(),
         stages: () => id ? stage(id) : stages(),
         sql: () => id ? sqlOne(id) : sqlList(),
-        executors, storage, environment,
+        executors, storage, ml, environment,
       };
       html = await (pages[page] || jobs)();
     }

@@ -385,7 +385,7 @@ impl Scheduler {
                     let _ = reply.send(was_alive);
                 }
             }
-            Event::Dataset { event } => {
+            Event::Record { event } => {
                 match &event {
                     SchedulerEvent::DatasetCached { dataset, .. } => {
                         self.cached.insert(*dataset);
