@@ -7,7 +7,7 @@ use plotters::prelude::*;
 /// Size of a chart, in pixels.
 const SIZE: (u32, u32) = (640, 300);
 
-/// `run`'s objective per pass (passes not yet reported are left out).
+/// `run`'s objective per pass (passes without an objective are left out).
 ///
 /// # Errors
 ///
@@ -37,7 +37,10 @@ pub(crate) fn objective_svg(run: &TrainingSnapshot) -> Result<String, String> {
             let pad = (hi - lo) * 0.05;
             (lo - pad, hi + pad)
         };
-        let passes = points.len().max(2) as f64;
+        // The x axis spans the passes reported (k-means reports its Lloyd passes, not the
+        // initialisation's before them).
+        let first = points.first().map_or(1.0, |p| p.0);
+        let last = points.last().map_or(2.0, |p| p.0).max(first + 1.0);
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 format!("{} run {}: objective per pass", run.algorithm, run.run),
@@ -46,7 +49,7 @@ pub(crate) fn objective_svg(run: &TrainingSnapshot) -> Result<String, String> {
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(70)
-            .build_cartesian_2d(1.0..passes, lo..hi)
+            .build_cartesian_2d(first..last, lo..hi)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
@@ -84,5 +87,7 @@ mod tests {
         assert!(svg.contains("<svg"), "{svg}");
         assert!(svg.contains("LogisticRegression run 3"), "{svg}");
         assert!(svg.contains("<polyline"), "the line is drawn: {svg}");
+        // Passes 1, 2 and 4 are drawn: the axis spans them, labelled from 1 to 4.
+        assert!(svg.contains("\n1.0\n") && svg.contains("\n4.0\n"), "{svg}");
     }
 }
