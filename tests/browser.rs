@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::http::{address_of, json_request};
-use common::{builder, orders_session, Mode};
+use common::{builder, cached_sql, iris, orders_session, Mode, IRIS_INPUTS};
 use ember::ml::*;
 use ember::ui::UiConfig;
 
@@ -149,24 +149,12 @@ async fn every_page_shows_what_a_user_looks_for_in_chromium() {
     assert!(!rows.is_empty());
 
     // A cached dataset for the storage page.
-    let cached = session
-        .sql("SELECT * FROM orders WHERE amount < 5")
-        .await
-        .expect("sql")
-        .cache()
-        .await
-        .expect("cache");
-    assert!(cached.count().await.expect("count") > 0);
+    let _cached = cached_sql(&session, "SELECT * FROM orders WHERE amount < 5").await;
 
     // A k-means training run for the ML page.
-    let iris = session
-        .read_csv(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/iris.csv"))
-        .await
-        .expect("iris");
-    let features =
-        VectorAssembler::new(["sepal_length", "sepal_width", "petal_length", "petal_width"])
-            .transform(&iris)
-            .expect("assemble");
+    let features = VectorAssembler::new(IRIS_INPUTS)
+        .transform(&iris(&session).await)
+        .expect("assemble");
     KMeans::new().k(3).fit(&features).await.expect("k-means");
 
     // After it: every page.

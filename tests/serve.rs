@@ -15,13 +15,12 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float64Type;
 use arrow::record_batch::RecordBatch;
 use common::http::{json_request, read_response, request};
-use common::{session, Mode};
+use common::{session, Mode, IRIS_INPUTS};
 use ember::ml::*;
 use ember::prelude::*;
 use serde_json::{json, Value};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
-const IRIS_INPUTS: [&str; 4] = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
 
 /// An `ember serve` process, killed when dropped.
 struct Server {

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::http::{address_of, json_request, request};
-use common::{builder, orders_session, Mode};
+use common::{builder, cached_sql, iris, orders_session, Mode, IRIS_INPUTS};
 use ember::ml::*;
 use ember::ui::UiConfig;
 use serde_json::Value;
@@ -173,14 +173,7 @@ async fn the_api_shows_a_live_cluster_in_sparks_shape_and_the_history_server_rep
     }
 
     // A cached dataset appears under storage with every partition, and leaves on unpersist.
-    let cached = session
-        .sql("SELECT * FROM orders WHERE amount > 10")
-        .await
-        .expect("sql")
-        .cache()
-        .await
-        .expect("cache");
-    assert!(cached.count().await.expect("count") > 0);
+    let cached = cached_sql(&session, "SELECT * FROM orders WHERE amount > 10").await;
     let storage = wait_for(&addr, &format!("{base}/storage/rdd"), |s| {
         s.as_array()
             .is_some_and(|a| a.len() == 1 && a[0]["numCachedPartitions"] == a[0]["numPartitions"])
@@ -217,20 +210,11 @@ async fn the_api_shows_a_live_cluster_in_sparks_shape_and_the_history_server_rep
     assert!(shown.to_lowercase().contains("cast"), "{shown} / {error}");
 
     // An mllib training run: the objective at each pass, then its iterations.
-    let iris = session
-        .read_csv(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/iris.csv"))
-        .await
-        .expect("iris");
     Pipeline::new()
         .estimator(StringIndexer::new("species", "label"))
-        .transformer(VectorAssembler::new([
-            "sepal_length",
-            "sepal_width",
-            "petal_length",
-            "petal_width",
-        ]))
+        .transformer(VectorAssembler::new(IRIS_INPUTS))
         .estimator(LogisticRegression::new().reg_param(0.01))
-        .fit(&iris)
+        .fit(&iris(&session).await)
         .await
         .expect("fit");
     let runs = wait_for(&addr, &format!("{base}/ml"), |r| {

@@ -297,3 +297,27 @@ pub fn ember_command(path: &str) -> std::process::Command {
     cmd.env("RUST_LOG", "error");
     cmd
 }
+
+/// The four measurement columns of `tests/data/iris.csv`.
+pub const IRIS_INPUTS: [&str; 4] = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
+
+/// `tests/data/iris.csv` read on `session`.
+pub async fn iris(session: &Session) -> DataFrame {
+    session
+        .read_csv(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/iris.csv"))
+        .await
+        .expect("read iris")
+}
+
+/// `sql`'s rows cached on `session`'s executors (and counted once, so they are held).
+pub async fn cached_sql(session: &Session, sql: &str) -> DataFrame {
+    let cached = session
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .cache()
+        .await
+        .unwrap_or_else(|e| panic!("cache {sql}: {e}"));
+    assert!(cached.count().await.expect("count") > 0, "{sql} has rows");
+    cached
+}
