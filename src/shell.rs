@@ -35,22 +35,42 @@ pub struct Split {
     pub rest: String,
 }
 
-/// Byte offset of `loc` (1-based line and column, in characters) in `text`.
-fn offset(text: &str, loc: Location) -> usize {
-    let mut line = 1u64;
-    let mut col = 1u64;
-    for (i, c) in text.char_indices() {
-        if line == loc.line && col == loc.column {
-            return i;
-        }
-        if c == '\n' {
-            line += 1;
-            col = 1;
-        } else {
-            col += 1;
+/// Turns the tokenizer's locations (1-based line and column, in characters) into byte
+/// offsets, moving forward only: locations asked for never go back, so a whole script is
+/// walked once.
+struct Offsets<'a> {
+    text: &'a str,
+    byte: usize,
+    line: u64,
+    col: u64,
+}
+
+impl<'a> Offsets<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            byte: 0,
+            line: 1,
+            col: 1,
         }
     }
-    text.len()
+
+    /// Byte offset of `loc` (the end of the text when it lies beyond).
+    fn of(&mut self, loc: Location) -> usize {
+        while (self.line, self.col) < (loc.line, loc.column) {
+            let Some(c) = self.text[self.byte..].chars().next() else {
+                break;
+            };
+            self.byte += c.len_utf8();
+            if c == '\n' {
+                self.line += 1;
+                self.col = 1;
+            } else {
+                self.col += 1;
+            }
+        }
+        self.byte
+    }
 }
 
 /// Cuts `text` at the `;`s that end statements. Whitespace and comments alone are no
@@ -65,6 +85,7 @@ pub fn split(text: &str) -> Result<Split, String> {
     let tokens = Tokenizer::new(&dialect, text)
         .tokenize_with_location()
         .map_err(|e| e.to_string())?;
+    let mut offsets = Offsets::new(text);
     let mut statements = Vec::new();
     let mut start: Option<usize> = None;
     for t in &tokens {
@@ -72,13 +93,13 @@ pub fn split(text: &str) -> Result<Split, String> {
             Token::Whitespace(_) | Token::EOF => {}
             Token::SemiColon => {
                 if let Some(s) = start.take() {
-                    let end = offset(text, t.span.start);
+                    let end = offsets.of(t.span.start);
                     statements.push(text[s..end].trim().to_string());
                 }
             }
             _ => {
                 if start.is_none() {
-                    start = Some(offset(text, t.span.start));
+                    start = Some(offsets.of(t.span.start));
                 }
             }
         }
@@ -307,5 +328,15 @@ mod tests {
     fn multibyte_text_before_a_statement_keeps_offsets_right() {
         let s = split_statements("SELECT 'é;ü' AS a; SELECT 'ß'").unwrap();
         assert_eq!(s, vec!["SELECT 'é;ü' AS a", "SELECT 'ß'"]);
+    }
+
+    #[test]
+    fn a_long_script_is_cut_in_one_walk() {
+        let script: String = (0..20_000)
+            .map(|i| format!("SELECT {i} -- row; {i}\n;"))
+            .collect();
+        let statements = split_statements(&script).unwrap();
+        assert_eq!(statements.len(), 20_000);
+        assert_eq!(statements[19_999], "SELECT 19999 -- row; 19999");
     }
 }
