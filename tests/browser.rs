@@ -99,7 +99,7 @@ async fn every_page_shows_what_a_user_looks_for_in_chromium() {
     // Executor 0 waits before each task, so a job stays running while pages load.
     let slow = builder(2)
         .ui(UiConfig::port(0))
-        .inject_task_delay(0, Duration::from_millis(2500));
+        .inject_task_delay(0, Duration::from_millis(3000));
     let (_data, session) = orders_session(Mode::Processes, slow, 2, 2_000).await;
     let url = session.ui_url().expect("the UI runs");
     let addr = address_of(&url);
@@ -228,7 +228,7 @@ async fn every_page_shows_what_a_user_looks_for_in_chromium() {
         stage_page.contains(r#"data-metric="Duration""#),
         "{stage_page}"
     );
-    // Executor 0's tasks waited 2.5 s, the others did not: the durations are skewed.
+    // Executor 0's tasks waited 3 s, the others did not: the durations are skewed.
     assert!(
         stage_page.contains("(skew)"),
         "the delayed tasks stand out: {stage_page}"
