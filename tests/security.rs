@@ -8,11 +8,10 @@
 mod certs;
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Mode;
+use common::{ConnectServer, Mode};
 use ember::engine::proto::driver_service_client::DriverServiceClient;
 use ember::engine::proto::executor_service_client::ExecutorServiceClient;
 use ember::engine::proto::{RegisterExecutorRequest, StatusRequest};
@@ -272,68 +271,15 @@ async fn servers_beyond_loopback_need_a_secret_or_insecure() {
     );
 }
 
-/// `ember server` on a free port, its stdout read until it prints its URL; killed when
-/// dropped.
-struct ConnectServer {
-    child: Child,
-    url: String,
-}
-
-impl ConnectServer {
-    fn start(secret: &Secret, extra: &[&str]) -> Self {
-        let mut child = common::ember_command(env!("CARGO_BIN_EXE_ember"))
-            .args([
-                "server",
-                "--port",
-                "0",
-                "--executors",
-                "1",
-                "--memory",
-                "256MiB",
-            ])
-            .args(extra)
-            .env("EMBER_EXECUTOR_BIN", env!("CARGO_BIN_EXE_ember-executor"))
-            .env(
-                ember::engine::security::SECRET_ENV,
-                String::from_utf8_lossy(secret.expose()).as_ref(),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starts ember server");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut lines = stdout.lines();
-        for line in lines.by_ref().map_while(Result::ok) {
-            if let Some(at) = line.find("sc://") {
-                // Keep reading what the server prints after.
-                std::thread::spawn(move || lines.for_each(drop));
-                return Self {
-                    child,
-                    url: line[at..].trim().to_string(),
-                };
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("ember server printed no URL");
-    }
-
-    /// `host:port` of the endpoint.
-    fn authority(&self) -> &str {
-        self.url.trim_start_matches("sc://")
-    }
-}
-
-impl Drop for ConnectServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `ember server` on a free port with `secret`, started as [`ConnectServer::start`] does.
+fn secured_server(secret: &Secret, extra: &[&str]) -> ConnectServer {
+    let secret = String::from_utf8_lossy(secret.expose()).into_owned();
+    let mut args = vec!["--memory", "256MiB"];
+    args.extend_from_slice(extra);
+    ConnectServer::start(
+        &args,
+        &[(ember::engine::security::SECRET_ENV, secret.as_str())],
+    )
 }
 
 /// A Spark Connect `Config` call (get all) with an optional Bearer token.
@@ -372,7 +318,7 @@ async fn config_call(
 async fn spark_connect_clients_need_the_token() {
     let secret = certs::test_secret();
     let token = String::from_utf8_lossy(secret.expose()).into_owned();
-    let server = ConnectServer::start(&secret, &[]);
+    let server = secured_server(&secret, &[]);
     assert!(
         server.url.starts_with("sc://localhost:"),
         "PySpark sends tokens in plain text only to localhost: {}",
@@ -404,7 +350,7 @@ async fn spark_connect_clients_need_the_token() {
         files.key.to_string_lossy().into_owned(),
         files.ca.to_string_lossy().into_owned(),
     );
-    let server = ConnectServer::start(
+    let server = secured_server(
         &secret,
         &["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca],
     );

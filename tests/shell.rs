@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::write_orders;
+use common::{write_orders, ConnectServer};
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
 /// `ember sql` on one executor over the `orders` table, in a terminal.
@@ -160,50 +160,13 @@ fn scripts_with_semicolons_in_comments_and_literals_run_from_files() {
     );
 }
 
-/// Kills the server when the test ends, passed or not.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn connect_runs_statements_on_a_running_server() {
-    use std::io::BufRead;
     let data = tempfile::tempdir().expect("tmp");
     write_orders(data.path(), 1, 100);
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args([
-                "server",
-                "--port",
-                "0",
-                "--executors",
-                "1",
-                "--no-ui",
-                "--table",
-            ])
-            .arg(format!("orders={}", data.path().display()))
-            .env("RUST_LOG", "error")
-            .env("EMBER_EXECUTOR_BIN", env!("CARGO_BIN_EXE_ember-executor"))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("ember server starts"),
-    );
-    let stdout = server.0.stdout.take().expect("stdout");
-    let banner = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.contains("sc://"))
-        .expect("the server prints its URL");
-    let url = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("sc://"))
-        .expect("a sc:// URL")
-        .to_string();
+    let table = format!("orders={}", data.path().display());
+    let server = ConnectServer::start(&["--no-ui", "--table", &table], &[]);
+    let url = server.url.clone();
     let sql = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_ember"))
             .args(["sql", "--connect", &url, "--format", "csv"])

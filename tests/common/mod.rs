@@ -321,3 +321,60 @@ pub async fn cached_sql(session: &Session, sql: &str) -> DataFrame {
     assert!(cached.count().await.expect("count") > 0, "{sql} has rows");
     cached
 }
+
+/// `ember server` on a free port with one executor and `extra` arguments (and `env`), its
+/// stdout read until it prints its Spark Connect URL (and drained after); killed when
+/// dropped.
+pub struct ConnectServer {
+    child: std::process::Child,
+    /// The `sc://` URL it printed.
+    pub url: String,
+}
+
+impl ConnectServer {
+    /// Starts the server; panics when it prints no URL within a minute.
+    pub fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut child = ember_command(env!("CARGO_BIN_EXE_ember"))
+            .args(["server", "--port", "0", "--executors", "1"])
+            .args(extra)
+            .envs(env.iter().copied())
+            .env("EMBER_EXECUTOR_BIN", env!("CARGO_BIN_EXE_ember-executor"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("starts ember server");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut lines = stdout.lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(at) = line.find("sc://") {
+                // Keep reading what the server prints after.
+                std::thread::spawn(move || lines.for_each(drop));
+                return Self {
+                    child,
+                    url: line[at..].trim().to_string(),
+                };
+            }
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ember server printed no URL");
+    }
+
+    /// `host:port` of the endpoint.
+    pub fn authority(&self) -> &str {
+        self.url.trim_start_matches("sc://")
+    }
+}
+
+impl Drop for ConnectServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
