@@ -209,10 +209,11 @@ async fn main() -> anyhow::Result<()> {
         let address = address.clone();
         async move {
             let stats = Arc::new(FetchStats::default());
-            let batches: Vec<_> = fetch_block_stream(&pool, &address, block, Arc::clone(&stats))
-                .await?
-                .try_collect()
-                .await?;
+            let batches: Vec<_> =
+                fetch_block_stream(&pool, &address, block, Arc::clone(&stats), None)
+                    .await?
+                    .try_collect()
+                    .await?;
             let schema = batches[0].schema();
             let bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed) as usize;
             Ok((Partition::new(schema, batches), bytes))

@@ -78,6 +78,12 @@ pub struct ExecutorArgs {
     /// milliseconds before it starts.
     #[arg(long, hide = true)]
     pub inject_task_delay_ms: Option<u64>,
+    /// A directory this executor shares with the other processes of its application on
+    /// this host, on a memory file system (a local cluster passes one under /dev/shm):
+    /// blocks that same-host peers fetch are written there once as Arrow IPC files and
+    /// memory-mapped by the reader instead of being sent.
+    #[arg(long, value_name = "DIR")]
+    pub share_dir: Option<std::path::PathBuf>,
 }
 
 /// Parses a positive number of seconds.
@@ -209,6 +215,7 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
             .map(std::time::Duration::from_millis),
         advertise: args.advertise.clone(),
         security: args.security.resolve()?,
+        share_dir: args.share_dir.clone(),
     })
     .await?;
     let _health = match args.health_bind {

@@ -117,6 +117,43 @@ pub(crate) struct ExecutorSettings {
     pub(crate) adapter: ember_mllib::gpu::AdapterChoice,
     /// The cluster's secret and TLS (the secret goes in the child's environment).
     pub(crate) security: ember_engine::security::Security,
+    /// The directory the executors share block files through (removed with the last
+    /// holder of the settings, after the executors).
+    pub(crate) share: Option<std::sync::Arc<tempfile::TempDir>>,
+}
+
+/// A fresh directory on the host's memory file system (`/dev/shm`) for a local cluster's
+/// executors to share block files through, readable by this user only; `None` where there
+/// is none (the executors then send each other blocks over loopback).
+pub(crate) fn host_share_dir() -> Option<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return None;
+    }
+    match tempfile::Builder::new()
+        .prefix("ember-blocks-")
+        .tempdir_in(shm)
+    {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            tracing::warn!(error = %e, "no share directory in /dev/shm; executors send blocks");
+            None
+        }
+    }
+}
+
+/// Removes what the executor process `pid` left in the share directory `root` (it writes
+/// into `root/{pid}-{id}`), once the process is gone.
+fn remove_share_of(root: &Path, pid: u32) {
+    let prefix = format!("{pid}-");
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Starts one executor process that registers with `driver`.
@@ -147,6 +184,9 @@ pub(crate) fn spawn_executor(
         "--exit-on-stdin-close",
     ])
     .args(settings.adapter.to_args());
+    if let Some(share) = &settings.share {
+        cmd.arg("--share-dir").arg(share.path());
+    }
     crate::security::pass_to_child(&settings.security, &mut cmd);
     cmd
         // The executor watches its stdin: when this process dies, even by SIGKILL, the pipe
@@ -206,6 +246,10 @@ impl Healer {
             if child.reported {
                 continue;
             }
+            // The dead executor's block files: the driver recomputes its blocks anyway.
+            if let Some(share) = &self.settings.share {
+                remove_share_of(share.path(), child.child.id());
+            }
             let done = self.replaced.load(Ordering::Relaxed);
             if done >= self.limit {
                 child.reported = true;
@@ -236,5 +280,29 @@ impl Healer {
             }
         }
         started
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dead executor's directory goes, and only its own: another process whose id
+    /// starts with the same digits keeps its files.
+    #[test]
+    fn a_dead_executors_share_directory_is_removed_alone() {
+        let root = tempfile::tempdir().expect("tempdir");
+        for name in ["41-exec-0", "411-exec-1", "42-exec-2"] {
+            let dir = root.path().join(name);
+            std::fs::create_dir(&dir).expect("mkdir");
+            std::fs::write(dir.join("1-0-0-0.arrow"), b"block").expect("write");
+        }
+        remove_share_of(root.path(), 41);
+        let mut left: Vec<String> = std::fs::read_dir(root.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["411-exec-1", "42-exec-2"]);
     }
 }

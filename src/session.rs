@@ -125,6 +125,7 @@ pub struct SessionBuilder {
     executor_restarts: usize,
     ui: Option<crate::ui::UiConfig>,
     progress: bool,
+    host_files: bool,
 }
 
 /// Default size under which a join's build side is sent whole to every task instead of
@@ -146,6 +147,7 @@ impl Default for SessionBuilder {
             executor_restarts: DEFAULT_EXECUTOR_RESTARTS,
             ui: None,
             progress: true,
+            host_files: true,
         }
     }
 }
@@ -212,6 +214,15 @@ impl SessionBuilder {
     /// while the session lives; [`Session::ui_url`] says where.
     pub fn ui(mut self, config: crate::ui::UiConfig) -> Self {
         self.ui = Some(config);
+        self
+    }
+
+    /// Whether the executor processes of a local cluster hand each other blocks through
+    /// files on a memory file system (`/dev/shm`), written once and memory-mapped by the
+    /// reader, instead of sending them over loopback gRPC (default on where `/dev/shm`
+    /// exists; off, every block a peer reads is sent, as between hosts).
+    pub fn same_host_files(mut self, on: bool) -> Self {
+        self.host_files = on;
         self
     }
 
@@ -318,6 +329,7 @@ impl SessionBuilder {
             device: self.device,
             adapter: self.adapter.clone(),
             security: self.driver.security.clone(),
+            share: None,
         }
     }
 
@@ -377,6 +389,7 @@ impl SessionBuilder {
                 task_delay: this.delay_of(i),
                 advertise: None,
                 security: this.driver.security.clone(),
+                share_dir: None,
             })
             .await?;
             handles.push(Some(handle));
@@ -404,7 +417,13 @@ impl SessionBuilder {
         let driver = self.start_driver().await?;
         let cores = self.cores();
         let address = driver.advertised_address().to_string();
-        let settings = self.executor_settings();
+        let mut settings = self.executor_settings();
+        if self.host_files {
+            settings.share = crate::local_cluster::host_share_dir().map(Arc::new);
+            if let Some(share) = &settings.share {
+                driver.share_block_files(share.path().to_path_buf());
+            }
+        }
         let mut children = Vec::with_capacity(self.executors);
         for i in 0..self.executors {
             children.push(spawn_executor(

@@ -57,6 +57,7 @@ impl BlockReader for DriverBlockReader {
             &address,
             block,
             Arc::clone(&self.fetched),
+            self.driver.share_root(),
         )
         .await
         {

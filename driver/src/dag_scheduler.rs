@@ -29,9 +29,10 @@ use datafusion::physical_plan::replace_children_if_necessary;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use ember_engine::block_read::BlockReadExec;
 use ember_engine::block_read::{task_context_with_reader, BlockReader};
+use ember_engine::input_locations::InputLocationsBuilder;
 use ember_engine::lineage::{all_block_reads, block_dependencies, Dataset, Persistence};
 use ember_engine::plan_codec::encode_plan;
-use ember_engine::proto::{BlockLocation, LaunchTaskRequest};
+use ember_engine::proto::{InputLocations, LaunchTaskRequest};
 use ember_engine::{BlockId, DatasetId, EngineError, ExecutorId, JobId};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -367,6 +368,7 @@ impl Driver {
             job.metrics.driver_time += started.elapsed();
             job.metrics.blocks_read_remote += reader.blocks.load(Ordering::Relaxed);
             job.metrics.bytes_fetched += reader.fetched.bytes.load(Ordering::Relaxed);
+            job.metrics.bytes_mapped += reader.fetched.mapped.load(Ordering::Relaxed);
             match result.map_err(EngineError::from) {
                 Ok(taken) => return Ok(taken),
                 Err(EngineError::FetchFailed {
@@ -687,6 +689,19 @@ impl Driver {
             StageOutput::Parquet(dir) => OutputKind::Parquet(dir.clone()),
         };
         tracing::debug!(%stage, dataset = %dataset.id(), tasks = partitions.len(), "stage submitted");
+        let template = LaunchTaskRequest {
+            job_id: job.id.0,
+            stage_id: stage.0,
+            partition: 0,
+            attempt: 0,
+            dataset: dataset.id().0,
+            plan: encoded,
+            inputs: Some(inputs),
+            output: None,
+            task_id: 0,
+        };
+        // Each launch carries this much, plus its own ids and output.
+        let launch_bytes = prost::Message::encoded_len(&template) as u64;
         let report = self
             .scheduler
             .run_stage(StageSpec {
@@ -697,20 +712,11 @@ impl Driver {
                 name,
                 partitions: partitions.to_vec(),
                 preferred,
-                template: LaunchTaskRequest {
-                    job_id: job.id.0,
-                    stage_id: stage.0,
-                    partition: 0,
-                    attempt: 0,
-                    dataset: dataset.id().0,
-                    plan: encoded,
-                    inputs,
-                    output: None,
-                    task_id: 0,
-                },
+                template,
                 output: output_kind,
             })
             .await?;
+        job.metrics.launch_bytes += launch_bytes * report.attempts as u64;
         job.metrics.tasks_run += report.attempts;
         job.metrics.task_failures += report.failures;
         job.metrics.executors_lost += report.executors_lost;
@@ -811,10 +817,12 @@ impl Driver {
             job.metrics.blocks_read_local += m.blocks_read_local as usize;
             job.metrics.blocks_read_remote += m.blocks_read_remote as usize;
             job.metrics.bytes_fetched += m.bytes_fetched;
+            job.metrics.bytes_mapped += m.bytes_mapped;
             job.metrics.cached_blocks_used += m.cached_blocks_read as usize;
             job.metrics.source_partitions_read += m.source_partitions_read as usize;
             job.metrics.task_time += std::time::Duration::from_micros(m.run_micros);
             job.metrics.fetch_time += std::time::Duration::from_micros(m.fetch_micros);
+            job.metrics.plan_decode_time += std::time::Duration::from_micros(m.plan_decode_micros);
             job.metrics.shuffle_write_time +=
                 std::time::Duration::from_micros(m.shuffle_write_micros);
             job.metrics.shuffle_bytes_written += m.shuffle_bytes_written;
@@ -830,8 +838,9 @@ impl Driver {
     fn input_locations(
         &self,
         plan: &Arc<dyn ExecutionPlan>,
-    ) -> Result<Vec<BlockLocation>, StageFailure> {
-        let mut inputs = Vec::new();
+    ) -> Result<InputLocations, StageFailure> {
+        let mut inputs = InputLocationsBuilder::new();
+        let mut addresses: HashMap<ExecutorId, String> = HashMap::new();
         for dep in all_block_reads(plan) {
             let dep = self.dataset(dep)?;
             for p in 0..dep.partitions() as u32 {
@@ -846,19 +855,16 @@ impl Driver {
                         reason: "lost before the stage started".into(),
                     });
                 };
-                let address = self
-                    .registry
-                    .get(&executor)
-                    .map(|e| e.address)
-                    .unwrap_or_default();
-                inputs.push(BlockLocation {
-                    block: Some(block.into()),
-                    executor_id: executor.0,
-                    address,
+                let address = addresses.entry(executor.clone()).or_insert_with(|| {
+                    self.registry
+                        .get(&executor)
+                        .map(|e| e.address)
+                        .unwrap_or_default()
                 });
+                inputs.add(block, &executor, address);
             }
         }
-        Ok(inputs)
+        Ok(inputs.build())
     }
 }
 

@@ -173,6 +173,9 @@ pub struct Driver {
     next_job: AtomicU64,
     next_stage: AtomicU32,
     session: SessionContext,
+    /// The directory this process shares block files through with same-host executors
+    /// (set by a local cluster), so the driver maps their blocks instead of fetching them.
+    share_root: std::sync::OnceLock<PathBuf>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -303,6 +306,7 @@ impl DriverHandle {
             next_job: AtomicU64::new(1),
             next_stage: AtomicU32::new(1),
             session: SessionContext::new(),
+            share_root: std::sync::OnceLock::new(),
         });
         let (shutdown, _) = watch::channel(false);
         let mut stop = shutdown.subscribe();
@@ -358,6 +362,17 @@ impl Driver {
     /// The executors known to the driver.
     pub fn registry(&self) -> &ExecutorRegistry {
         &self.registry
+    }
+
+    /// Reads the blocks of executors that share `root` with this process (same-host
+    /// block files, see `ember-executor --share-dir`) by mapping their files; set once.
+    pub fn share_block_files(&self, root: PathBuf) {
+        let _ = self.share_root.set(root);
+    }
+
+    /// The same-host share directory, when one was set.
+    pub(crate) fn share_root(&self) -> Option<&std::path::Path> {
+        self.share_root.get().map(PathBuf::as_path)
     }
 
     /// Which executor holds which block.

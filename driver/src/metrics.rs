@@ -27,6 +27,9 @@ pub struct JobMetrics {
     pub blocks_read_remote: usize,
     /// Bytes moved by block fetches.
     pub bytes_fetched: u64,
+    /// Of `bytes_fetched`, bytes read from same-host peers' block files (memory-mapped,
+    /// not sent).
+    pub bytes_mapped: u64,
     /// Executors declared lost during the job.
     pub executors_lost: usize,
     /// Executor processes of a local cluster that died and were replaced by new ones while
@@ -41,6 +44,11 @@ pub struct JobMetrics {
     /// Of the task time, time spent fetching input blocks from peers (summed over
     /// concurrent fetches).
     pub fetch_time: Duration,
+    /// Of the task time, time spent decoding plan fragments (once per task).
+    pub plan_decode_time: Duration,
+    /// Bytes of the launch messages sent for the job's tasks (plan fragment, input
+    /// locations, ids), summed over tasks.
+    pub launch_bytes: u64,
     /// Of the task time, time map tasks spent partitioning and storing shuffle output.
     pub shuffle_write_time: Duration,
     /// Bytes written into shuffle blocks.

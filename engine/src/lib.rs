@@ -35,6 +35,8 @@ pub mod extension;
 pub mod failure;
 /// Newtype identifiers.
 pub mod ids;
+/// Who holds the blocks a task reads.
+pub mod input_locations;
 /// Datasets and plan cutting.
 pub mod lineage;
 /// The contents of a block.
@@ -45,6 +47,8 @@ pub mod plan_codec;
 pub mod rpc;
 /// Authentication and TLS of every RPC.
 pub mod security;
+/// Block files shared by the processes of one host, read by memory-mapping.
+pub mod shared_block;
 
 pub use error::{EngineError, Result};
 pub use ids::{BlockId, DatasetId, ExecutorId, JobId, StageId};

@@ -3,6 +3,7 @@
 //! peer, and the block fetch that the driver and executors share.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -320,8 +321,10 @@ pub fn transport_error(address: &str, status: tonic::Status) -> EngineError {
 /// shares these counters.
 #[derive(Debug, Default)]
 pub struct FetchStats {
-    /// Bytes received on the wire.
+    /// Bytes received: on the wire, or read from a same-host peer's block file.
     pub bytes: AtomicU64,
+    /// Of `bytes`, those read from same-host block files (memory-mapped).
+    pub mapped: AtomicU64,
     /// Microseconds spent waiting for the peer (connection, first and later chunks).
     pub micros: AtomicU64,
 }
@@ -329,33 +332,121 @@ pub struct FetchStats {
 /// Starts fetching one block from the executor at `address` and returns its batches as
 /// they arrive: each is decoded as soon as its last chunk is in, so a block is never held
 /// whole by the fetcher. Bytes and waiting time are added to `stats`.
+///
+/// With `share`, the fetcher's same-host share directory: a peer sharing it answers with
+/// the block's Arrow IPC file there, which is memory-mapped instead of sent (a file that
+/// cannot be read then is fetched over the stream after all).
 pub async fn fetch_block_stream(
     pool: &ChannelPool,
     address: &str,
     block: BlockId,
     stats: Arc<FetchStats>,
+    share: Option<&Path>,
 ) -> Result<BlockBatches> {
+    let started = Instant::now();
+    let mut chunks = open_fetch(pool, address, block, share, &stats).await?;
+    let mut decoder = BlockDecoder::new();
+    let mut ready = VecDeque::new();
+    if let Some(share) = share {
+        // A same-host peer answers with one chunk naming the file; others start sending.
+        let first = tokio::time::timeout(FETCH_IDLE_TIMEOUT, chunks.next())
+            .await
+            .map_err(|_| {
+                transport_error(address, tonic::Status::deadline_exceeded("fetch stalled"))
+            })?;
+        match first {
+            Some(Ok(chunk)) if !chunk.shared_path.is_empty() => {
+                match map_shared(share, PathBuf::from(chunk.shared_path)).await {
+                    Ok((bytes, batches)) => {
+                        stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+                        stats.mapped.fetch_add(bytes, Ordering::Relaxed);
+                        stats
+                            .micros
+                            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        return Ok(stream::iter(batches.into_iter().map(Ok)).boxed());
+                    }
+                    Err(e) => {
+                        tracing::debug!(%block, error = %e, "same-host block file unreadable; fetching it");
+                        chunks = open_fetch(pool, address, block, None, &stats).await?;
+                    }
+                }
+            }
+            Some(Ok(chunk)) => {
+                stats
+                    .bytes
+                    .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+                decoder.push(chunk.data, &mut ready)?;
+            }
+            Some(Err(status)) => return Err(transport_error(address, status)),
+            // An ended stream is checked complete by the first poll below.
+            None => {}
+        }
+    }
+    stats
+        .micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let state = Fetching {
+        address: address.to_string(),
+        chunks,
+        decoder: Some(decoder),
+        ready,
+        stats,
+    };
+    Ok(stream::try_unfold(state, Fetching::next_batch).boxed())
+}
+
+/// Sends the fetch request for `block` and returns the response stream.
+async fn open_fetch(
+    pool: &ChannelPool,
+    address: &str,
+    block: BlockId,
+    share: Option<&Path>,
+    stats: &FetchStats,
+) -> Result<tonic::Streaming<proto::BlockChunk>> {
     let started = Instant::now();
     let mut client = pool.executor(address)?;
     let request = proto::FetchBlockRequest {
         block: Some(block.into()),
+        share_dir: share
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     };
     let response = tokio::time::timeout(CONTROL_TIMEOUT, client.fetch_block(request)).await;
     stats
         .micros
         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-    let chunks = response
+    Ok(response
         .map_err(|_| transport_error(address, tonic::Status::deadline_exceeded("fetch start")))?
         .map_err(|s| transport_error(address, s))?
-        .into_inner();
-    let state = Fetching {
-        address: address.to_string(),
-        chunks,
-        decoder: Some(BlockDecoder::new()),
-        ready: VecDeque::new(),
-        stats,
-    };
-    Ok(stream::try_unfold(state, Fetching::next_batch).boxed())
+        .into_inner())
+}
+
+/// Maps the block file a same-host peer named, which must lie inside `share` (a peer
+/// names only files it wrote there); returns its size and batches.
+async fn map_shared(share: &Path, path: PathBuf) -> Result<(u64, Vec<RecordBatch>)> {
+    let inside = path.is_absolute()
+        && path.starts_with(share)
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if !inside {
+        return Err(EngineError::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "a peer named a block file outside the share directory",
+            ),
+        ));
+    }
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::metadata(&path)
+            .map_err(|e| EngineError::io(&path, e))?
+            .len();
+        let (_, batches) = crate::shared_block::map_block_file(&path)?;
+        Ok((bytes, batches))
+    })
+    .await
+    .map_err(|e| EngineError::Internal(format!("mapping a block file: {e}")))?
 }
 
 /// A block fetch in progress: the response stream, its decoder and the batches decoded

@@ -33,6 +33,10 @@ enum Stored {
     Memory(Arc<Partition>),
     /// Spilled to an Arrow IPC file in the spill directory; not counted against the limit.
     Disk { path: PathBuf, bytes: usize },
+    /// Written to an Arrow IPC file in the same-host share directory (a memory file
+    /// system) for a peer to map, and read by mapping it here too; counted against the
+    /// limit, since its pages are memory.
+    Shared { path: PathBuf, bytes: usize },
 }
 
 #[derive(Debug)]
@@ -48,6 +52,7 @@ impl Entry {
     fn memory_size(&self) -> usize {
         match &self.stored {
             Stored::Memory(p) => p.memory_size(),
+            Stored::Shared { bytes, .. } => *bytes,
             Stored::Disk { .. } => 0,
         }
     }
@@ -111,10 +116,22 @@ pub struct BlockManager {
     spill_dir: Option<PathBuf>,
     /// Bytes spilled since start.
     spilled: AtomicU64,
-    /// Numbers spill files, so a block stored again (a retried or recomputed task) never
+    /// Numbers spill and share files, so a block stored again (a retried or recomputed task) never
     /// writes over the file of the copy it replaces, whose removal would then take the new
     /// copy with it.
     spill_seq: AtomicU64,
+    /// The same-host share directory, when this executor has one.
+    share: Option<Share>,
+}
+
+/// Where an executor writes the blocks same-host peers ask for.
+#[derive(Debug)]
+struct Share {
+    /// The directory the application's processes on this host share: a peer that names
+    /// the same one in its fetch request is on this host.
+    root: PathBuf,
+    /// This executor's own directory inside it, where its block files go.
+    dir: PathBuf,
 }
 
 impl BlockManager {
@@ -130,7 +147,74 @@ impl BlockManager {
             spill_dir: None,
             spilled: AtomicU64::new(0),
             spill_seq: AtomicU64::new(0),
+            share: None,
         }
+    }
+
+    /// The same block manager, writing blocks that same-host peers fetch as Arrow IPC files
+    /// into `dir` (inside `root`, the directory the application's processes on this host
+    /// share; `dir` must exist, and its files are deleted with their blocks).
+    pub fn with_share_dir(mut self, root: impl Into<PathBuf>, dir: impl Into<PathBuf>) -> Self {
+        self.share = Some(Share {
+            root: root.into(),
+            dir: dir.into(),
+        });
+        self
+    }
+
+    /// The directory this executor shares with same-host processes, if any.
+    pub fn share_root(&self) -> Option<&Path> {
+        self.share.as_ref().map(|s| s.root.as_path())
+    }
+
+    /// The Arrow IPC file a same-host peer can map to read block `id`: written now (once)
+    /// from the block in memory, which from then on is that file; `None` when the block
+    /// is not held, is a cached block (kept in this process for its own readers), is
+    /// spilled, or cannot be written (a full memory file system): the peer is then sent
+    /// the block's bytes.
+    pub fn export(&self, id: BlockId) -> Option<PathBuf> {
+        let share = self.share.as_ref()?;
+        let partition = {
+            let entry = self.blocks.get(&id)?;
+            entry.last_used.store(self.tick(), Ordering::Relaxed);
+            match (&entry.stored, entry.kind) {
+                (Stored::Shared { path, .. }, _) => return Some(path.clone()),
+                (Stored::Memory(p), BlockKind::Pinned) => Arc::clone(p),
+                _ => return None,
+            }
+        };
+        let name = file_name(id, self.spill_seq.fetch_add(1, Ordering::Relaxed));
+        let (path, bytes) = match ember_engine::shared_block::write_block_file(
+            &share.dir,
+            &name,
+            partition.schema(),
+            partition.batches(),
+        ) {
+            Ok(written) => written,
+            Err(e) => {
+                tracing::debug!(%id, error = %e, "block not shared through a file; sending it");
+                return None;
+            }
+        };
+        let _guard = self.insert_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut entry) = self.blocks.get_mut(&id) else {
+            let _ = std::fs::remove_file(&path);
+            return None;
+        };
+        // The block may have been replaced or removed while the file was written.
+        if !matches!(&entry.stored, Stored::Memory(p) if Arc::ptr_eq(p, &partition)) {
+            drop(entry);
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+        entry.stored = Stored::Shared {
+            path: path.clone(),
+            bytes,
+        };
+        drop(entry);
+        self.sub_used(partition.memory_size());
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Some(path)
     }
 
     /// The same block manager, spilling pinned blocks that do not fit in memory to files
@@ -159,6 +243,18 @@ impl BlockManager {
             match &entry.stored {
                 Stored::Memory(p) => return Some(OpenBlock::Memory(Arc::clone(p))),
                 Stored::Disk { path, .. } => File::open(path),
+                Stored::Shared { path, .. } => {
+                    // Mapped while the entry is held, so its removal cannot come first.
+                    return match ember_engine::shared_block::map_block_file(path) {
+                        Ok((schema, batches)) => {
+                            Some(OpenBlock::Memory(Arc::new(Partition::new(schema, batches))))
+                        }
+                        Err(e) => {
+                            tracing::warn!(%id, error = %e, "shared block file unreadable; treating it as lost");
+                            None
+                        }
+                    };
+                }
             }
         };
         match opened.and_then(SpilledBlock::new) {
@@ -249,11 +345,7 @@ impl BlockManager {
             });
         };
         let seq = self.spill_seq.fetch_add(1, Ordering::Relaxed);
-        let name = match id.reduce {
-            Some(r) => format!("{}-{}-{}-{seq}.arrow", id.dataset.0, id.partition, r),
-            None => format!("{}-{}-{seq}.arrow", id.dataset.0, id.partition),
-        };
-        SpillWriter::create(dir.join(name), schema)
+        SpillWriter::create(dir.join(file_name(id, seq)), schema)
     }
 
     /// Stores the block written with `writer`; returns the bytes it has on disk.
@@ -430,6 +522,13 @@ impl BlockManager {
                     tracing::warn!(path = %path.display(), error = %e, "spill file not removed");
                 }
             }
+            Stored::Shared { path, bytes } => {
+                self.sub_used(bytes);
+                // A peer that mapped the file keeps its pages until it drops them.
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "shared block file not removed");
+                }
+            }
         }
     }
 
@@ -444,7 +543,7 @@ impl BlockManager {
             .iter()
             .map(|e| match &e.stored {
                 Stored::Disk { bytes, .. } => *bytes,
-                Stored::Memory(_) => 0,
+                Stored::Memory(_) | Stored::Shared { .. } => 0,
             })
             .sum()
     }
@@ -517,6 +616,16 @@ impl BlockManager {
     /// Whether no block is held.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()
+    }
+}
+
+/// The file name of block `id`'s copy number `seq` (numbered, so a block stored again never
+/// writes over the file of the copy it replaces, whose removal would then take the new
+/// copy with it).
+fn file_name(id: BlockId, seq: u64) -> String {
+    match id.reduce {
+        Some(r) => format!("{}-{}-{}-{seq}.arrow", id.dataset.0, id.partition, r),
+        None => format!("{}-{}-{seq}.arrow", id.dataset.0, id.partition),
     }
 }
 
@@ -662,6 +771,54 @@ mod tests {
         )
         .expect("valid batch");
         Arc::new(Partition::new(schema, vec![batch]))
+    }
+
+    /// A pinned block a same-host peer asks for becomes one file in the share directory,
+    /// written once, counted against the limit instead of the memory copy, readable here
+    /// too, and removed with the block; cached blocks and stores without a share
+    /// directory send bytes instead.
+    #[test]
+    fn exported_blocks_are_counted_files_removed_with_their_blocks() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("executor");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let store = BlockManager::new(1 << 30).with_share_dir(root.path(), &dir);
+        assert_eq!(store.share_root(), Some(root.path()));
+        let pinned = partition(1000);
+        store
+            .put(block(0), Arc::clone(&pinned), BlockKind::Pinned)
+            .expect("put");
+        let path = store.export(block(0)).expect("exported");
+        assert!(path.starts_with(&dir), "{}", path.display());
+        assert_eq!(store.export(block(0)), Some(path.clone()), "written once");
+        let bytes = std::fs::metadata(&path).expect("stat").len() as usize;
+        assert_eq!(store.used_bytes(), bytes);
+        let (_, mapped) = ember_engine::shared_block::map_block_file(&path).expect("map");
+        assert_eq!(mapped, pinned.batches());
+        let back = store.get(block(0)).expect("readable here");
+        assert_eq!(back.batches(), pinned.batches());
+
+        let cached = partition(10);
+        store
+            .put(block(1), Arc::clone(&cached), BlockKind::Cached)
+            .expect("put");
+        assert_eq!(
+            store.export(block(1)),
+            None,
+            "cached blocks stay in the process"
+        );
+        assert_eq!(store.export(block(7)), None, "not held");
+        assert!(store.remove(block(0)));
+        assert!(!path.exists(), "the file goes with its block");
+        assert_eq!(store.used_bytes(), cached.memory_size());
+        // A mapping taken before the removal still reads.
+        assert_eq!(mapped[0].num_rows(), 1000);
+
+        let unshared = BlockManager::new(1 << 30);
+        unshared
+            .put(block(0), pinned, BlockKind::Pinned)
+            .expect("put");
+        assert_eq!(unshared.export(block(0)), None);
     }
 
     #[test]

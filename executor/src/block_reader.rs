@@ -1,15 +1,14 @@
 //! Task block reader: serves a running task's block reads from this executor's block
 //! manager, or from the peer the driver named, and counts what it read.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use ember_engine::block_read::{partition_batches, BlockBatches, BlockReader, BlockSink};
-use ember_engine::proto::{BlockLocation, TaskMetrics};
+use ember_engine::proto::{InputLocations, TaskMetrics};
 use ember_engine::rpc::{fetch_block_stream, ChannelPool, FetchStats};
 use ember_engine::{BlockId, EngineError, ExecutorId, Result};
 use futures::{stream, StreamExt, TryStreamExt};
@@ -22,7 +21,7 @@ use crate::block_writer::BlockWriter;
 pub(crate) struct TaskBlockReader {
     local: Arc<BlockManager>,
     self_id: ExecutorId,
-    inputs: HashMap<BlockId, (ExecutorId, String)>,
+    inputs: InputLocations,
     pool: ChannelPool,
     read_local: AtomicU32,
     read_remote: AtomicU32,
@@ -30,6 +29,7 @@ pub(crate) struct TaskBlockReader {
     cached_read: AtomicU32,
     computed_inline: AtomicU32,
     source_reads: AtomicU32,
+    plan_decode_micros: AtomicU64,
     /// Blocks computed inline and kept, and blocks evicted to keep them; nothing is awaited
     /// while these are locked.
     filled: Arc<Mutex<Vec<(BlockId, u64)>>>,
@@ -37,23 +37,13 @@ pub(crate) struct TaskBlockReader {
 }
 
 impl TaskBlockReader {
-    /// A reader for a task whose inputs live at `locations`.
+    /// A reader for a task whose inputs live at `inputs`.
     pub(crate) fn new(
         local: Arc<BlockManager>,
         self_id: ExecutorId,
-        locations: &[BlockLocation],
+        inputs: InputLocations,
         pool: ChannelPool,
     ) -> Self {
-        let inputs = locations
-            .iter()
-            .filter_map(|l| {
-                let block = BlockId::from(l.block.as_ref()?);
-                Some((
-                    block,
-                    (ExecutorId(l.executor_id.clone()), l.address.clone()),
-                ))
-            })
-            .collect();
         Self {
             local,
             self_id,
@@ -65,6 +55,7 @@ impl TaskBlockReader {
             cached_read: AtomicU32::new(0),
             computed_inline: AtomicU32::new(0),
             source_reads: AtomicU32::new(0),
+            plan_decode_micros: AtomicU64::new(0),
             filled: Arc::default(),
             evicted: Arc::default(),
         }
@@ -80,6 +71,12 @@ impl TaskBlockReader {
         std::mem::take(&mut *self.evicted.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Records how long decoding the task's plan took.
+    pub(crate) fn note_plan_decode(&self, took: std::time::Duration) {
+        self.plan_decode_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// What the task read so far.
     pub(crate) fn metrics(&self) -> TaskMetrics {
         TaskMetrics {
@@ -91,6 +88,8 @@ impl TaskBlockReader {
             blocks_computed_inline: self.computed_inline.load(Ordering::Relaxed),
             source_partitions_read: self.source_reads.load(Ordering::Relaxed),
             fetch_micros: self.fetched.micros.load(Ordering::Relaxed),
+            bytes_mapped: self.fetched.mapped.load(Ordering::Relaxed),
+            plan_decode_micros: self.plan_decode_micros.load(Ordering::Relaxed),
             ..TaskMetrics::default()
         }
     }
@@ -121,29 +120,34 @@ impl BlockReader for TaskBlockReader {
             None => {}
         }
         // Every reduce bucket of a map partition lives where the map task ran.
-        let Some((executor, address)) = self.inputs.get(&block.map_output()) else {
+        let Some((executor, address)) = self.inputs.holder(block.map_output()) else {
             return Err(EngineError::FetchFailed {
                 block,
                 executor: self.self_id.clone(),
                 reason: "the driver named no location for it".into(),
             });
         };
-        if *executor == self.self_id {
+        if executor == self.self_id {
             return Err(EngineError::FetchFailed {
                 block,
                 executor: executor.clone(),
                 reason: "no longer held here (evicted or removed)".into(),
             });
         }
-        let executor = executor.clone();
         let lost = move |e: EngineError| EngineError::FetchFailed {
             block,
             executor: executor.clone(),
             reason: e.to_string(),
         };
-        let batches = fetch_block_stream(&self.pool, address, block, Arc::clone(&self.fetched))
-            .await
-            .map_err(&lost)?;
+        let batches = fetch_block_stream(
+            &self.pool,
+            address,
+            block,
+            Arc::clone(&self.fetched),
+            self.local.share_root(),
+        )
+        .await
+        .map_err(&lost)?;
         self.read_remote.fetch_add(1, Ordering::Relaxed);
         Ok(batches.map_err(lost).boxed())
     }

@@ -27,6 +27,7 @@ mod service;
 mod task_runner;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,6 +128,11 @@ pub struct ExecutorConfig {
     pub advertise: Option<String>,
     /// Who may call the executor, and how its channels are protected.
     pub security: Security,
+    /// The directory this executor shares with the other processes of its application on
+    /// this host, on a memory file system: blocks a same-host peer fetches are written
+    /// there once, into a directory of this executor's own, and memory-mapped by the
+    /// peer. `None`: peers are always sent the bytes.
+    pub share_dir: Option<PathBuf>,
 }
 
 /// Adds a configuration value to an executor's DataFusion session.
@@ -177,6 +183,8 @@ pub struct ExecutorHandle {
     _compute: Arc<ComputeRuntime>,
     /// Where spilled blocks go; removed (with anything left in it) when the handle drops.
     _spill_dir: tempfile::TempDir,
+    /// This executor's directory of same-host block files; removed when the handle drops.
+    _share_dir: Option<OwnedDir>,
 }
 
 impl ExecutorHandle {
@@ -269,7 +277,24 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         .tempdir()
         .map_err(|e| EngineError::io(std::env::temp_dir(), e))?;
     let (block_memory, operator_memory) = memory_split(config.memory_bytes);
-    let blocks = Arc::new(BlockManager::new(block_memory).with_spill_dir(spill_dir.path()));
+    let share = config.share_dir.as_deref().and_then(|root| {
+        // Named by process first, so whoever started this process can remove what it
+        // leaves behind if it dies.
+        let dir = root.join(format!("{}-{}", std::process::id(), sanitize(&id.0)));
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => Some((root.to_path_buf(), OwnedDir(dir))),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e,
+                    "cannot use the share directory; same-host peers are sent blocks");
+                None
+            }
+        }
+    });
+    let mut blocks = BlockManager::new(block_memory).with_spill_dir(spill_dir.path());
+    if let Some((root, dir)) = &share {
+        blocks = blocks.with_share_dir(root, &dir.0);
+    }
+    let blocks = Arc::new(blocks);
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(operator_memory)))
         .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(
@@ -395,7 +420,18 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         blocks,
         _compute: compute,
         _spill_dir: spill_dir,
+        _share_dir: share.map(|(_, dir)| dir),
     })
+}
+
+/// A directory removed, with everything in it, when dropped.
+#[derive(Debug)]
+struct OwnedDir(PathBuf);
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// `id` with every character that is not safe in a file name replaced.

@@ -178,11 +178,15 @@ impl ExecutorService for ExecutorServiceImpl {
             Some(peer) => Some(self.fetch_permit(peer).await),
             None => None,
         };
+        let request = request.into_inner();
         let block = request
-            .into_inner()
             .block
             .map(BlockId::from)
             .ok_or_else(|| Status::invalid_argument("fetch without a block id"))?;
+        // A fetcher that shares this executor's share directory is on this host: it is
+        // handed the block's file there to map, instead of its bytes.
+        let same_host = !request.share_dir.is_empty()
+            && self.env.blocks.share_root() == Some(std::path::Path::new(&request.share_dir));
         let (tx, rx) = mpsc::channel(FETCH_CHUNKS_IN_FLIGHT);
         let blocks = Arc::clone(&self.env.blocks);
         let executor = self.env.executor_id.clone();
@@ -191,10 +195,23 @@ impl ExecutorService for ExecutorServiceImpl {
         tokio::task::spawn_blocking(move || {
             // Held until the block is sent or the fetcher hangs up.
             let _permit = permit;
+            if same_host {
+                if let Some(path) = blocks.export(block) {
+                    let chunk = BlockChunk {
+                        data: bytes::Bytes::new(),
+                        shared_path: path.to_string_lossy().into_owned(),
+                    };
+                    let _ = tx.blocking_send(Ok(chunk));
+                    return;
+                }
+            }
             let send = |chunks: &mut dyn Iterator<Item = ember_engine::Result<bytes::Bytes>>| {
                 for chunk in chunks {
                     let msg = chunk
-                        .map(|data| BlockChunk { data })
+                        .map(|data| BlockChunk {
+                            data,
+                            shared_path: String::new(),
+                        })
                         .map_err(|e| Status::internal(e.to_string()));
                     // The receiver is gone when the fetcher hung up: stop encoding.
                     if tx.blocking_send(msg).is_err() {

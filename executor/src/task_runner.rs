@@ -55,7 +55,7 @@ pub(crate) async fn run_task(env: TaskEnv, request: LaunchTaskRequest) -> TaskSt
     let reader = Arc::new(TaskBlockReader::new(
         Arc::clone(&env.blocks),
         env.executor_id.clone(),
-        &request.inputs,
+        request.inputs.clone().unwrap_or_default(),
         env.pool.clone(),
     ));
     let outcome = execute(&env, &request, Arc::clone(&reader)).await;
@@ -195,8 +195,10 @@ async fn execute(
     request: &LaunchTaskRequest,
     reader: Arc<TaskBlockReader>,
 ) -> Result<Output> {
-    let ctx = Arc::new(task_context(env, request, reader));
+    let ctx = Arc::new(task_context(env, request, Arc::clone(&reader)));
+    let decoding = Instant::now();
     let plan = decode_plan(&request.plan, &ctx)?;
+    reader.note_plan_decode(decoding.elapsed());
     let partition = request.partition as usize;
     let partitions = plan.output_partitioning().partition_count();
     let shuffle = matches!(

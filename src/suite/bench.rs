@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// optimization is worth.
     #[arg(long = "baseline-option", value_name = "KEY=VALUE", value_parser = parse_option)]
     pub baseline_options: Vec<(String, String)>,
+    /// Executors send each other every block over loopback gRPC, as between hosts,
+    /// instead of sharing block files on /dev/shm (to measure what those files save).
+    #[arg(long)]
+    pub no_host_files: bool,
 }
 
 fn parse_option(text: &str) -> Result<(String, String), String> {
@@ -132,6 +136,7 @@ pub async fn bench(suite: &'static Suite, args: &BenchArgs) -> anyhow::Result<()
     let session = Session::builder()
         .executors(args.executors)
         .memory_per_executor(args.memory)
+        .same_host_files(!args.no_host_files)
         .local_cluster()
         .await
         .context("starting the Ember cluster")?;
@@ -421,7 +426,7 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
     let mut lines = vec![
         format!(
             "stages={} tasks={} task_failures={} source_partitions={} blocks_local={} \
-             blocks_remote={} MB_fetched={:.2} MB_shuffled={:.2} MB_spilled={:.2} \
+             blocks_remote={} MB_fetched={:.2} MB_mapped={:.2} MB_shuffled={:.2} MB_spilled={:.2} \
              cached_blocks_used={} recomputed={} executors_lost={} executors_replaced={} \
              replanned=[{}]",
             m.stages_run,
@@ -431,6 +436,7 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
             m.blocks_read_local,
             m.blocks_read_remote,
             megabytes(m.bytes_fetched),
+            megabytes(m.bytes_mapped),
             megabytes(m.shuffle_bytes_written),
             megabytes(m.spilled_bytes),
             m.cached_blocks_used,
@@ -441,13 +447,16 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
         ),
         format!(
             "job={:.3}s planning={:.3}s task_time={:.3}s fetch_time={:.3}s \
-             shuffle_write_time={:.3}s driver_time={:.3}s",
+             shuffle_write_time={:.3}s plan_decode_time={:.3}s driver_time={:.3}s \
+             launch_KB={:.1}",
             secs(m.duration),
             secs(m.planning),
             secs(m.task_time),
             secs(m.fetch_time),
             secs(m.shuffle_write_time),
-            secs(m.driver_time)
+            secs(m.plan_decode_time),
+            secs(m.driver_time),
+            m.launch_bytes as f64 / 1e3
         ),
     ];
     for stage in &m.stages {

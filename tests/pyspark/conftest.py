@@ -1,4 +1,4 @@
-"""Fixtures of the PySpark suite: sessions on the `ember server` that tests/pyspark.rs
+"""Fixtures of the PySpark suite: sessions on the `ember server` that tests/it/pyspark.rs
 started (its URL, pid and data come in environment variables)."""
 
 import os

@@ -1,5 +1,5 @@
 """The 22 TPC-H queries through `spark.sql`, and several written with the DataFrame API,
-compared with Ember's own answers (computed by tests/pyspark.rs over the same data)."""
+compared with Ember's own answers (computed by tests/it/pyspark.rs over the same data)."""
 
 import datetime
 import os

@@ -6,13 +6,13 @@
 //! (`target/tmp/ui-screenshots/`). `.ci/run` installs Debian's `chromium`; elsewhere the
 //! test is skipped with a message when no Chromium is found (in CI it fails instead).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::http::{address_of, json_request};
-use common::{builder, cached_sql, iris, orders_session, Mode, IRIS_INPUTS};
+use crate::common::http::{address_of, json_request};
+use crate::common::{builder, cached_sql, iris, orders_session, Mode, IRIS_INPUTS};
 use ember::ml::*;
 use ember::ui::UiConfig;
 

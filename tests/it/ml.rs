@@ -2,17 +2,16 @@
 //! data through full pipelines with save and load, the tree reduction's shape, a killed
 //! executor during training, and bad input.
 
-mod common;
-#[path = "common/reference.rs"]
-mod reference;
+use crate::common;
+use crate::common::reference;
 
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::common::{builder, session, Mode};
 use arrow::array::{Array, AsArray, Float64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use common::{builder, session, Mode};
 use ember::ml::*;
 use ember::prelude::*;
 use parquet::arrow::ArrowWriter;

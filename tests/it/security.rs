@@ -1,17 +1,16 @@
 //! Who may call an Ember cluster: a shared secret on every RPC of the driver, the
 //! executors and the Spark Connect endpoint, TLS (mutual as an option) with certificates
 //! made by the test, servers that refuse to leave loopback unprotected, and executor ids
-//! that cannot be taken over. Everything here runs on loopback; `tests/multihost.rs`
+//! that cannot be taken over. Everything here runs on loopback; `tests/it/multihost.rs`
 //! spans network namespaces.
 
-#[path = "common/certs.rs"]
-mod certs;
-mod common;
+use crate::common;
+use crate::common::certs;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ConnectServer, Mode};
+use crate::common::{ConnectServer, Mode};
 use ember::engine::proto::driver_service_client::DriverServiceClient;
 use ember::engine::proto::executor_service_client::ExecutorServiceClient;
 use ember::engine::proto::{RegisterExecutorRequest, StatusRequest};
@@ -159,6 +158,7 @@ async fn a_live_executors_id_cannot_be_taken() {
         task_delay: None,
         advertise: None,
         security: session.driver().security().clone(),
+        share_dir: None,
     })
     .await
     .expect_err("the id belongs to a live executor");
@@ -405,6 +405,7 @@ async fn an_executor_runs_no_more_tasks_than_it_has_slots() {
         task_delay: Some(Duration::from_secs(3)),
         advertise: None,
         security: Security::none(),
+        share_dir: None,
     })
     .await
     .expect("executor");

@@ -8,9 +8,8 @@
 //!
 //! Needs root (CI runs as root) to make namespaces; elsewhere it says why it skipped.
 
-#[path = "common/certs.rs"]
-mod certs;
-mod common;
+use crate::common;
+use crate::common::certs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

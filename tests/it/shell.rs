@@ -4,11 +4,11 @@
 //! and history kept across runs. Scripts with comments and literals holding `;` run from
 //! files.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
-use common::{write_orders, ConnectServer};
+use crate::common::{write_orders, ConnectServer};
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
 /// `ember sql` on one executor over the `orders` table, in a terminal.

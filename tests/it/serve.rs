@@ -3,7 +3,7 @@
 //! transform on the cluster, bad input refused with the field named, new versions picked
 //! up, concurrent clients batched.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -11,11 +11,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::http::{json_request, read_response, request};
+use crate::common::{session, Mode, IRIS_INPUTS};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float64Type;
 use arrow::record_batch::RecordBatch;
-use common::http::{json_request, read_response, request};
-use common::{session, Mode, IRIS_INPUTS};
 use ember::ml::*;
 use ember::prelude::*;
 use serde_json::{json, Value};

@@ -21,7 +21,7 @@
 //! For best accuracy feed standardised (or at least well-scaled) features: the attainable
 //! gradient norm is roughly `1e-16 * ||H|| * ||coefficients||`.
 
-// When this file is used as `tests/common/reference.rs`, each integration test binary uses only
+// When this file is used as `tests/it/common/reference.rs`, each integration test binary uses only
 // some of these functions.
 #![allow(dead_code)]
 

@@ -5,12 +5,12 @@
 //! directory once the cluster stops); and
 //! `ember tpcds gen` / `ember tpcds bench` work from the command line.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::Mode;
+use crate::common::Mode;
 use datafusion::prelude::SessionContext;
 use ember::prelude::*;
 use ember::{tpcds, tpch};

@@ -3,15 +3,15 @@
 //! beaten by its speculative copy, the event log, unpersist with live clones, and a
 //! standalone executor that stops when its driver goes away.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{datafusion_answer, sorted_rows, write_orders, Mode};
 use arrow::array::Int64Array;
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use common::{datafusion_answer, sorted_rows, write_orders, Mode};
 use datafusion::datasource::MemTable;
 use ember::driver::{JobStatus, SchedulerEvent, SchedulingMode, TaskEndStatus};
 use ember::prelude::*;

@@ -1,9 +1,9 @@
 //! A real cluster end to end: queries in both modes against single-process DataFusion,
 //! caching, eviction, unpersist, writing, and recovery from a killed executor process.
 
-mod common;
+use crate::common;
 
-use common::{datafusion_answer, row_count, session, sorted_rows, write_orders, Mode};
+use crate::common::{datafusion_answer, row_count, session, sorted_rows, write_orders, Mode};
 use ember::prelude::*;
 
 const QUERIES: &[&str] = &[

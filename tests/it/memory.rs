@@ -2,7 +2,7 @@
 //! with every executor's peak resident set inside its limit plus the stated overhead, and no
 //! spill file left behind.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

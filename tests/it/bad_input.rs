@@ -1,11 +1,11 @@
 //! Bad input gets a clear error that says what and where, never a panic, and cached data
 //! stays intact.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 
-use common::{session, write_orders, Mode};
+use crate::common::{session, write_orders, Mode};
 use ember::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +203,7 @@ async fn executor_that_cannot_reach_its_driver_fails_to_start_with_the_address()
         task_delay: None,
         advertise: None,
         security: Default::default(),
+        share_dir: None,
     })
     .await
     .expect_err("no driver there");

@@ -2,7 +2,7 @@
 //! DataFusion's answers over the same generated data, and `ember tpch gen` and
 //! `ember tpch bench` work from the command line and reject bad input.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

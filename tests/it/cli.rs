@@ -1,11 +1,11 @@
 //! The `ember` command line: `ember sql` on a local cluster, output formats, and errors on
 //! stderr with a non-zero exit.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
-use common::write_orders;
+use crate::common::write_orders;
 
 fn ember() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));

@@ -2,9 +2,9 @@
 //! single-process DataFusion, EXPLAIN shows the stages, and a killed executor's map outputs
 //! are recomputed mid-query.
 
-mod common;
+use crate::common;
 
-use common::{datafusion_answer, sorted_rows, write_orders, Mode};
+use crate::common::{datafusion_answer, sorted_rows, write_orders, Mode};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{ExprFunctionExt, JoinType};
 use ember::driver::SchedulerEvent;
@@ -44,6 +44,7 @@ const QUERIES: [&str; 5] = [
 async fn queries_through_a_shuffle_match_datafusion(mode: Mode) {
     let builder = common::builder(2).broadcast_join_threshold(0);
     let (dir, session) = common::orders_session(mode, builder, 3, 2_000).await;
+    let mut mapped = 0;
     for sql in QUERIES {
         assert_same_as_datafusion(&session, dir.path(), sql).await;
         let metrics = session.last_job_metrics().expect("metrics");
@@ -52,7 +53,20 @@ async fn queries_through_a_shuffle_match_datafusion(mode: Mode) {
             "{sql} ran without a shuffle: {metrics:?}"
         );
         assert!(metrics.shuffle_bytes_written > 0, "{sql}");
+        assert!(metrics.bytes_mapped <= metrics.bytes_fetched, "{metrics:?}");
+        mapped += metrics.bytes_mapped;
     }
+    // Executor processes on one host hand each other shuffle blocks through files they
+    // map (where the host has a memory file system); executors inside one process fetch
+    // over loopback.
+    match mode {
+        Mode::Processes if std::path::Path::new("/dev/shm").is_dir() => {
+            assert!(mapped > 0, "no block was read through a shared file")
+        }
+        _ => assert_eq!(mapped, 0),
+    }
+    // The shared files went with their blocks at each job's end.
+    common::assert_executors_hold_nothing(&session).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 //! are told to, and one that names no adapter fails with a clear error. Skipped without
 //! an adapter, except in CI (`CI=true`).
 
-mod common;
+use crate::common;
 
 use ember::ml::*;
 use ember::mllib::gpu::{shared_gpu, shared_gpu_for, AdapterChoice, Device, GpuBackend};

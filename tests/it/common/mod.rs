@@ -2,7 +2,9 @@
 //! and an independent single-process DataFusion to compare answers with.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod http;
+pub mod reference;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,7 +38,7 @@ pub fn fast_driver() -> DriverConfig {
 }
 
 /// A builder for `n` executors with one core each and the test executor binary. mllib
-/// kernels run on the CPU (comparisons with f64 references); `tests/gpu.rs` asks for the
+/// kernels run on the CPU (comparisons with f64 references); `tests/it/gpu.rs` asks for the
 /// GPU itself. A killed executor stays dead (tests of recovery count on it); the test of
 /// a local cluster's healing asks for replacements.
 pub fn builder(n: usize) -> SessionBuilder {

@@ -4,12 +4,12 @@
 //! shown lost with its reason, a failed job with its error, `/metrics`, and the history
 //! server replaying the same application from its event log.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::http::{address_of, json_request, request};
-use common::{builder, cached_sql, iris, orders_session, Mode, IRIS_INPUTS};
+use crate::common::http::{address_of, json_request, request};
+use crate::common::{builder, cached_sql, iris, orders_session, Mode, IRIS_INPUTS};
 use ember::ml::*;
 use ember::ui::UiConfig;
 use serde_json::Value;
