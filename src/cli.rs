@@ -390,6 +390,8 @@ async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
     let timing = std::io::stderr().is_terminal();
     for statement in &statements {
         if !crate::shell::run_statement(&mut target, statement, args.format, timing).await? {
+            // Stop the cluster (its executors, its files) before leaving without unwinding.
+            drop(target);
             std::process::exit(130);
         }
     }

@@ -122,22 +122,52 @@ pub(crate) struct ExecutorSettings {
     pub(crate) share: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
+/// Prefix of the share directories local clusters make in `/dev/shm`, followed by the
+/// driver's process id.
+const SHARE_DIR_PREFIX: &str = "ember-blocks-";
+
 /// A fresh directory on the host's memory file system (`/dev/shm`) for a local cluster's
 /// executors to share block files through, readable by this user only; `None` where there
-/// is none (the executors then send each other blocks over loopback).
+/// is none (the executors then send each other blocks over loopback). Directories left by
+/// drivers that died (their process is gone) are removed first: their pages are memory.
 pub(crate) fn host_share_dir() -> Option<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
     let shm = Path::new("/dev/shm");
     if !shm.is_dir() {
         return None;
     }
+    remove_stale_share_dirs(shm);
     match tempfile::Builder::new()
-        .prefix("ember-blocks-")
+        .prefix(&format!("{SHARE_DIR_PREFIX}{}-", std::process::id()))
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(shm)
     {
         Ok(dir) => Some(dir),
         Err(e) => {
             tracing::warn!(error = %e, "no share directory in /dev/shm; executors send blocks");
             None
+        }
+    }
+}
+
+/// Removes the share directories under `shm` whose driver process no longer runs (a
+/// driver killed outright cannot remove its own).
+fn remove_stale_share_dirs(shm: &Path) {
+    let Ok(entries) = std::fs::read_dir(shm) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SHARE_DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -304,5 +334,30 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["411-exec-1", "42-exec-2"]);
+    }
+
+    /// A share directory whose driver is gone is removed when the next one is made; a live
+    /// driver's stays, and the new one is this user's alone.
+    #[test]
+    fn share_directories_of_dead_drivers_are_swept() {
+        use std::os::unix::fs::PermissionsExt;
+        if !Path::new("/dev/shm").is_dir() {
+            return;
+        }
+        // Process ids are below 2^22 on Linux: this one cannot run.
+        let dead = Path::new("/dev/shm").join(format!("{SHARE_DIR_PREFIX}4294967294-test"));
+        std::fs::create_dir_all(dead.join("7-exec-0")).expect("mkdir");
+        let live = tempfile::Builder::new()
+            .prefix(&format!("{SHARE_DIR_PREFIX}{}-", std::process::id()))
+            .tempdir_in("/dev/shm")
+            .expect("live dir");
+        let fresh = host_share_dir().expect("share dir");
+        assert!(!dead.exists(), "a dead driver's directory is swept");
+        assert!(live.path().exists(), "a live driver's directory stays");
+        let mode = std::fs::metadata(fresh.path())
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

@@ -245,7 +245,8 @@ impl BlockManager {
                 Stored::Disk { path, .. } => File::open(path),
                 Stored::Shared { path, .. } => {
                     // Mapped while the entry is held, so its removal cannot come first.
-                    return match ember_engine::shared_block::map_block_file(path) {
+                    // SAFETY: this block manager wrote the file and never changes it.
+                    return match unsafe { ember_engine::shared_block::map_block_file(path) } {
                         Ok((schema, batches)) => {
                             Some(OpenBlock::Memory(Arc::new(Partition::new(schema, batches))))
                         }
@@ -793,7 +794,9 @@ mod tests {
         assert_eq!(store.export(block(0)), Some(path.clone()), "written once");
         let bytes = std::fs::metadata(&path).expect("stat").len() as usize;
         assert_eq!(store.used_bytes(), bytes);
-        let (_, mapped) = ember_engine::shared_block::map_block_file(&path).expect("map");
+        // SAFETY: the store just wrote it.
+        let (_, mapped) =
+            unsafe { ember_engine::shared_block::map_block_file(&path) }.expect("map");
         assert_eq!(mapped, pinned.batches());
         let back = store.get(block(0)).expect("readable here");
         assert_eq!(back.batches(), pinned.batches());

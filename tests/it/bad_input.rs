@@ -1,7 +1,6 @@
 //! Bad input gets a clear error that says what and where, never a panic, and cached data
 //! stays intact.
 
-use crate::common;
 
 use std::io::Write;
 

@@ -23,6 +23,8 @@
 
 mod adapter;
 mod device;
+#[cfg(test)]
+mod kernel_tests;
 
 pub use adapter::{AdapterChoice, GpuBackend};
 use device::gpu_error;

@@ -7,15 +7,15 @@
 
 use std::sync::Arc;
 
-use ember_mllib::gpu::{
+use crate::gpu::{
     shader_sources, shared_gpu, shared_gpu_for, AdapterChoice, GpuBackend, GpuKernel,
 };
-use ember_mllib::kernel::{gradient_len, kmeans_len, CpuKernel, Kernel, Loss};
-use ember_mllib::vector::DenseBlock;
+use crate::kernel::{gradient_len, kmeans_len, CpuKernel, Kernel, Loss};
+use crate::vector::DenseBlock;
 
 #[test]
 fn every_shader_validates() {
-    let copy = ("copy", ember_mllib::gpu::COPY_SHADER.to_string());
+    let copy = ("copy", crate::gpu::COPY_SHADER.to_string());
     for (name, source) in shader_sources().into_iter().chain([copy]) {
         let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
             panic!("{name}.wgsl does not parse:\n{}", e.emit_to_string(&source))
@@ -316,7 +316,7 @@ fn a_lost_device_falls_back_to_the_cpu() {
 
 #[test]
 fn auto_uses_a_hardware_adapter_only() {
-    let auto = ember_mllib::gpu::AutoKernel::default();
+    let auto = crate::gpu::AutoKernel::default();
     assert!(
         auto.device().starts_with("auto"),
         "undecided before the first pass"
