@@ -1,7 +1,6 @@
 //! Bad input gets a clear error that says what and where, never a panic, and cached data
 //! stays intact.
 
-
 use std::io::Write;
 
 use crate::common::{session, write_orders, Mode};

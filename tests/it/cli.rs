@@ -1,7 +1,6 @@
 //! The `ember` command line: `ember sql` on a local cluster, output formats, and errors on
 //! stderr with a non-zero exit.
 
-
 use std::process::Command;
 
 use crate::common::write_orders;

@@ -4,7 +4,6 @@
 //! and history kept across runs. Scripts with comments and literals holding `;` run from
 //! files.
 
-
 use std::process::Command;
 
 use crate::common::{write_orders, ConnectServer};
