@@ -116,9 +116,9 @@ pub struct BlockManager {
     spill_dir: Option<PathBuf>,
     /// Bytes spilled since start.
     spilled: AtomicU64,
-    /// Numbers spill and share files, so a block stored again (a retried or recomputed task) never
-    /// writes over the file of the copy it replaces, whose removal would then take the new
-    /// copy with it.
+    /// Numbers spill and share files, so a block stored again (a retried or recomputed
+    /// task) never writes over the file of the copy it replaces, whose removal would then
+    /// take the new copy with it.
     spill_seq: AtomicU64,
     /// The same-host share directory, when this executor has one.
     share: Option<Share>,
