@@ -598,9 +598,11 @@ impl Session {
         // which Ember's tasks (one partition each, from their own copy of the plan) cannot:
         // dynamic join filters wait for every probe partition of the same plan instance,
         // and physical scalar subqueries hand their value to expressions through an
-        // in-memory container. Scalar subqueries are planned as joins instead.
-        optimizer.enable_dynamic_filter_pushdown = false;
-        optimizer.enable_join_dynamic_filter_pushdown = false;
+        // in-memory container. Join filters are still planned (pushed into the probe
+        // side's scan) and filled in per task from a broadcast join's build side by
+        // Ember's `join_filter`; scalar subqueries are planned as joins instead.
+        optimizer.enable_dynamic_filter_pushdown = true;
+        optimizer.enable_join_dynamic_filter_pushdown = true;
         optimizer.enable_topk_dynamic_filter_pushdown = false;
         optimizer.enable_aggregate_dynamic_filter_pushdown = false;
         optimizer.enable_physical_uncorrelated_scalar_subquery = false;

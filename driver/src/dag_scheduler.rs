@@ -30,6 +30,7 @@ use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use ember_engine::block_read::BlockReadExec;
 use ember_engine::block_read::{task_context_with_reader, BlockReader};
 use ember_engine::input_locations::InputLocationsBuilder;
+use ember_engine::join_filter::with_build_side_bounds;
 use ember_engine::lineage::{all_block_reads, block_dependencies, Dataset, Persistence};
 use ember_engine::plan_codec::encode_plan;
 use ember_engine::proto::{InputLocations, LaunchTaskRequest};
@@ -343,6 +344,7 @@ impl Driver {
     ) -> Result<bool> {
         let deps = block_dependencies(&root);
         self.count_readers(job, &root)?;
+        let root = with_build_side_bounds(root).map_err(EngineError::from)?;
         let mut retries = Retries::new(self.config.max_stage_attempts, deps.len());
         loop {
             for dep in &deps {

@@ -305,7 +305,7 @@ impl DriverHandle {
             next_dataset: AtomicU64::new(1),
             next_job: AtomicU64::new(1),
             next_stage: AtomicU32::new(1),
-            session: SessionContext::new(),
+            session: execution_session(),
             share_root: std::sync::OnceLock::new(),
         });
         let (shutdown, _) = watch::channel(false);
@@ -573,4 +573,16 @@ impl Driver {
         });
         futures::future::join_all(calls).await;
     }
+}
+
+/// The driver's own session, in which it runs final fragments and computes blocks from
+/// lineage: a broadcast join's filter is filled in by Ember's `join_filter` (put over
+/// the plan before it runs), never by DataFusion's, which waits for every probe partition
+/// of one plan instance.
+fn execution_session() -> SessionContext {
+    let mut config = datafusion::prelude::SessionConfig::new();
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    SessionContext::new_with_config(config)
 }

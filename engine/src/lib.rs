@@ -37,6 +37,8 @@ pub mod failure;
 pub mod ids;
 /// Who holds the blocks a task reads.
 pub mod input_locations;
+/// Broadcast joins' key bounds handed to their probe-side scans within a task.
+pub mod join_filter;
 /// Datasets and plan cutting.
 pub mod lineage;
 /// The contents of a block.

@@ -20,7 +20,7 @@ use datafusion_proto::physical_plan::to_proto::{
     serialize_partitioning, serialize_physical_expr_with_converter, serialize_physical_sort_exprs,
 };
 use datafusion_proto::physical_plan::{
-    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+    DeduplicatingProtoConverter, PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
 };
 use datafusion_proto::protobuf as df_proto;
 use prost::Message;
@@ -333,18 +333,28 @@ impl PhysicalExtensionCodec for EmberCodec {
     }
 }
 
-/// Encodes a plan fragment for a task.
+/// Encodes a plan fragment for a task. Expressions that several nodes share (a join's
+/// dynamic filter and the scan it was pushed into) are encoded with one identity.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Bytes> {
-    Ok(datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &EmberCodec)?)
+    Ok(
+        datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
+            plan,
+            &EmberCodec,
+            &DeduplicatingProtoConverter {},
+        )?,
+    )
 }
 
-/// Decodes a plan fragment, resolving functions through `ctx`'s registry.
+/// Decodes a plan fragment, resolving functions through `ctx`'s registry. Expressions
+/// encoded with one identity are shared again, so a join still updates the filter its
+/// probe side's scan reads (see [`crate::join_filter`]).
 pub fn decode_plan(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
     Ok(
-        datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
+        datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(
             bytes,
             ctx,
             &EmberCodec,
+            &DeduplicatingProtoConverter {},
         )?,
     )
 }

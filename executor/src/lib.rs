@@ -311,11 +311,13 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         .execution
         .enable_file_stream_work_stealing = false;
     // Plans arrive already optimized; nothing here may wait on sibling partitions of a plan
-    // instance that other tasks own (see the session's planner settings).
-    session_config
-        .options_mut()
-        .optimizer
-        .enable_dynamic_filter_pushdown = false;
+    // instance that other tasks own (see the session's planner settings): a broadcast
+    // join's filter is filled in by Ember's `join_filter` instead of DataFusion's, which
+    // waits for every probe partition of the plan.
+    let optimizer = &mut session_config.options_mut().optimizer;
+    optimizer.enable_dynamic_filter_pushdown = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     // A sort that spills keeps this much of the pool for merging its runs; DataFusion's
     // 10 MiB default is a sixth of a small executor's pool, and a sort that cannot get it
     // back after spilling fails instead of merging.

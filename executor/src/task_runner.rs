@@ -15,6 +15,7 @@ use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::{ExecutionPlanProperties, SendableRecordBatchStream};
 use datafusion::prelude::SessionContext;
 use ember_engine::block_read::task_context_with_reader;
+use ember_engine::join_filter::with_build_side_bounds;
 use ember_engine::plan_codec::decode_plan;
 use ember_engine::proto::{
     task_output, task_status, LaunchTaskRequest, TaskMetrics, TaskStatus, TaskSuccess,
@@ -198,6 +199,7 @@ async fn execute(
     let ctx = Arc::new(task_context(env, request, Arc::clone(&reader)));
     let decoding = Instant::now();
     let plan = decode_plan(&request.plan, &ctx)?;
+    let plan = with_build_side_bounds(plan).map_err(EngineError::from)?;
     reader.note_plan_decode(decoding.elapsed());
     let partition = request.partition as usize;
     let partitions = plan.output_partitioning().partition_count();

@@ -1,0 +1,481 @@
+//! Join filters per task: the key bounds of a broadcast hash join's build side, handed to
+//! the probe side's scan of the same task.
+//!
+//! DataFusion's planner gives a hash join a dynamic filter and pushes it into the probe
+//! side's scan, where it prunes files, row groups and pages once the join has filled it in.
+//! DataFusion fills it in only after every probe partition *of the same plan instance* has
+//! reported its build side, but an Ember task runs one partition of its own decoded copy
+//! of the stage: it would wait for reports that never come. Executors therefore run with
+//! DataFusion's join filters off, and [`with_build_side_bounds`] puts a
+//! [`BuildBoundsExec`] over the build side of every broadcast (`CollectLeft`) join whose
+//! filter reached a scan. A broadcast join's build side is whole in every task, so its
+//! bounds are right after one task has read it: the node fills the filter in as the build
+//! side ends, which is before the join reads its first probe row.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{NullEquality, ScalarValue};
+use datafusion::error::Result as DfResult;
+use datafusion::execution::TaskContext;
+use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
+use datafusion::logical_expr::{Accumulator, Operator};
+use datafusion::physical_expr::expressions::{lit, BinaryExpr, DynamicFilterPhysicalExpr};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, RecordBatchStream,
+    SendableRecordBatchStream,
+};
+use futures::{Stream, StreamExt};
+
+/// Puts a [`BuildBoundsExec`] over the build side of every broadcast hash join in `plan`
+/// whose dynamic filter a scan on its probe side consumes. Joins that keep probe-side
+/// nulls (null-equal or null-aware) are left alone, with their filter letting every row
+/// through. The plan must be executed with DataFusion's own join filters off
+/// (`enable_join_dynamic_filter_pushdown = false`), or its joins would wait for sibling
+/// partitions.
+pub fn with_build_side_bounds(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(filter) = join
+            .dynamic_expressions_produced()
+            .into_iter()
+            .find(|e| e.is::<DynamicFilterPhysicalExpr>())
+        else {
+            return Ok(Transformed::no(node));
+        };
+        if *join.partition_mode() != PartitionMode::CollectLeft
+            || join.null_equality() != NullEquality::NullEqualsNothing
+            || join.null_aware
+            || join.left().downcast_ref::<BuildBoundsExec>().is_some()
+            || !consumes(join.right(), filter.as_ref())?
+        {
+            return Ok(Transformed::no(node));
+        }
+        let (build_keys, probe_keys) = join
+            .on()
+            .iter()
+            .map(|(l, r)| (Arc::clone(l), Arc::clone(r)))
+            .unzip();
+        let tap = Arc::new(BuildBoundsExec {
+            input: Arc::clone(join.left()),
+            build_keys,
+            probe_keys,
+            filter,
+        });
+        let right = Arc::clone(join.right());
+        // The tap has its input's properties, so the join (and every node above) keeps its.
+        let keep = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep);
+        Ok(Transformed::yes(
+            Arc::clone(&node).replace_children(vec![tap, right], keep)?,
+        ))
+    })
+    .map(|t| t.data)
+}
+
+/// Whether an expression of some node under `plan` is (a view of) `filter`.
+fn consumes(plan: &Arc<dyn ExecutionPlan>, filter: &dyn PhysicalExpr) -> DfResult<bool> {
+    let Some(id) = filter.expression_id() else {
+        return Ok(false);
+    };
+    let mut found = false;
+    plan.apply(|node| {
+        node.apply_expressions(&mut |root| {
+            root.apply(|expr| {
+                found |= expr.expression_id() == Some(id);
+                Ok(if found {
+                    TreeNodeRecursion::Stop
+                } else {
+                    TreeNodeRecursion::Continue
+                })
+            })
+        })?;
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    Ok(found)
+}
+
+/// Passes a broadcast join's build side through unchanged, keeping the smallest and
+/// largest value of each join key; when the build side ends it sets the join's dynamic
+/// filter to `probe_key BETWEEN min AND max` for every key (nulls never match, so they
+/// never pass). An empty build side leaves the filter as it was.
+#[derive(Debug)]
+pub struct BuildBoundsExec {
+    input: Arc<dyn ExecutionPlan>,
+    /// The join's build-side key expressions, over `input`'s schema.
+    build_keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The matching probe-side key expressions, in the filter's terms.
+    probe_keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The join's filter (a [`DynamicFilterPhysicalExpr`]).
+    filter: Arc<dyn PhysicalExpr>,
+}
+
+impl DisplayAs for BuildBoundsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "BuildBoundsExec: keys=[")?;
+        for (i, key) in self.build_keys.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{key}")?;
+        }
+        write!(f, "]")
+    }
+}
+
+impl ExecutionPlan for BuildBoundsExec {
+    fn name(&self) -> &str {
+        "BuildBoundsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        // The same properties object as the input's, so the join above keeps its own.
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        for key in &self.build_keys {
+            if f(key)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(datafusion::error::DataFusionError::Internal(
+                "BuildBoundsExec takes one child".into(),
+            ));
+        }
+        Ok(Arc::new(BuildBoundsExec {
+            input: children.remove(0),
+            build_keys: self.build_keys.clone(),
+            probe_keys: self.probe_keys.clone(),
+            filter: Arc::clone(&self.filter),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let schema = self.input.schema();
+        let bounds = self
+            .build_keys
+            .iter()
+            .map(|key| KeyBounds::try_new(key, &schema))
+            .collect::<DfResult<Vec<_>>>()?;
+        Ok(Box::pin(BoundsStream {
+            input: self.input.execute(partition, context)?,
+            bounds,
+            probe_keys: self.probe_keys.clone(),
+            filter: Arc::clone(&self.filter),
+            rows: 0,
+            published: false,
+        }))
+    }
+}
+
+/// Smallest and largest value of one key expression (`None`: a type min/max cannot order,
+/// so this key adds nothing to the filter).
+struct KeyBounds {
+    key: Arc<dyn PhysicalExpr>,
+    acc: Option<(MinAccumulator, MaxAccumulator)>,
+}
+
+impl KeyBounds {
+    fn try_new(key: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> DfResult<Self> {
+        let mut data_type = key.data_type(schema)?;
+        // Min and max read dictionaries but are set up with the value type.
+        while let DataType::Dictionary(_, value) = data_type {
+            data_type = *value;
+        }
+        let acc = MinAccumulator::try_new(&data_type)
+            .and_then(|min| Ok((min, MaxAccumulator::try_new(&data_type)?)))
+            .ok();
+        Ok(Self {
+            key: Arc::clone(key),
+            acc,
+        })
+    }
+
+    fn update(&mut self, batch: &RecordBatch) -> DfResult<()> {
+        if let Some((min, max)) = &mut self.acc {
+            let values = self.key.evaluate(batch)?.into_array(batch.num_rows())?;
+            min.update_batch(std::slice::from_ref(&values))?;
+            max.update_batch(std::slice::from_ref(&values))?;
+        }
+        Ok(())
+    }
+
+    /// `probe_key >= min AND probe_key <= max`, or `None` without non-null values.
+    fn predicate(&mut self, probe_key: &Arc<dyn PhysicalExpr>) -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
+        let Some((min, max)) = &mut self.acc else {
+            return Ok(None);
+        };
+        let (low, high) = (min.evaluate()?, max.evaluate()?);
+        if low.is_null() || high.is_null() || is_nan(&low) || is_nan(&high) {
+            return Ok(None);
+        }
+        let at_least: Arc<dyn PhysicalExpr> =
+            Arc::new(BinaryExpr::new(Arc::clone(probe_key), Operator::GtEq, lit(low)));
+        let at_most: Arc<dyn PhysicalExpr> =
+            Arc::new(BinaryExpr::new(Arc::clone(probe_key), Operator::LtEq, lit(high)));
+        Ok(Some(Arc::new(BinaryExpr::new(at_least, Operator::And, at_most))))
+    }
+}
+
+/// NaN compares unlike any number, so a bound that is NaN cannot bound anything.
+fn is_nan(value: &ScalarValue) -> bool {
+    match value {
+        ScalarValue::Float16(Some(v)) => v.is_nan(),
+        ScalarValue::Float32(Some(v)) => v.is_nan(),
+        ScalarValue::Float64(Some(v)) => v.is_nan(),
+        _ => false,
+    }
+}
+
+struct BoundsStream {
+    input: SendableRecordBatchStream,
+    bounds: Vec<KeyBounds>,
+    probe_keys: Vec<Arc<dyn PhysicalExpr>>,
+    filter: Arc<dyn PhysicalExpr>,
+    rows: usize,
+    published: bool,
+}
+
+impl BoundsStream {
+    /// Sets the filter from the bounds seen (once: the stream ends once).
+    fn publish(&mut self) -> DfResult<()> {
+        if std::mem::replace(&mut self.published, true) {
+            return Ok(());
+        }
+        let Some(filter) = self.filter.downcast_ref::<DynamicFilterPhysicalExpr>() else {
+            return Ok(());
+        };
+        if self.rows > 0 {
+            let mut predicate: Option<Arc<dyn PhysicalExpr>> = None;
+            for (bounds, probe_key) in self.bounds.iter_mut().zip(&self.probe_keys) {
+                if let Some(range) = bounds.predicate(probe_key)? {
+                    predicate = Some(match predicate {
+                        Some(acc) => Arc::new(BinaryExpr::new(acc, Operator::And, range)),
+                        None => range,
+                    });
+                }
+            }
+            if let Some(predicate) = predicate {
+                filter.update(predicate)?;
+            }
+        }
+        filter.mark_complete();
+        Ok(())
+    }
+}
+
+impl Stream for BoundsStream {
+    type Item = DfResult<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.input.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                this.rows += batch.num_rows();
+                for bounds in &mut this.bounds {
+                    if let Err(e) = bounds.update(&batch) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(None) => match this.publish() {
+                Ok(()) => Poll::Ready(None),
+                Err(e) => Poll::Ready(Some(Err(e))),
+            },
+            other => other,
+        }
+    }
+}
+
+impl RecordBatchStream for BoundsStream {
+    fn schema(&self) -> SchemaRef {
+        self.input.schema()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan_codec::{decode_plan, encode_plan};
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::physical_plan::{collect, displayable, ExecutionPlanProperties};
+    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+    use futures::TryStreamExt;
+
+    /// Writes `keys` (and `value = key * 10`) as Parquet in row groups of 1,000 rows.
+    fn write_table(path: &std::path::Path, keys: impl Iterator<Item = i64>) {
+        let keys: Vec<i64> = keys.collect();
+        let values: Vec<i64> = keys.iter().map(|k| k * 10).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(keys)),
+                Arc::new(Int64Array::from(values)),
+            ],
+        )
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(1_000))
+            .build();
+        let file = std::fs::File::create(path).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema, Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    /// Planning with join filters on, as Ember's sessions do.
+    fn planning_context() -> SessionContext {
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        config.options_mut().optimizer.enable_join_dynamic_filter_pushdown = true;
+        SessionContext::new_with_config(config)
+    }
+
+    /// Executing with DataFusion's own join filters off, as executors do.
+    fn task_context() -> Arc<TaskContext> {
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        config.options_mut().optimizer.enable_join_dynamic_filter_pushdown = false;
+        // As on executors: a partition reads only its own files.
+        config.options_mut().execution.enable_file_stream_work_stealing = false;
+        SessionContext::new_with_config(config).task_ctx()
+    }
+
+    /// Rows the probe side's scan (the one reading `fact`) produced.
+    fn probe_rows_scanned(plan: &Arc<dyn ExecutionPlan>) -> usize {
+        let mut rows = 0;
+        plan.apply(|node| {
+            if node.downcast_ref::<DataSourceExec>().is_some()
+                && displayable(node.as_ref()).one_line().to_string().contains("fact")
+            {
+                rows += node.metrics().and_then(|m| m.output_rows()).unwrap_or(0);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        rows
+    }
+
+    #[tokio::test]
+    async fn each_task_prunes_the_probe_scan_to_the_build_sides_key_range() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two files, so the probe side has two partitions (two tasks).
+        let fact = dir.path().join("fact");
+        std::fs::create_dir(&fact).unwrap();
+        write_table(&fact.join("a.parquet"), 0..4_000);
+        write_table(&fact.join("b.parquet"), 4_000..8_000);
+        let dim = dir.path().join("dim.parquet");
+        write_table(&dim, 2_100..2_150);
+        let ctx = planning_context();
+        ctx.register_parquet("fact", fact.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+        ctx.register_parquet("dim", dim.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+        let df = ctx
+            .sql("SELECT f.k, f.v FROM dim d JOIN fact f ON d.k = f.k")
+            .await
+            .unwrap();
+        let planned = df.create_physical_plan().await.unwrap();
+        let shown = displayable(planned.as_ref()).indent(false).to_string();
+        assert!(shown.contains("mode=CollectLeft"), "{shown}");
+        assert!(shown.contains("DynamicFilter"), "{shown}");
+        let bytes = encode_plan(planned).unwrap();
+
+        // Every partition from its own decoded copy of the plan, as tasks run them.
+        let task = task_context();
+        let partitions = decode_plan(&bytes, &task)
+            .unwrap()
+            .output_partitioning()
+            .partition_count();
+        assert!(partitions > 1, "the probe scan is split: {partitions}");
+        let (mut rows, mut scanned) = (0, 0);
+        for partition in 0..partitions {
+            let plan = with_build_side_bounds(decode_plan(&bytes, &task).unwrap()).unwrap();
+            let shown = displayable(plan.as_ref()).indent(false).to_string();
+            assert!(shown.contains("BuildBoundsExec"), "{shown}");
+            let batches: Vec<RecordBatch> = plan
+                .execute(partition, Arc::clone(&task))
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
+            scanned += probe_rows_scanned(&plan);
+            let shown = displayable(plan.as_ref()).indent(false).to_string();
+            assert!(
+                shown.contains("k@0 >= 2100 AND k@0 <= 2149"),
+                "the scan's filter holds the build side's bounds: {shown}"
+            );
+        }
+        assert_eq!(rows, 50, "every build key matches one probe row");
+        // 8 row groups of 1,000 keys: only the one holding 2,100-2,149 is read.
+        assert_eq!(scanned, 1_000, "row groups outside the bounds are skipped");
+    }
+
+    #[tokio::test]
+    async fn an_empty_build_side_leaves_the_filter_open_and_the_answer_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let fact = dir.path().join("fact.parquet");
+        let dim = dir.path().join("dim.parquet");
+        write_table(&fact, 0..3_000);
+        write_table(&dim, 0..10);
+        let ctx = planning_context();
+        ctx.register_parquet("fact", fact.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+        ctx.register_parquet("dim", dim.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+        let df = ctx
+            .sql("SELECT f.k FROM dim d JOIN fact f ON d.k = f.k WHERE d.v < 0")
+            .await
+            .unwrap();
+        let bytes = encode_plan(df.create_physical_plan().await.unwrap()).unwrap();
+        let task = task_context();
+        let plan = with_build_side_bounds(decode_plan(&bytes, &task).unwrap()).unwrap();
+        let batches = collect(plan, task).await.unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+    }
+}
