@@ -56,6 +56,8 @@ pub mod serve;
 pub mod session;
 /// `ember sql`'s statement splitting and interactive shell.
 pub mod shell;
+/// Uncorrelated scalar subqueries run as jobs of their own before the query that uses them.
+mod subquery;
 /// Benchmark suites: data generation, registration, answer comparison and the bench.
 pub mod suite;
 /// TPC-DS queries and data.

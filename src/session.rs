@@ -9,6 +9,8 @@ use std::time::Duration;
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::execution::SessionStateBuilder;
+
+use crate::subquery::SubqueryFirstPlanner;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{
@@ -600,12 +602,14 @@ impl Session {
         // and physical scalar subqueries hand their value to expressions through an
         // in-memory container. Join filters are still planned (pushed into the probe
         // side's scan) and filled in per task from a broadcast join's build side by
-        // Ember's `join_filter`; scalar subqueries are planned as joins instead.
+        // Ember's `join_filter`; uncorrelated scalar subqueries are kept as such by the
+        // optimizer and run as jobs of their own before the query is planned with their
+        // values (`subquery::SubqueryFirstPlanner`).
         optimizer.enable_dynamic_filter_pushdown = true;
         optimizer.enable_join_dynamic_filter_pushdown = true;
         optimizer.enable_topk_dynamic_filter_pushdown = false;
         optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-        optimizer.enable_physical_uncorrelated_scalar_subquery = false;
+        optimizer.enable_physical_uncorrelated_scalar_subquery = true;
         // Partition i of a scan must read only file group i (see the executor's session).
         config
             .options_mut()
@@ -623,6 +627,7 @@ impl Session {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_query_planner(Arc::new(SubqueryFirstPlanner::new(Arc::clone(&*driver))))
             .build();
         Ok(Session {
             ctx: SessionContext::new_with_state(state),
@@ -658,6 +663,9 @@ impl Session {
             .with_config(config)
             .with_runtime_env(self.ctx.runtime_env())
             .with_default_features()
+            .with_query_planner(Arc::new(SubqueryFirstPlanner::new(Arc::clone(
+                &*self.inner.driver,
+            ))))
             .build();
         Session {
             inner: Arc::clone(&self.inner),

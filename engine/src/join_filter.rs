@@ -27,8 +27,8 @@ use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::{Accumulator, Operator};
 use datafusion::physical_expr::expressions::{lit, BinaryExpr, DynamicFilterPhysicalExpr};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, RecordBatchStream,
     SendableRecordBatchStream,
@@ -234,7 +234,10 @@ impl KeyBounds {
     }
 
     /// `probe_key >= min AND probe_key <= max`, or `None` without non-null values.
-    fn predicate(&mut self, probe_key: &Arc<dyn PhysicalExpr>) -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
+    fn predicate(
+        &mut self,
+        probe_key: &Arc<dyn PhysicalExpr>,
+    ) -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
         let Some((min, max)) = &mut self.acc else {
             return Ok(None);
         };
@@ -242,11 +245,21 @@ impl KeyBounds {
         if low.is_null() || high.is_null() || is_nan(&low) || is_nan(&high) {
             return Ok(None);
         }
-        let at_least: Arc<dyn PhysicalExpr> =
-            Arc::new(BinaryExpr::new(Arc::clone(probe_key), Operator::GtEq, lit(low)));
-        let at_most: Arc<dyn PhysicalExpr> =
-            Arc::new(BinaryExpr::new(Arc::clone(probe_key), Operator::LtEq, lit(high)));
-        Ok(Some(Arc::new(BinaryExpr::new(at_least, Operator::And, at_most))))
+        let at_least: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+            Arc::clone(probe_key),
+            Operator::GtEq,
+            lit(low),
+        ));
+        let at_most: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+            Arc::clone(probe_key),
+            Operator::LtEq,
+            lit(high),
+        ));
+        Ok(Some(Arc::new(BinaryExpr::new(
+            at_least,
+            Operator::And,
+            at_most,
+        ))))
     }
 }
 
@@ -368,16 +381,25 @@ mod tests {
     /// Planning with join filters on, as Ember's sessions do.
     fn planning_context() -> SessionContext {
         let mut config = SessionConfig::new().with_target_partitions(2);
-        config.options_mut().optimizer.enable_join_dynamic_filter_pushdown = true;
+        config
+            .options_mut()
+            .optimizer
+            .enable_join_dynamic_filter_pushdown = true;
         SessionContext::new_with_config(config)
     }
 
     /// Executing with DataFusion's own join filters off, as executors do.
     fn task_context() -> Arc<TaskContext> {
         let mut config = SessionConfig::new().with_target_partitions(2);
-        config.options_mut().optimizer.enable_join_dynamic_filter_pushdown = false;
+        config
+            .options_mut()
+            .optimizer
+            .enable_join_dynamic_filter_pushdown = false;
         // As on executors: a partition reads only its own files.
-        config.options_mut().execution.enable_file_stream_work_stealing = false;
+        config
+            .options_mut()
+            .execution
+            .enable_file_stream_work_stealing = false;
         SessionContext::new_with_config(config).task_ctx()
     }
 
@@ -386,7 +408,10 @@ mod tests {
         let mut rows = 0;
         plan.apply(|node| {
             if node.downcast_ref::<DataSourceExec>().is_some()
-                && displayable(node.as_ref()).one_line().to_string().contains("fact")
+                && displayable(node.as_ref())
+                    .one_line()
+                    .to_string()
+                    .contains("fact")
             {
                 rows += node.metrics().and_then(|m| m.output_rows()).unwrap_or(0);
             }
@@ -407,9 +432,13 @@ mod tests {
         let dim = dir.path().join("dim.parquet");
         write_table(&dim, 2_100..2_150);
         let ctx = planning_context();
-        ctx.register_parquet("fact", fact.to_str().unwrap(), ParquetReadOptions::default())
-            .await
-            .unwrap();
+        ctx.register_parquet(
+            "fact",
+            fact.to_str().unwrap(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap();
         ctx.register_parquet("dim", dim.to_str().unwrap(), ParquetReadOptions::default())
             .await
             .unwrap();
@@ -462,9 +491,13 @@ mod tests {
         write_table(&fact, 0..3_000);
         write_table(&dim, 0..10);
         let ctx = planning_context();
-        ctx.register_parquet("fact", fact.to_str().unwrap(), ParquetReadOptions::default())
-            .await
-            .unwrap();
+        ctx.register_parquet(
+            "fact",
+            fact.to_str().unwrap(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap();
         ctx.register_parquet("dim", dim.to_str().unwrap(), ParquetReadOptions::default())
             .await
             .unwrap();

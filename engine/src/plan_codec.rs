@@ -20,7 +20,8 @@ use datafusion_proto::physical_plan::to_proto::{
     serialize_partitioning, serialize_physical_expr_with_converter, serialize_physical_sort_exprs,
 };
 use datafusion_proto::physical_plan::{
-    DeduplicatingProtoConverter, PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+    DeduplicatingProtoConverter, PhysicalExtensionCodec, PhysicalPlanDecodeContext,
+    PhysicalProtoConverterExtension,
 };
 use datafusion_proto::protobuf as df_proto;
 use prost::Message;

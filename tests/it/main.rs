@@ -19,6 +19,7 @@ mod security;
 mod serve;
 mod shell;
 mod shuffle;
+mod subqueries;
 mod tpcds;
 mod tpch;
 mod ui;
