@@ -9,8 +9,6 @@ use std::time::Duration;
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::execution::SessionStateBuilder;
-
-use crate::subquery::SubqueryFirstPlanner;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{
@@ -27,6 +25,7 @@ use ember_executor::{ExecutorConfig, ExecutorHandle};
 use crate::dataframe::DataFrame;
 use crate::error::{Error, Result};
 use crate::local_cluster::{find_launch, spawn_executor, ChildGuard, Healer};
+use crate::subquery::SubqueryFirstPlanner;
 
 /// How long a new session waits for its executors to register.
 const EXECUTOR_START_TIMEOUT: Duration = Duration::from_secs(30);

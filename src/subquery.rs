@@ -51,7 +51,14 @@ impl SubqueryFirstPlanner {
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut value = None;
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            if value.is_some() || batch.num_rows() > 1 || batch.num_columns() != 1 {
+            if batch.num_columns() != 1 {
+                return Err(DataFusionError::Plan(format!(
+                    "a scalar subquery must return one column, not {}: {}",
+                    batch.num_columns(),
+                    logical.display()
+                )));
+            }
+            if value.is_some() || batch.num_rows() > 1 {
                 return Err(DataFusionError::Execution(format!(
                     "scalar subquery returned more than one row: {}",
                     logical.display()
