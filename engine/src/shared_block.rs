@@ -142,7 +142,12 @@ unsafe fn decode_file(
     let mut batches = Vec::new();
     for block in footer.recordBatches().iter().flatten() {
         if let Some(batch) = decoder.read_record_batch(block, &slice(block)?)? {
-            batches.push(batch);
+            // Each array is a slice of the whole mapped file; counted as such, every batch
+            // would claim the file's size.
+            batches.push(
+                crate::codec::exact_buffers(batch)
+                    .map_err(|e| ArrowError::IpcError(e.to_string()))?,
+            );
         }
     }
     Ok((schema, batches))
@@ -195,6 +200,28 @@ mod tests {
         let second = back[1].column(0).to_data().buffers()[0].as_ptr() as usize;
         assert!(second > first && second - first < bytes, "one mapping");
         assert_eq!(back[0].column(1).null_count(), 334);
+    }
+
+    /// A mapped batch reports the memory of its own arrays, not of the whole file (which is
+    /// what DataFusion's pools would charge for it otherwise).
+    #[test]
+    fn a_mapped_batch_counts_its_own_bytes_not_the_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let batches: Vec<RecordBatch> = (0..50).map(|i| batch(i * 1000, 1000)).collect();
+        let (path, bytes) =
+            write_block_file(dir.path(), "b2", &batches[0].schema(), &batches).expect("write");
+        let (_, back) = unsafe { map_block_file(&path) }.expect("map");
+        let original = datafusion::common::utils::memory::get_record_batch_memory_size(&batches[7]);
+        let mapped = datafusion::common::utils::memory::get_record_batch_memory_size(&back[7]);
+        assert!(
+            bytes > 20 * original,
+            "the file is much bigger than a batch"
+        );
+        assert!(
+            mapped <= original * 2,
+            "a mapped batch counts {mapped} bytes, its original {original}"
+        );
+        assert_eq!(back, batches);
     }
 
     /// A file that is not a complete block file is an error naming it, not a panic; a

@@ -746,7 +746,13 @@ impl Iterator for SpilledBlock {
     type Item = std::result::Result<RecordBatch, arrow::error::ArrowError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.0.next()
+        // A batch read back is a set of slices of its message body; see `exact_buffers`.
+        self.0.next().map(|batch| {
+            batch.and_then(|b| {
+                ember_engine::codec::exact_buffers(b)
+                    .map_err(|e| arrow::error::ArrowError::ExternalError(Box::new(e)))
+            })
+        })
     }
 }
 
