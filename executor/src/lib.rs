@@ -240,6 +240,36 @@ impl Drop for ExecutorHandle {
     }
 }
 
+/// Start of the name of an executor's spill directory: `ember-spill-{pid}-{id}-{random}`.
+const SPILL_DIR_PREFIX: &str = "ember-spill-";
+
+/// Removes the spill directories under `tmp` of executor processes that no longer run:
+/// one killed outright (SIGKILL, a crash, the OOM killer) cannot remove its own. Only
+/// where `/proc` tells which processes run; directories of other names are left alone.
+fn remove_stale_spill_dirs(tmp: &std::path::Path) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SPILL_DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(dir = %entry.path().display(), "removing the spill directory of a dead executor");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Starts an executor in this process: binds, registers with the driver, then serves and
 /// heartbeats in the background until stopped.
 ///
@@ -272,8 +302,14 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     let compute = Arc::new(
         ComputeRuntime::try_new(cores).map_err(|e| EngineError::io("compute runtime", e))?,
     );
+    remove_stale_spill_dirs(&std::env::temp_dir());
+    // Named by process first, so a later executor can tell a dead one's directory.
     let spill_dir = tempfile::Builder::new()
-        .prefix(&format!("ember-spill-{}-", sanitize(&id.0)))
+        .prefix(&format!(
+            "{SPILL_DIR_PREFIX}{}-{}-",
+            std::process::id(),
+            sanitize(&id.0)
+        ))
         .tempdir()
         .map_err(|e| EngineError::io(std::env::temp_dir(), e))?;
     let (block_memory, operator_memory) = memory_split(config.memory_bytes);
@@ -576,5 +612,33 @@ async fn heartbeat_loop(h: Heartbeats) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dead executor's spill directory goes; a live one's, and anything else, stays.
+    #[test]
+    fn spill_dirs_of_dead_executors_are_removed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // Above Linux's largest pid, so no process has it.
+        let dead = tmp
+            .path()
+            .join(format!("{SPILL_DIR_PREFIX}4294967-exec-1-abc"));
+        let live = tmp.path().join(format!(
+            "{SPILL_DIR_PREFIX}{}-exec-2-def",
+            std::process::id()
+        ));
+        let older = tmp.path().join(format!("{SPILL_DIR_PREFIX}exec-3-ghi"));
+        let other = tmp.path().join("something-else");
+        for dir in [&dead, &live, &older, &other] {
+            std::fs::create_dir(dir).expect("mkdir");
+            std::fs::write(dir.join("block"), b"x").expect("write");
+        }
+        remove_stale_spill_dirs(tmp.path());
+        assert!(!dead.exists(), "a dead executor's directory is removed");
+        assert!(live.exists() && older.exists() && other.exists());
     }
 }
