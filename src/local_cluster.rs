@@ -153,23 +153,7 @@ pub(crate) fn host_share_dir() -> Option<tempfile::TempDir> {
 /// Removes the share directories under `shm` whose driver process no longer runs (a
 /// driver killed outright cannot remove its own).
 fn remove_stale_share_dirs(shm: &Path) {
-    let Ok(entries) = std::fs::read_dir(shm) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(SHARE_DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+    ember_executor::remove_dirs_of_dead_processes(shm, SHARE_DIR_PREFIX);
 }
 
 /// Removes what the executor process `pid` left in the share directory `root` (it writes

@@ -344,6 +344,7 @@ impl RecordBatchStream for BoundsStream {
 mod tests {
     use super::*;
     use crate::plan_codec::{decode_plan, encode_plan};
+    use bytes::Bytes;
     use datafusion::arrow::array::{Int64Array, RecordBatch};
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::datasource::source::DataSourceExec;
@@ -421,36 +422,51 @@ mod tests {
         rows
     }
 
+    /// Writes `fact` (one file per key range, so one scan partition each) and `dim`, plans
+    /// `sql` over them with join filters on and returns the encoded plan.
+    async fn encoded_plan(
+        dir: &std::path::Path,
+        fact: &[std::ops::Range<i64>],
+        dim: std::ops::Range<i64>,
+        sql: &str,
+    ) -> Bytes {
+        let fact_dir = dir.join("fact");
+        std::fs::create_dir(&fact_dir).unwrap();
+        for (i, keys) in fact.iter().enumerate() {
+            write_table(&fact_dir.join(format!("{i}.parquet")), keys.clone());
+        }
+        let dim_file = dir.join("dim.parquet");
+        write_table(&dim_file, dim);
+        let ctx = planning_context();
+        for (name, path) in [("fact", &fact_dir), ("dim", &dim_file)] {
+            ctx.register_parquet(name, path.to_str().unwrap(), ParquetReadOptions::default())
+                .await
+                .unwrap();
+        }
+        let planned = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let shown = displayable(planned.as_ref()).indent(false).to_string();
+        assert!(shown.contains("mode=CollectLeft"), "{shown}");
+        assert!(shown.contains("DynamicFilter"), "{shown}");
+        encode_plan(planned).unwrap()
+    }
+
     #[tokio::test]
     async fn each_task_prunes_the_probe_scan_to_the_build_sides_key_range() {
         let dir = tempfile::tempdir().unwrap();
         // Two files, so the probe side has two partitions (two tasks).
-        let fact = dir.path().join("fact");
-        std::fs::create_dir(&fact).unwrap();
-        write_table(&fact.join("a.parquet"), 0..4_000);
-        write_table(&fact.join("b.parquet"), 4_000..8_000);
-        let dim = dir.path().join("dim.parquet");
-        write_table(&dim, 2_100..2_150);
-        let ctx = planning_context();
-        ctx.register_parquet(
-            "fact",
-            fact.to_str().unwrap(),
-            ParquetReadOptions::default(),
+        let bytes = encoded_plan(
+            dir.path(),
+            &[0..4_000, 4_000..8_000],
+            2_100..2_150,
+            "SELECT f.k, f.v FROM dim d JOIN fact f ON d.k = f.k",
         )
-        .await
-        .unwrap();
-        ctx.register_parquet("dim", dim.to_str().unwrap(), ParquetReadOptions::default())
-            .await
-            .unwrap();
-        let df = ctx
-            .sql("SELECT f.k, f.v FROM dim d JOIN fact f ON d.k = f.k")
-            .await
-            .unwrap();
-        let planned = df.create_physical_plan().await.unwrap();
-        let shown = displayable(planned.as_ref()).indent(false).to_string();
-        assert!(shown.contains("mode=CollectLeft"), "{shown}");
-        assert!(shown.contains("DynamicFilter"), "{shown}");
-        let bytes = encode_plan(planned).unwrap();
+        .await;
 
         // Every partition from its own decoded copy of the plan, as tasks run them.
         let task = task_context();
@@ -486,26 +502,13 @@ mod tests {
     #[tokio::test]
     async fn an_empty_build_side_leaves_the_filter_open_and_the_answer_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let fact = dir.path().join("fact.parquet");
-        let dim = dir.path().join("dim.parquet");
-        write_table(&fact, 0..3_000);
-        write_table(&dim, 0..10);
-        let ctx = planning_context();
-        ctx.register_parquet(
-            "fact",
-            fact.to_str().unwrap(),
-            ParquetReadOptions::default(),
+        let bytes = encoded_plan(
+            dir.path(),
+            std::slice::from_ref(&(0..3_000)),
+            0..10,
+            "SELECT f.k FROM dim d JOIN fact f ON d.k = f.k WHERE d.v < 0",
         )
-        .await
-        .unwrap();
-        ctx.register_parquet("dim", dim.to_str().unwrap(), ParquetReadOptions::default())
-            .await
-            .unwrap();
-        let df = ctx
-            .sql("SELECT f.k FROM dim d JOIN fact f ON d.k = f.k WHERE d.v < 0")
-            .await
-            .unwrap();
-        let bytes = encode_plan(df.create_physical_plan().await.unwrap()).unwrap();
+        .await;
         let task = task_context();
         let plan = with_build_side_bounds(decode_plan(&bytes, &task).unwrap()).unwrap();
         let batches = collect(plan, task).await.unwrap();

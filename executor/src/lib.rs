@@ -244,27 +244,32 @@ impl Drop for ExecutorHandle {
 const SPILL_DIR_PREFIX: &str = "ember-spill-";
 
 /// Removes the spill directories under `tmp` of executor processes that no longer run:
-/// one killed outright (SIGKILL, a crash, the OOM killer) cannot remove its own. Only
-/// where `/proc` tells which processes run; directories of other names are left alone.
+/// one killed outright (SIGKILL, a crash, the OOM killer) cannot remove its own.
 fn remove_stale_spill_dirs(tmp: &std::path::Path) {
+    remove_dirs_of_dead_processes(tmp, SPILL_DIR_PREFIX);
+}
+
+/// Removes the entries of `dir` named `{prefix}{pid}-...` whose process `pid` no longer
+/// runs. Only where `/proc` tells which processes run; other names are left alone.
+pub fn remove_dirs_of_dead_processes(dir: &std::path::Path, prefix: &str) {
     if !std::path::Path::new("/proc/self").exists() {
         return;
     }
-    let Ok(entries) = std::fs::read_dir(tmp) else {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|n| n.strip_prefix(SPILL_DIR_PREFIX))
+            .and_then(|n| n.strip_prefix(prefix))
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            tracing::info!(dir = %entry.path().display(), "removing the spill directory of a dead executor");
+            tracing::info!(dir = %entry.path().display(), "removing what a dead process left");
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

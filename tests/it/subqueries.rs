@@ -18,16 +18,26 @@ fn rows(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String> {
     lines
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scalar_subqueries_run_first_and_their_values_reach_the_scan() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let orders = dir.path().join("orders");
-    write_orders(&orders, 4, 2_500);
+/// A two-executor cluster with `files` x `rows` orders under `dir` as table `orders`.
+async fn orders_on_a_cluster(
+    dir: &std::path::Path,
+    files: usize,
+    rows: usize,
+) -> (ember::session::Session, std::path::PathBuf) {
+    let orders = dir.join("orders");
+    write_orders(&orders, files, rows);
     let session = session(Mode::Processes, 2).await;
     session
         .register_parquet("orders", &orders)
         .await
         .expect("register");
+    (session, orders)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scalar_subqueries_run_first_and_their_values_reach_the_scan() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (session, orders) = orders_on_a_cluster(dir.path(), 4, 2_500).await;
     let reference = datafusion::prelude::SessionContext::new();
     reference
         .register_parquet(
@@ -94,13 +104,7 @@ async fn scalar_subqueries_run_first_and_their_values_reach_the_scan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scalar_subquery_with_two_rows_is_an_error_and_the_session_goes_on() {
     let dir = tempfile::tempdir().expect("tmp");
-    let orders = dir.path().join("orders");
-    write_orders(&orders, 2, 100);
-    let session = session(Mode::Processes, 2).await;
-    session
-        .register_parquet("orders", &orders)
-        .await
-        .expect("register");
+    let (session, _) = orders_on_a_cluster(dir.path(), 2, 100).await;
     let err = async {
         session
             .sql("SELECT count(*) FROM orders WHERE id = (SELECT id FROM orders WHERE id < 3)")
