@@ -321,15 +321,11 @@ fn local_kmeans_pp(
     k: usize,
     seed: u64,
 ) -> Vec<f64> {
+    // Converted once for every run's cost, not once per run.
+    let points32: Vec<f32> = points.iter().map(|v| *v as f32).collect();
     let cost = |centres: &[f64]| -> f64 {
         (0..n)
-            .map(|i| {
-                let x: Vec<f32> = points[i * d..(i + 1) * d]
-                    .iter()
-                    .map(|v| *v as f32)
-                    .collect();
-                weights[i] * nearest(&x, centres, k, d).1
-            })
+            .map(|i| weights[i] * nearest(&points32[i * d..(i + 1) * d], centres, k, d).1)
             .sum()
     };
     (0..LOCAL_RUNS)
