@@ -626,6 +626,9 @@ impl Session {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_physical_optimizer_rules(
+                ember_driver::planner::join_sides::physical_optimizer_rules(),
+            )
             .with_query_planner(Arc::new(SubqueryFirstPlanner::new(Arc::clone(&*driver))))
             .build();
         Ok(Session {
@@ -662,6 +665,9 @@ impl Session {
             .with_config(config)
             .with_runtime_env(self.ctx.runtime_env())
             .with_default_features()
+            .with_physical_optimizer_rules(
+                ember_driver::planner::join_sides::physical_optimizer_rules(),
+            )
             .with_query_planner(Arc::new(SubqueryFirstPlanner::new(Arc::clone(
                 &*self.inner.driver,
             ))))

@@ -8,6 +8,8 @@
 //! stage's blocks declares the partitioning, orderings and equalities of the plan that
 //! produced them (`BlockReadExec`, carried to executors by the plan codec).
 
+pub mod join_sides;
+
 use std::sync::Arc;
 
 use datafusion::execution::TaskContext;
