@@ -30,7 +30,7 @@ use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use ember_engine::block_read::BlockReadExec;
 use ember_engine::block_read::{task_context_with_reader, BlockReader};
 use ember_engine::input_locations::InputLocationsBuilder;
-use ember_engine::join_filter::with_build_side_bounds;
+use ember_engine::join_filter::{with_build_side_bounds, BuildBounds, FilterInput};
 use ember_engine::lineage::{all_block_reads, block_dependencies, Dataset, Persistence};
 use ember_engine::plan_codec::encode_plan;
 use ember_engine::proto::{InputLocations, LaunchTaskRequest};
@@ -115,6 +115,8 @@ pub(crate) struct Job {
     readers: HashMap<DatasetId, usize>,
     /// Job-scoped datasets whose stage finished, so their inputs were counted down.
     consumed: Vec<DatasetId>,
+    /// Join filters the driver has filled in (or given up on), by expression id.
+    filters_tried: Vec<u64>,
     started: Instant,
 }
 
@@ -223,6 +225,11 @@ impl Retries {
     }
 }
 
+/// The most bytes of a join's build side the driver reads to fill in a join filter of an
+/// earlier stage (a broadcast build side is far smaller; a larger one is not worth the
+/// driver's time, and its filter stays open).
+pub const FILTER_BUILD_SIDE_LIMIT: usize = 64 << 20;
+
 /// Name of the file partition `p` of a written dataset goes to.
 pub fn part_file_name(partition: u32) -> String {
     format!("part-{partition:05}.parquet")
@@ -255,6 +262,7 @@ impl Driver {
             cache_counted: Vec::new(),
             readers: HashMap::new(),
             consumed: Vec::new(),
+            filters_tried: Vec::new(),
             started: Instant::now(),
         }
     }
@@ -556,6 +564,9 @@ impl Driver {
             for dep in &deps {
                 Box::pin(self.materialize(job, *dep)).await?;
             }
+            for input in dataset.filter_inputs() {
+                Box::pin(self.fill_filter(job, input)).await?;
+            }
             match self
                 .run_stage(job, &dataset, plan, &partitions, &output)
                 .await
@@ -581,6 +592,54 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Fills in a join filter that a stage's scans consume from the join's build side
+    /// (blocks of earlier stages or files, read here), once per job. A build side larger
+    /// than [`FILTER_BUILD_SIDE_LIMIT`], or one the driver cannot read (a file only the
+    /// executors' hosts hold), leaves the filter open: it only prunes, the join itself
+    /// still matches every row.
+    async fn fill_filter(self: &Arc<Self>, job: &mut Job, input: &FilterInput) -> Result<()> {
+        let Some(id) = input.filter.expression_id() else {
+            return Ok(());
+        };
+        if job.filters_tried.contains(&id) {
+            return Ok(());
+        }
+        job.filters_tried.push(id);
+        for dep in input.build_datasets() {
+            Box::pin(self.materialize(job, dep)).await?;
+        }
+        let mut deps = Vec::new();
+        let plan = self.expand(&input.build_side, &mut deps)?;
+        let reader = Arc::new(DriverBlockReader::new(Arc::clone(self)));
+        let ctx = self.task_context(Arc::clone(&reader) as _);
+        let started = Instant::now();
+        let filled: DfResult<bool> = async {
+            let mut bounds = BuildBounds::try_new(&input.build_keys, &plan.schema())?;
+            let mut bytes = 0;
+            let mut batches = execute_stream(plan, ctx)?;
+            while let Some(batch) = batches.next().await {
+                let batch = batch?;
+                bytes += batch.get_array_memory_size();
+                if bytes > FILTER_BUILD_SIDE_LIMIT {
+                    return Ok(false);
+                }
+                bounds.update(&batch)?;
+            }
+            bounds.publish(&input.filter, &input.probe_keys)
+        }
+        .await;
+        job.metrics.driver_time += started.elapsed();
+        job.metrics.blocks_read_remote += reader.blocks.load(Ordering::Relaxed);
+        job.metrics.bytes_fetched += reader.fetched.bytes.load(Ordering::Relaxed);
+        job.metrics.bytes_mapped += reader.fetched.mapped.load(Ordering::Relaxed);
+        match filled {
+            Ok(true) => job.metrics.join_filters_filled += 1,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(job = %job.id, error = %e, "join filter left open"),
+        }
+        Ok(())
     }
 
     /// Gives every cached dataset `plan` reads its lineage as a fallback, so a task that

@@ -60,6 +60,9 @@ pub struct JobMetrics {
     /// Intermediate datasets whose blocks were released as soon as every stage reading
     /// them had finished, before the job's end.
     pub datasets_released_early: usize,
+    /// Join filters the driver filled in from a build side of a later stage before running
+    /// the stage whose scans consume them (`join_filter::FilterInput`).
+    pub join_filters_filled: usize,
     /// Time the driver spent running the job's final fragment.
     pub driver_time: Duration,
     /// Per stage run: (dataset, tasks, wall time), in the order they finished.

@@ -21,19 +21,27 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{NullEquality, ScalarValue};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::{Accumulator, Operator};
 use datafusion::physical_expr::expressions::{lit, BinaryExpr, DynamicFilterPhysicalExpr};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, RecordBatchStream,
     SendableRecordBatchStream,
 };
 use futures::{Stream, StreamExt};
+
+use crate::block_read::BlockReadExec;
+use crate::ids::DatasetId;
+use crate::lineage::{block_dependencies, Dataset};
 
 /// Puts a [`BuildBoundsExec`] over the build side of every broadcast hash join in `plan`
 /// whose dynamic filter a scan on its probe side consumes. Joins that keep probe-side
@@ -46,17 +54,10 @@ pub fn with_build_side_bounds(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn 
         let Some(join) = node.downcast_ref::<HashJoinExec>() else {
             return Ok(Transformed::no(node));
         };
-        let Some(filter) = join
-            .dynamic_expressions_produced()
-            .into_iter()
-            .find(|e| e.is::<DynamicFilterPhysicalExpr>())
-        else {
+        let Some(filter) = fillable_filter(join) else {
             return Ok(Transformed::no(node));
         };
-        if *join.partition_mode() != PartitionMode::CollectLeft
-            || join.null_equality() != NullEquality::NullEqualsNothing
-            || join.null_aware
-            || join.left().downcast_ref::<BuildBoundsExec>().is_some()
+        if join.left().downcast_ref::<BuildBoundsExec>().is_some()
             || !consumes(join.right(), filter.as_ref())?
         {
             return Ok(Transformed::no(node));
@@ -80,6 +81,131 @@ pub fn with_build_side_bounds(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn 
         ))
     })
     .map(|t| t.data)
+}
+
+/// The dynamic filter of `join` when its build side's bounds may fill it in: a broadcast
+/// (`CollectLeft`) join that drops probe-side nulls (neither null-equal nor null-aware).
+fn fillable_filter(join: &HashJoinExec) -> Option<Arc<dyn PhysicalExpr>> {
+    let filter = join
+        .dynamic_expressions_produced()
+        .into_iter()
+        .find(|e| e.is::<DynamicFilterPhysicalExpr>())?;
+    (*join.partition_mode() == PartitionMode::CollectLeft
+        && join.null_equality() == NullEquality::NullEqualsNothing
+        && !join.null_aware)
+        .then_some(filter)
+}
+
+/// A join filter that a stage's scan consumes while its join runs in a later stage (or in
+/// the driver's final fragment): the filter crossed a stage boundary when DataFusion pushed
+/// it down, so no task holds both the join's build side and the scan. When the join's
+/// build side is a plain read (blocks of earlier stages, or files, under merges, filters
+/// and projections), the driver reads it, fills the filter in and then runs the stage: the
+/// scan prunes with the bounds as it would in one process. A build side that reads files
+/// the driver cannot reach leaves the filter open.
+#[derive(Debug, Clone)]
+pub struct FilterInput {
+    /// The join's build side: block or file reads under merges, filters and projections.
+    pub build_side: Arc<dyn ExecutionPlan>,
+    /// The join's build-side keys, over `build_side`'s schema.
+    pub build_keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The matching probe-side keys, in the filter's terms.
+    pub probe_keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The join's filter (a [`DynamicFilterPhysicalExpr`], shared with the scan).
+    pub filter: Arc<dyn PhysicalExpr>,
+}
+
+impl FilterInput {
+    /// The datasets the build side reads.
+    pub fn build_datasets(&self) -> Vec<DatasetId> {
+        block_dependencies(&self.build_side)
+    }
+}
+
+/// The filter inputs of each of `stages` (same order): for every fillable join filter (see
+/// [`FilterInput`]) of a join in another stage or in `root` whose build side is a plain
+/// read of files or of datasets that do not depend on the consuming stage.
+///
+/// # Errors
+///
+/// A plan's expressions cannot be walked (a bug).
+pub fn stage_filter_inputs(
+    root: &Arc<dyn ExecutionPlan>,
+    stages: &[Dataset],
+) -> DfResult<Vec<Vec<FilterInput>>> {
+    // (the stage holding the join, or None for the driver's fragment; the input)
+    let mut joins: Vec<(Option<usize>, FilterInput)> = Vec::new();
+    let owners = stages
+        .iter()
+        .map(|s| s.plan())
+        .enumerate()
+        .map(|(i, plan)| (Some(i), plan))
+        .chain(std::iter::once((None, root)));
+    for (owner, plan) in owners {
+        plan.apply(|node| {
+            if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+                if let Some(filter) = fillable_filter(join) {
+                    if is_plain_read(join.left()) {
+                        let (build_keys, probe_keys) = join
+                            .on()
+                            .iter()
+                            .map(|(l, r)| (Arc::clone(l), Arc::clone(r)))
+                            .unzip();
+                        joins.push((
+                            owner,
+                            FilterInput {
+                                build_side: Arc::clone(join.left()),
+                                build_keys,
+                                probe_keys,
+                                filter,
+                            },
+                        ));
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+    }
+    let mut inputs = vec![Vec::new(); stages.len()];
+    for (owner, input) in joins {
+        for (i, stage) in stages.iter().enumerate() {
+            if owner == Some(i)
+                || !consumes(stage.plan(), input.filter.as_ref())?
+                || input
+                    .build_datasets()
+                    .iter()
+                    .any(|d| depends_on(stages, *d, stage.id()))
+            {
+                continue;
+            }
+            inputs[i].push(input.clone());
+        }
+    }
+    Ok(inputs)
+}
+
+/// Whether `plan` reads blocks or files under merges, filters and projections only: cheap
+/// for the driver to read once (a broadcast build side is small).
+fn is_plain_read(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    if plan.is::<BlockReadExec>() || plan.is::<DataSourceExec>() {
+        return true;
+    }
+    let passes = plan.is::<CoalescePartitionsExec>()
+        || plan.is::<ProjectionExec>()
+        || plan.is::<FilterExec>();
+    passes && plan.children().into_iter().all(is_plain_read)
+}
+
+/// Whether dataset `id` is `target` or reads it, directly or through other `stages`.
+fn depends_on(stages: &[Dataset], id: DatasetId, target: DatasetId) -> bool {
+    if id == target {
+        return true;
+    }
+    stages.iter().find(|s| s.id() == id).is_some_and(|s| {
+        s.dependencies()
+            .iter()
+            .any(|d| depends_on(stages, *d, target))
+    })
 }
 
 /// Whether an expression of some node under `plan` is (a view of) `filter`.
@@ -184,18 +310,11 @@ impl ExecutionPlan for BuildBoundsExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let schema = self.input.schema();
-        let bounds = self
-            .build_keys
-            .iter()
-            .map(|key| KeyBounds::try_new(key, &schema))
-            .collect::<DfResult<Vec<_>>>()?;
         Ok(Box::pin(BoundsStream {
             input: self.input.execute(partition, context)?,
-            bounds,
+            bounds: BuildBounds::try_new(&self.build_keys, &self.input.schema())?,
             probe_keys: self.probe_keys.clone(),
             filter: Arc::clone(&self.filter),
-            rows: 0,
             published: false,
         }))
     }
@@ -273,12 +392,78 @@ fn is_nan(value: &ScalarValue) -> bool {
     }
 }
 
+/// The smallest and largest value of each key of a join's build side, kept as its batches
+/// go by, and the join filter they make.
+pub struct BuildBounds {
+    keys: Vec<KeyBounds>,
+    rows: usize,
+}
+
+impl BuildBounds {
+    /// Bounds of `build_keys`, expressions over `schema` (the build side's).
+    ///
+    /// # Errors
+    ///
+    /// A key's type cannot be computed from `schema`.
+    pub fn try_new(build_keys: &[Arc<dyn PhysicalExpr>], schema: &SchemaRef) -> DfResult<Self> {
+        Ok(Self {
+            keys: build_keys
+                .iter()
+                .map(|key| KeyBounds::try_new(key, schema))
+                .collect::<DfResult<_>>()?,
+            rows: 0,
+        })
+    }
+
+    /// Takes in one batch of the build side.
+    ///
+    /// # Errors
+    ///
+    /// A key cannot be evaluated on `batch`.
+    pub fn update(&mut self, batch: &RecordBatch) -> DfResult<()> {
+        self.rows += batch.num_rows();
+        self.keys.iter_mut().try_for_each(|key| key.update(batch))
+    }
+
+    /// Sets `filter` (a join's [`DynamicFilterPhysicalExpr`]) to `probe_key BETWEEN min AND
+    /// max` for every key with bounds. Returns whether it set anything: an empty build side
+    /// or keys without orderable values leave the filter as it was.
+    ///
+    /// # Errors
+    ///
+    /// The filter rejects the predicate (a key it was not made over).
+    pub fn publish(
+        &mut self,
+        filter: &Arc<dyn PhysicalExpr>,
+        probe_keys: &[Arc<dyn PhysicalExpr>],
+    ) -> DfResult<bool> {
+        let Some(filter) = filter.downcast_ref::<DynamicFilterPhysicalExpr>() else {
+            return Ok(false);
+        };
+        if self.rows == 0 {
+            return Ok(false);
+        }
+        let mut predicate: Option<Arc<dyn PhysicalExpr>> = None;
+        for (bounds, probe_key) in self.keys.iter_mut().zip(probe_keys) {
+            if let Some(range) = bounds.predicate(probe_key)? {
+                predicate = Some(match predicate {
+                    Some(acc) => Arc::new(BinaryExpr::new(acc, Operator::And, range)),
+                    None => range,
+                });
+            }
+        }
+        match predicate {
+            Some(predicate) => filter.update(predicate).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
 struct BoundsStream {
     input: SendableRecordBatchStream,
-    bounds: Vec<KeyBounds>,
+    bounds: BuildBounds,
     probe_keys: Vec<Arc<dyn PhysicalExpr>>,
     filter: Arc<dyn PhysicalExpr>,
-    rows: usize,
     published: bool,
 }
 
@@ -288,24 +473,10 @@ impl BoundsStream {
         if std::mem::replace(&mut self.published, true) {
             return Ok(());
         }
-        let Some(filter) = self.filter.downcast_ref::<DynamicFilterPhysicalExpr>() else {
-            return Ok(());
-        };
-        if self.rows > 0 {
-            let mut predicate: Option<Arc<dyn PhysicalExpr>> = None;
-            for (bounds, probe_key) in self.bounds.iter_mut().zip(&self.probe_keys) {
-                if let Some(range) = bounds.predicate(probe_key)? {
-                    predicate = Some(match predicate {
-                        Some(acc) => Arc::new(BinaryExpr::new(acc, Operator::And, range)),
-                        None => range,
-                    });
-                }
-            }
-            if let Some(predicate) = predicate {
-                filter.update(predicate)?;
-            }
+        self.bounds.publish(&self.filter, &self.probe_keys)?;
+        if let Some(filter) = self.filter.downcast_ref::<DynamicFilterPhysicalExpr>() {
+            filter.mark_complete();
         }
-        filter.mark_complete();
         Ok(())
     }
 }
@@ -316,15 +487,10 @@ impl Stream for BoundsStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         match this.input.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(batch))) => {
-                this.rows += batch.num_rows();
-                for bounds in &mut this.bounds {
-                    if let Err(e) = bounds.update(&batch) {
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                }
-                Poll::Ready(Some(Ok(batch)))
-            }
+            Poll::Ready(Some(Ok(batch))) => match this.bounds.update(&batch) {
+                Ok(()) => Poll::Ready(Some(Ok(batch))),
+                Err(e) => Poll::Ready(Some(Err(e))),
+            },
             Poll::Ready(None) => match this.publish() {
                 Ok(()) => Poll::Ready(None),
                 Err(e) => Poll::Ready(Some(Err(e))),

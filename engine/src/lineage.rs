@@ -17,6 +17,7 @@ use datafusion::physical_plan::{
 use crate::block_read::BlockReadExec;
 use crate::error::Result;
 use crate::ids::DatasetId;
+use crate::join_filter::FilterInput;
 
 /// How long a dataset's blocks are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub struct Dataset {
     /// For a shuffle map dataset: the number of reduce partitions each map partition's
     /// output is split into.
     reduce_partitions: Option<usize>,
+    /// Join filters its scans consume that the driver fills in before it runs.
+    filter_inputs: Vec<FilterInput>,
 }
 
 impl Dataset {
@@ -71,6 +74,7 @@ impl Dataset {
             reads_source,
             persistence,
             reduce_partitions: None,
+            filter_inputs: Vec::new(),
         })
     }
 
@@ -99,6 +103,17 @@ impl Dataset {
     /// For a shuffle map dataset: the number of reduce partitions.
     pub fn reduce_partitions(&self) -> Option<usize> {
         self.reduce_partitions
+    }
+
+    /// Join filters its scans consume whose joins run in later stages: the driver fills
+    /// them in from the joins' build sides before this dataset's stage runs.
+    pub fn filter_inputs(&self) -> &[FilterInput] {
+        &self.filter_inputs
+    }
+
+    /// Sets [`Dataset::filter_inputs`] (see `join_filter::stage_filter_inputs`).
+    pub fn set_filter_inputs(&mut self, inputs: Vec<FilterInput>) {
+        self.filter_inputs = inputs;
     }
 
     /// The dataset's id.

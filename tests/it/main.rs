@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod deploy;
 mod gpu;
+mod join_filters;
 mod memory;
 mod ml;
 mod multihost;

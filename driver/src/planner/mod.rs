@@ -17,9 +17,11 @@ use datafusion::physical_optimizer::sanity_checker::SanityCheckPlan;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use ember_engine::join_filter::stage_filter_inputs;
 use ember_engine::lineage::{cut_stages, reads_only_blocks, stage_of, Dataset, Persistence};
 use ember_engine::plan_codec::{decode_plan, encode_plan};
 use ember_engine::DatasetId;
+use ember_engine::EngineError;
 
 use crate::error::{DriverError, Result};
 use crate::Driver;
@@ -136,6 +138,10 @@ pub fn job_stages(
     if root.output_partitioning().partition_count() > 1 {
         root = Arc::new(CoalescePartitionsExec::new(root));
     }
+    let inputs = stage_filter_inputs(&root, &stages).map_err(EngineError::from)?;
+    for (stage, inputs) in stages.iter_mut().zip(inputs) {
+        stage.set_filter_inputs(inputs);
+    }
     Ok((root, stages))
 }
 
@@ -150,9 +156,18 @@ pub fn describe_stages(root: &Arc<dyn ExecutionPlan>, stages: &[Dataset]) -> Str
             .iter()
             .map(|d| d.0.to_string())
             .collect();
+        let mut filters: Vec<String> = Vec::new();
+        for input in stage.filter_inputs() {
+            for d in input.build_datasets() {
+                let d = d.0.to_string();
+                if !filters.contains(&d) {
+                    filters.push(d);
+                }
+            }
+        }
         let _ = writeln!(
             out,
-            "Stage {} (dataset {}): {} tasks{}{}",
+            "Stage {} (dataset {}): {} tasks{}{}{}",
             i + 1,
             stage.id().0,
             stage.partitions(),
@@ -164,6 +179,14 @@ pub fn describe_stages(root: &Arc<dyn ExecutionPlan>, stages: &[Dataset]) -> Str
                 String::new()
             } else {
                 format!(", reads datasets {}", deps.join(", "))
+            },
+            match (stage.filter_inputs().len(), filters.is_empty()) {
+                (0, _) => String::new(),
+                (n, true) => format!(", {n} join filter(s) filled first (from files)"),
+                (n, false) => format!(
+                    ", {n} join filter(s) filled first (from datasets {})",
+                    filters.join(", ")
+                ),
             },
         );
         let _ = write!(
