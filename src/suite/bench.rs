@@ -428,7 +428,7 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
             "stages={} tasks={} task_failures={} source_partitions={} blocks_local={} \
              blocks_remote={} MB_fetched={:.2} MB_mapped={:.2} MB_shuffled={:.2} MB_spilled={:.2} \
              cached_blocks_used={} recomputed={} executors_lost={} executors_replaced={} \
-             replanned=[{}]",
+             join_filters_filled={} replanned=[{}]",
             m.stages_run,
             m.tasks_run,
             m.task_failures,
@@ -443,6 +443,7 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
             m.partitions_recomputed,
             m.executors_lost,
             m.executors_replaced,
+            m.join_filters_filled,
             m.replanned.join(", ")
         ),
         format!(
