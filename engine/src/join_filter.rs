@@ -213,25 +213,18 @@ fn consumes(plan: &Arc<dyn ExecutionPlan>, filter: &dyn PhysicalExpr) -> DfResul
     let Some(id) = filter.expression_id() else {
         return Ok(false);
     };
-    let mut found = false;
-    plan.apply(|node| {
+    plan.exists(|node| {
+        let mut found = false;
         node.apply_expressions(&mut |root| {
-            root.apply(|expr| {
-                found |= expr.expression_id() == Some(id);
-                Ok(if found {
-                    TreeNodeRecursion::Stop
-                } else {
-                    TreeNodeRecursion::Continue
-                })
+            found = root.exists(|expr| Ok(expr.expression_id() == Some(id)))?;
+            Ok(if found {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
             })
         })?;
-        Ok(if found {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    })?;
-    Ok(found)
+        Ok(found)
+    })
 }
 
 /// Passes a broadcast join's build side through unchanged, keeping the smallest and

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::Schema;
 use datafusion::common::stats::Precision;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::JoinType;
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::source::DataSourceExec;
@@ -118,20 +118,13 @@ fn swaps_safely(join: &HashJoinExec) -> bool {
 
 /// Whether `plan` holds a join anywhere.
 fn contains_join(plan: &Arc<dyn ExecutionPlan>) -> DfResult<bool> {
-    let mut found = false;
-    plan.apply(|node| {
-        found = node.is::<HashJoinExec>()
+    plan.exists(|node| {
+        Ok(node.is::<HashJoinExec>()
             || node.is::<SortMergeJoinExec>()
             || node.is::<NestedLoopJoinExec>()
             || node.is::<CrossJoinExec>()
-            || node.is::<SymmetricHashJoinExec>();
-        Ok(if found {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    })?;
-    Ok(found)
+            || node.is::<SymmetricHashJoinExec>())
+    })
 }
 
 /// An upper bound of the bytes `plan` produces: the row counts of the scans below it
@@ -189,6 +182,7 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, RecordBatch};
     use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::common::NullEquality;
     use datafusion::datasource::memory::MemorySourceConfig;
     use datafusion::physical_expr::expressions::Column;
