@@ -230,6 +230,15 @@ impl Retries {
 /// driver's time, and its filter stays open).
 pub const FILTER_BUILD_SIDE_LIMIT: usize = 64 << 20;
 
+/// Adds what the driver read itself since `started` (its final fragment, a join filter's
+/// build side) to the job's metrics.
+fn count_driver_reads(job: &mut Job, reader: &DriverBlockReader, started: Instant) {
+    job.metrics.driver_time += started.elapsed();
+    job.metrics.blocks_read_remote += reader.blocks.load(Ordering::Relaxed);
+    job.metrics.bytes_fetched += reader.fetched.bytes.load(Ordering::Relaxed);
+    job.metrics.bytes_mapped += reader.fetched.mapped.load(Ordering::Relaxed);
+}
+
 /// Name of the file partition `p` of a written dataset goes to.
 pub fn part_file_name(partition: u32) -> String {
     format!("part-{partition:05}.parquet")
@@ -375,10 +384,7 @@ impl Driver {
                 Ok(true)
             }
             .await;
-            job.metrics.driver_time += started.elapsed();
-            job.metrics.blocks_read_remote += reader.blocks.load(Ordering::Relaxed);
-            job.metrics.bytes_fetched += reader.fetched.bytes.load(Ordering::Relaxed);
-            job.metrics.bytes_mapped += reader.fetched.mapped.load(Ordering::Relaxed);
+            count_driver_reads(job, &reader, started);
             match result.map_err(EngineError::from) {
                 Ok(taken) => return Ok(taken),
                 Err(EngineError::FetchFailed {
@@ -630,10 +636,7 @@ impl Driver {
             bounds.publish(&input.filter, &input.probe_keys)
         }
         .await;
-        job.metrics.driver_time += started.elapsed();
-        job.metrics.blocks_read_remote += reader.blocks.load(Ordering::Relaxed);
-        job.metrics.bytes_fetched += reader.fetched.bytes.load(Ordering::Relaxed);
-        job.metrics.bytes_mapped += reader.fetched.mapped.load(Ordering::Relaxed);
+        count_driver_reads(job, &reader, started);
         match filled {
             Ok(true) => job.metrics.join_filters_filled += 1,
             Ok(false) => {}
