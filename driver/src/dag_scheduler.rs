@@ -613,11 +613,12 @@ impl Driver {
             return Ok(());
         }
         job.filters_tried.push(id);
-        for dep in input.build_datasets() {
-            Box::pin(self.materialize(job, dep)).await?;
-        }
+        // As for a stage: cached inputs get their lineage, job-scoped ones are made first.
         let mut deps = Vec::new();
         let plan = self.expand(&input.build_side, &mut deps)?;
+        for dep in deps {
+            Box::pin(self.materialize(job, dep)).await?;
+        }
         let reader = Arc::new(DriverBlockReader::new(Arc::clone(self)));
         let ctx = self.task_context(Arc::clone(&reader) as _);
         let started = Instant::now();
