@@ -257,6 +257,7 @@ impl DataFrame {
         let plan = self.inner.clone().create_physical_plan().await?;
         self.session
             .run_stream_planned(plan, started, &self.job_description("execute_stream"))
+            .await
     }
 
     /// Number of rows, counted on the executors.

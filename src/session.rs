@@ -60,6 +60,9 @@ struct Inner {
     healer: Option<Arc<Healer>>,
     /// The web UI, when the builder asked for one.
     ui: std::sync::OnceLock<crate::ui::UiHandle>,
+    /// Whether small-looking join sides run first and are broadcast when they turn out
+    /// small ([`ember_driver::planner::runtime_broadcast`]).
+    runtime_broadcast: bool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -127,6 +130,7 @@ pub struct SessionBuilder {
     ui: Option<crate::ui::UiConfig>,
     progress: bool,
     host_files: bool,
+    runtime_broadcast: bool,
 }
 
 /// Default size under which a join's build side is sent whole to every task instead of
@@ -149,6 +153,7 @@ impl Default for SessionBuilder {
             ui: None,
             progress: true,
             host_files: true,
+            runtime_broadcast: true,
         }
     }
 }
@@ -285,6 +290,15 @@ impl SessionBuilder {
         Ok(session)
     }
 
+    /// Whether a partitioned join's small-looking side runs first, as a job of its own, and
+    /// is broadcast to the other side's tasks when its rows turn out to fit under 16 times
+    /// the broadcast threshold, saving the other side's shuffle (default on; see
+    /// [`ember_driver::planner::runtime_broadcast`]).
+    pub fn runtime_broadcast(mut self, on: bool) -> Self {
+        self.runtime_broadcast = on;
+        self
+    }
+
     /// Fault injection for tests of straggler handling: executor `index` (in start order)
     /// waits `delay` before each task it runs. May be given for several executors.
     pub fn inject_task_delay(mut self, index: usize, delay: Duration) -> Self {
@@ -401,6 +415,7 @@ impl SessionBuilder {
             this.executors,
             cores,
             this.broadcast_threshold,
+            this.runtime_broadcast,
             None,
         )
         .await?;
@@ -482,6 +497,7 @@ impl SessionBuilder {
             self.executors,
             cores,
             self.broadcast_threshold,
+            self.runtime_broadcast,
             Some(Arc::clone(&healer)),
         )
         .await?;
@@ -533,6 +549,7 @@ impl SessionBuilder {
             up,
             cores,
             self.broadcast_threshold,
+            self.runtime_broadcast,
             None,
         )
         .await?;
@@ -577,6 +594,7 @@ impl Session {
         n: usize,
         cores: usize,
         broadcast_threshold: usize,
+        runtime_broadcast: bool,
         healer: Option<Arc<Healer>>,
     ) -> Result<Session> {
         // Hash repartitions become shuffles between executors. Round-robin repartitioning
@@ -639,6 +657,7 @@ impl Session {
                 last_metrics: Mutex::new(None),
                 healer,
                 ui: std::sync::OnceLock::new(),
+                runtime_broadcast,
             }),
             pool: Arc::from(ember_driver::DEFAULT_POOL),
         })
@@ -1045,11 +1064,13 @@ impl Session {
         description: &JobDescription,
     ) -> Result<Vec<RecordBatch>> {
         let driver = &self.inner.driver;
+        let (plan, broadcast) = self.broadcast_small_sides(plan, description).await?;
         let job = driver.plan_job(plan)?;
         let planning = planning_started.elapsed();
         let replaced = self.executors_replaced();
         let (batches, mut metrics) = driver.collect(job.root, job.stages, description).await?;
         metrics.planning = planning;
+        metrics.sides_broadcast = broadcast.broadcast;
         metrics.executors_replaced = self.executors_replaced() - replaced;
         self.record_metrics(metrics);
         Ok(batches)
@@ -1057,13 +1078,14 @@ impl Session {
 
     /// Cuts `plan` into stages and runs it, handing the final fragment's batches on as
     /// the driver produces them; the job's metrics are recorded when it ends.
-    pub(crate) fn run_stream_planned(
+    pub(crate) async fn run_stream_planned(
         &self,
         plan: Arc<dyn ExecutionPlan>,
         planning_started: std::time::Instant,
         description: &JobDescription,
     ) -> Result<crate::dataframe::ResultStream> {
         let driver = &self.inner.driver;
+        let (plan, broadcast) = self.broadcast_small_sides(plan, description).await?;
         let job = driver.plan_job(plan)?;
         let planning = planning_started.elapsed();
         let (stream, metrics) = driver.execute_stream(job.root, job.stages, description);
@@ -1071,10 +1093,32 @@ impl Session {
         tokio::spawn(async move {
             if let Ok(mut metrics) = metrics.await {
                 metrics.planning = planning;
+                metrics.sides_broadcast = broadcast.broadcast;
                 session.record_metrics(metrics);
             }
         });
         Ok(crate::dataframe::ResultStream { inner: stream })
+    }
+
+    /// `plan` with the small-looking sides of its partitioned joins run first and
+    /// broadcast when they turn out small, when this session does that.
+    async fn broadcast_small_sides(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        description: &JobDescription,
+    ) -> Result<(
+        Arc<dyn ExecutionPlan>,
+        ember_driver::planner::runtime_broadcast::RuntimeBroadcast,
+    )> {
+        if !self.inner.runtime_broadcast {
+            return Ok((plan, Default::default()));
+        }
+        let options = Arc::clone(self.ctx.state().config_options());
+        Ok(self
+            .inner
+            .driver
+            .broadcast_small_sides(plan, &options, description)
+            .await?)
     }
 
     /// Ember's stages for `plan`, as [`DataFrame::explain`] prints them.

@@ -63,6 +63,9 @@ pub struct JobMetrics {
     /// Join filters the driver filled in from a build side of a later stage before running
     /// the stage whose scans consume them (`join_filter::FilterInput`).
     pub join_filters_filled: usize,
+    /// Partitioned joins whose smaller side was run first (a job of its own) and, its rows
+    /// being small, broadcast to the other side's tasks (`planner::runtime_broadcast`).
+    pub sides_broadcast: usize,
     /// Time the driver spent running the job's final fragment.
     pub driver_time: Duration,
     /// Per stage run: (dataset, tasks, wall time), in the order they finished.

@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// instead of sharing block files on /dev/shm (to measure what those files save).
     #[arg(long)]
     pub no_host_files: bool,
+    /// Joins run as planned: no small-looking side is run first to be broadcast when it
+    /// turns out small (to measure what that saves).
+    #[arg(long)]
+    pub no_runtime_broadcast: bool,
 }
 
 fn parse_option(text: &str) -> Result<(String, String), String> {
@@ -137,6 +141,7 @@ pub async fn bench(suite: &'static Suite, args: &BenchArgs) -> anyhow::Result<()
         .executors(args.executors)
         .memory_per_executor(args.memory)
         .same_host_files(!args.no_host_files)
+        .runtime_broadcast(!args.no_runtime_broadcast)
         .local_cluster()
         .await
         .context("starting the Ember cluster")?;
@@ -428,7 +433,7 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
             "stages={} tasks={} task_failures={} source_partitions={} blocks_local={} \
              blocks_remote={} MB_fetched={:.2} MB_mapped={:.2} MB_shuffled={:.2} MB_spilled={:.2} \
              cached_blocks_used={} recomputed={} executors_lost={} executors_replaced={} \
-             join_filters_filled={} replanned=[{}]",
+             join_filters_filled={} sides_broadcast={} replanned=[{}]",
             m.stages_run,
             m.tasks_run,
             m.task_failures,
@@ -444,6 +449,7 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
             m.executors_lost,
             m.executors_replaced,
             m.join_filters_filled,
+            m.sides_broadcast,
             m.replanned.join(", ")
         ),
         format!(

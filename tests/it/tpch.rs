@@ -188,3 +188,93 @@ fn gen_rejects_a_bad_scale_factor_or_output_path() {
         "{stderr}"
     );
 }
+
+/// Joins broadcast by their size when run (`planner::runtime_broadcast`): with a broadcast
+/// threshold low enough that SF 0.01's joins qualify, all 22 queries still give
+/// DataFusion's answers; q5's `customer ⋈ orders` is run first and broadcast, so its
+/// `lineitem` is not shuffled and the query shuffles far less than on a session that runs
+/// every join as planned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_broadcast_when_run_keep_every_answer_and_skip_shuffles() {
+    let scratch = tempfile::tempdir().expect("tmp");
+    let data = scratch.path().join("sf0.01");
+    let out = data.clone();
+    tokio::task::spawn_blocking(move || tpch::generate(0.01, &out, 3))
+        .await
+        .expect("generator task")
+        .expect("generates SF 0.01");
+    // Sides of up to 16 x 4 KiB are broadcast; SF 0.01's lineitem is 60,000 rows.
+    let threshold = 4 << 10;
+    let session = common::builder(2)
+        .broadcast_join_threshold(threshold)
+        .local_cluster()
+        .await
+        .expect("cluster starts");
+    tpch::register(&session, &data).await.expect("register");
+    let ctx = SessionContext::new();
+    tpch::register_datafusion(&ctx, &data)
+        .await
+        .expect("register with datafusion");
+    let (answered, failures) =
+        common::answers_against_datafusion(&tpch::SUITE, &session, &ctx, 1..=22, QUERY_TIMEOUT)
+            .await;
+    assert!(
+        failures.is_empty(),
+        "{} of 22 queries matched DataFusion; failed:\n{}",
+        22 - failures.len(),
+        failures.join("\n")
+    );
+    let mut broadcast = Vec::new();
+    for n in 1..=22 {
+        let text = tpch::SUITE.query(n).expect("query text");
+        session
+            .sql(text)
+            .await
+            .expect("plans")
+            .collect()
+            .await
+            .expect("runs");
+        let metrics = session.last_job_metrics().expect("metrics");
+        if metrics.sides_broadcast > 0 {
+            broadcast.push(format!("q{n}: {}", metrics.sides_broadcast));
+        }
+    }
+    eprintln!("answered: {answered:?}; sides broadcast: {broadcast:?}");
+    assert!(
+        broadcast.len() >= 3,
+        "few queries broadcast a side when run: {broadcast:?}"
+    );
+
+    let q5 = tpch::SUITE.query(5).expect("q5");
+    session
+        .sql(q5)
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs");
+    let adaptive = session.last_job_metrics().expect("metrics");
+    let planned = common::builder(2)
+        .broadcast_join_threshold(threshold)
+        .runtime_broadcast(false)
+        .local_cluster()
+        .await
+        .expect("cluster starts");
+    tpch::register(&planned, &data).await.expect("register");
+    planned
+        .sql(q5)
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs");
+    let as_planned = planned.last_job_metrics().expect("metrics");
+    assert!(adaptive.sides_broadcast >= 1, "{adaptive:?}");
+    assert_eq!(as_planned.sides_broadcast, 0, "{as_planned:?}");
+    assert!(
+        adaptive.shuffle_bytes_written * 2 < as_planned.shuffle_bytes_written,
+        "q5 shuffled {} bytes with the side broadcast, {} as planned",
+        adaptive.shuffle_bytes_written,
+        as_planned.shuffle_bytes_written
+    );
+}

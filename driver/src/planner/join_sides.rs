@@ -130,7 +130,7 @@ fn contains_join(plan: &Arc<dyn ExecutionPlan>) -> DfResult<bool> {
 /// An upper bound of the bytes `plan` produces: the row counts of the scans below it
 /// (file metadata; filters, aggregates and limits only remove rows) times the width of
 /// `plan`'s own rows. `None` where a node could add rows (a join) or is not known here.
-fn bound_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+pub(crate) fn bound_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
     bound_rows(plan)?.checked_mul(row_width(&plan.schema()))
 }
 

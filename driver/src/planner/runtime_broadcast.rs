@@ -1,0 +1,332 @@
+//! Join sides broadcast by their size when run: a partitioned join whose one side is much
+//! cheaper to compute than the other runs that side first, as a job of its own, and when
+//! its rows turn out small the join collects them instead of shuffling both sides.
+//!
+//! DataFusion decides between a partitioned and a broadcast (collect-left) hash join from
+//! estimates. Below a join or a filter an estimate can be far from what runs: TPC-H q5's
+//! `customer ⋈ orders of 1994` is 227,000 rows of two keys (3.6 MB), estimated too big to
+//! broadcast, so all 6 million `lineitem` rows are shuffled by order key to meet it. One
+//! process pays for that with an in-memory repartition; Ember pays a stage boundary: every
+//! row encoded, stored and fetched by another process. Spark answers this at run time
+//! (its adaptive execution turns a sort-merge join into a broadcast join once a shuffle's
+//! map side has measured its output); Ember does the same before the job is cut, because
+//! the small side can be run on its own: when its rows fit under the limit (16 times the
+//! broadcast threshold, as [`super::join_sides`] allows for bounded sides) they are held
+//! on the driver and written into the plan as an in-memory build side, which travels to
+//! each task with its launch; the big side is probed where it is read, in one stage, and
+//! its shuffle is gone. A side that outgrows the limit is cancelled at once and the join
+//! runs as planned.
+//!
+//! Only joins whose probe side is at least [`PROBE_TO_SIDE_RATIO`] times the side's input
+//! (both bounded by their scans' row counts) and at least as big as the limit are tried,
+//! so running a side first costs little next to the shuffle it may save, and a small query
+//! does not pay a job for it.
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::JoinType;
+use datafusion::config::ConfigOptions;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result as DfResult;
+use datafusion::physical_optimizer::ensure_requirements::EnsureRequirements;
+use datafusion::physical_optimizer::sanity_checker::SanityCheckPlan;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan, Partitioning};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+
+use super::join_sides::{bound_bytes, BOUNDED_BUILD_FACTOR};
+use ember_engine::EngineError;
+
+use crate::error::Result;
+use crate::{Driver, JobDescription};
+
+/// How many times a side's input the other side's input must be for the side to be run
+/// first.
+pub const PROBE_TO_SIDE_RATIO: usize = 4;
+
+/// At most this many sides are run first for one query (each is a job).
+pub const MAX_SIDES_PER_QUERY: usize = 4;
+
+/// What [`Driver::broadcast_small_sides`] did to a plan.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RuntimeBroadcast {
+    /// Sides run first whose rows fit: their joins now collect them.
+    pub broadcast: usize,
+    /// Sides run first that outgrew the limit (cancelled; their joins run as planned).
+    pub too_big: usize,
+    /// Whether the rewritten plan broke a requirement its operators have of their inputs'
+    /// partitioning that could not be restored, so the query runs as first planned.
+    pub abandoned: bool,
+}
+
+/// The bytes a side run first may hold for `options`: 0 (never) when broadcasting is off.
+pub fn side_limit(options: &ConfigOptions) -> usize {
+    options
+        .optimizer
+        .hash_join_single_partition_threshold
+        .saturating_mul(BOUNDED_BUILD_FACTOR)
+}
+
+impl Driver {
+    /// Runs first, each as a job of its own, the small-looking sides of `plan`'s
+    /// partitioned hash joins (innermost first), and makes each join whose side's rows fit
+    /// under [`side_limit`] collect them from memory while its other side is probed
+    /// unshuffled (see the module's documentation). Returns the plan to run and what was
+    /// done; the plan is `plan` itself when nothing was tried, or when the rewritten plan
+    /// cannot keep its operators' input requirements.
+    ///
+    /// # Errors
+    ///
+    /// A side's job failed (the query would have failed the same way), or was cancelled.
+    pub async fn broadcast_small_sides(
+        self: &Arc<Self>,
+        plan: Arc<dyn ExecutionPlan>,
+        options: &ConfigOptions,
+        description: &JobDescription,
+    ) -> Result<(Arc<dyn ExecutionPlan>, RuntimeBroadcast)> {
+        let limit = side_limit(options);
+        let mut done = RuntimeBroadcast::default();
+        if limit == 0 || !has_candidate(&plan, limit) {
+            return Ok((plan, done));
+        }
+        let rewritten = self
+            .rewrite(Arc::clone(&plan), limit, description, &mut done)
+            .await?;
+        if done.broadcast == 0 {
+            return Ok((plan, done));
+        }
+        match keep_requirements(rewritten, options) {
+            Some(rewritten) => Ok((rewritten, done)),
+            None => {
+                tracing::debug!("a broadcast at run time broke an input requirement; running the plan as planned");
+                done.abandoned = true;
+                Ok((plan, done))
+            }
+        }
+    }
+
+    /// `plan` with its children rewritten first, then itself when it is a join to try.
+    fn rewrite<'a>(
+        self: &'a Arc<Self>,
+        plan: Arc<dyn ExecutionPlan>,
+        limit: usize,
+        description: &'a JobDescription,
+        done: &'a mut RuntimeBroadcast,
+    ) -> BoxFuture<'a, Result<Arc<dyn ExecutionPlan>>> {
+        Box::pin(async move {
+            let children: Vec<Arc<dyn ExecutionPlan>> =
+                plan.children().into_iter().cloned().collect();
+            let mut rewritten = Vec::with_capacity(children.len());
+            for child in children {
+                rewritten.push(self.rewrite(child, limit, description, done).await?);
+            }
+            let plan = replace_children_if_necessary(plan, rewritten).map_err(EngineError::from)?;
+            if done.broadcast + done.too_big >= MAX_SIDES_PER_QUERY {
+                return Ok(plan);
+            }
+            let Some(join) = plan.downcast_ref::<HashJoinExec>() else {
+                return Ok(plan);
+            };
+            let Some(candidate) = candidate(join, limit) else {
+                return Ok(plan);
+            };
+            let Some(rows) = self
+                .run_side(Arc::clone(&candidate.side), limit, description)
+                .await?
+            else {
+                done.too_big += 1;
+                return Ok(plan);
+            };
+            let collected = collect_side(join, candidate, rows).map_err(EngineError::from)?;
+            done.broadcast += 1;
+            Ok(collected)
+        })
+    }
+
+    /// Runs `side` as a job and returns its rows, or `None` (the job cancelled) once they
+    /// hold more than `limit` bytes.
+    async fn run_side(
+        self: &Arc<Self>,
+        side: Arc<dyn ExecutionPlan>,
+        limit: usize,
+        description: &JobDescription,
+    ) -> Result<Option<Vec<datafusion::arrow::array::RecordBatch>>> {
+        let job = self.plan_job(side)?;
+        let description = JobDescription {
+            text: format!("join side, broadcast if small: {}", description.text),
+            pool: description.pool.clone(),
+            plan: String::new(),
+        };
+        let (mut stream, _metrics) = self.execute_stream(job.root, job.stages, &description);
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            bytes += batch.get_array_memory_size();
+            if bytes > limit {
+                // Dropping the stream cancels the side's job.
+                return Ok(None);
+            }
+            if batch.num_rows() > 0 {
+                rows.push(batch);
+            }
+        }
+        Ok(Some(rows))
+    }
+}
+
+/// `join` collecting `rows`, the rows of `candidate`'s side, as its build side, probed by
+/// the other side unshuffled.
+fn collect_side(
+    join: &HashJoinExec,
+    candidate: Candidate,
+    rows: Vec<datafusion::arrow::array::RecordBatch>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let memory: Arc<dyn ExecutionPlan> =
+        MemorySourceConfig::try_new_exec(&[rows], candidate.side.schema(), None)?;
+    if candidate.side_is_left {
+        return join
+            .builder()
+            .with_partition_mode(PartitionMode::CollectLeft)
+            .with_new_children(vec![memory, candidate.other])?
+            .recompute_properties()
+            .build_exec();
+    }
+    // The join's own filter reached the side's scans, which are gone.
+    join.builder()
+        .reset_state()
+        .with_new_children(vec![candidate.other, memory])?
+        .recompute_properties()
+        .build()?
+        .swap_inputs(PartitionMode::CollectLeft)
+}
+
+/// A join side to run first.
+struct Candidate {
+    /// Whether the side is the join's left input.
+    side_is_left: bool,
+    /// The side, below the shuffle that partitions it for the join.
+    side: Arc<dyn ExecutionPlan>,
+    /// The other side, below its shuffle.
+    other: Arc<dyn ExecutionPlan>,
+}
+
+/// Whether any join of `plan` is worth running a side of first.
+fn has_candidate(plan: &Arc<dyn ExecutionPlan>, limit: usize) -> bool {
+    let mut found = false;
+    // The closure never fails, so neither does the walk.
+    let _ = plan.apply(|node| {
+        if node
+            .downcast_ref::<HashJoinExec>()
+            .is_some_and(|join| candidate(join, limit).is_some())
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// The side of `join` to run first, if any: a partitioned join whose side, once
+/// collected, answers the same as build side of every task (only the other side's rows,
+/// or matched pairs, are emitted), and whose other side's input is at least
+/// [`PROBE_TO_SIDE_RATIO`] times the side's and at least `limit` bytes.
+fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
+    if join.mode != PartitionMode::Partitioned || join.null_aware {
+        return None;
+    }
+    let left = below_shuffle(join.left());
+    let right = below_shuffle(join.right());
+    let left_bytes = input_bytes(&left)?;
+    let right_bytes = input_bytes(&right)?;
+    let small = |side: usize, other: usize| {
+        other >= limit && side.saturating_mul(PROBE_TO_SIDE_RATIO) <= other
+    };
+    let left_collectable = matches!(
+        join.join_type,
+        JoinType::Inner
+            | JoinType::Right
+            | JoinType::RightSemi
+            | JoinType::RightAnti
+            | JoinType::RightMark
+    );
+    let right_collectable = matches!(
+        join.join_type,
+        JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti
+    );
+    if left_collectable && small(left_bytes, right_bytes) {
+        return Some(Candidate {
+            side_is_left: true,
+            side: left,
+            other: right,
+        });
+    }
+    if right_collectable && small(right_bytes, left_bytes) {
+        return Some(Candidate {
+            side_is_left: false,
+            side: right,
+            other: left,
+        });
+    }
+    None
+}
+
+/// `plan` without the hash repartition that partitions it for a join.
+fn below_shuffle(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    match plan.downcast_ref::<RepartitionExec>() {
+        Some(repartition) if matches!(repartition.partitioning(), Partitioning::Hash(..)) => {
+            Arc::clone(repartition.input())
+        }
+        _ => Arc::clone(plan),
+    }
+}
+
+/// The bytes `plan`'s leaves read, bounded by their row counts and widths; `None` when a
+/// leaf's size is not known (a block read, a scan without row counts).
+fn input_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    let mut total = Some(0usize);
+    // The closure never fails, so neither does the walk.
+    let _ = plan.apply(|node| {
+        if !node.children().is_empty() {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        let bytes = if node.is::<EmptyExec>() || node.is::<PlaceholderRowExec>() {
+            Some(0)
+        } else if node.is::<DataSourceExec>() {
+            bound_bytes(node)
+        } else {
+            None
+        };
+        total = match (total, bytes) {
+            (Some(sum), Some(bytes)) => sum.checked_add(bytes),
+            _ => None,
+        };
+        Ok(if total.is_some() {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    total
+}
+
+/// `plan` when every operator's requirements of its inputs (partitioning, ordering) hold,
+/// or once exchanges restore them; `None` when they cannot be restored.
+fn keep_requirements(
+    plan: Arc<dyn ExecutionPlan>,
+    options: &ConfigOptions,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let sane = |plan: Arc<dyn ExecutionPlan>| SanityCheckPlan::new().optimize(plan, options).ok();
+    if let Some(plan) = sane(Arc::clone(&plan)) {
+        return Some(plan);
+    }
+    sane(EnsureRequirements::new().optimize(plan, options).ok()?)
+}
