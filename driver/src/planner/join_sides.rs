@@ -117,7 +117,7 @@ fn swaps_safely(join: &HashJoinExec) -> bool {
 }
 
 /// Whether `plan` holds a join anywhere.
-fn contains_join(plan: &Arc<dyn ExecutionPlan>) -> DfResult<bool> {
+pub(crate) fn contains_join(plan: &Arc<dyn ExecutionPlan>) -> DfResult<bool> {
     plan.exists(|node| {
         Ok(node.is::<HashJoinExec>()
             || node.is::<SortMergeJoinExec>()
@@ -164,7 +164,7 @@ fn bound_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
     }
 }
 
-fn row_width(schema: &Schema) -> usize {
+pub(crate) fn row_width(schema: &Schema) -> usize {
     schema
         .fields()
         .iter()

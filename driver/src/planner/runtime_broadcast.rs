@@ -17,13 +17,17 @@
 //! its shuffle is gone. A side that outgrows the limit is cancelled at once and the join
 //! runs as planned.
 //!
-//! Only joins whose probe side is at least [`PROBE_TO_SIDE_RATIO`] times the side's input
-//! (both bounded by their scans' row counts) and at least as big as the limit are tried,
-//! so running a side first costs little next to the shuffle it may save, and a small query
-//! does not pay a job for it.
+//! A side is tried when the other side reads at least [`PROBE_TO_SIDE_RATIO`] times what
+//! it reads (both bounded by their scans' row counts), so running it first costs little
+//! next to the shuffle it may save; when the other side's estimated output reaches the
+//! limit, so a small query (or one whose big side is filtered down) does not pay a job for
+//! nothing; and when it may fit: a side holding a join always may (that estimate is the
+//! guess being checked), any other side only when its estimate does, so a whole table
+//! too big to broadcast is not read twice.
 
 use std::sync::Arc;
 
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::JoinType;
 use datafusion::config::ConfigOptions;
@@ -37,11 +41,12 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan, Partitioning};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
-use super::join_sides::{bound_bytes, BOUNDED_BUILD_FACTOR};
+use super::join_sides::{bound_bytes, contains_join, row_width, BOUNDED_BUILD_FACTOR};
 use ember_engine::EngineError;
 
 use crate::error::Result;
@@ -245,10 +250,23 @@ fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
     }
     let left = below_shuffle(join.left());
     let right = below_shuffle(join.right());
-    let left_bytes = input_bytes(&left)?;
-    let right_bytes = input_bytes(&right)?;
-    let small = |side: usize, other: usize| {
-        other >= limit && side.saturating_mul(PROBE_TO_SIDE_RATIO) <= other
+    let left_bytes = (
+        input_bytes(&left)?,
+        estimated_bytes(&left),
+        fits(&left, limit),
+    );
+    let right_bytes = (
+        input_bytes(&right)?,
+        estimated_bytes(&right),
+        fits(&right, limit),
+    );
+    // A side is run first when it reads at most a quarter of what the other side reads,
+    // the other side's output is big enough that its shuffle matters, and the side may
+    // fit; `(input bytes, estimated output bytes, may fit)`.
+    let small = |side: (usize, Option<usize>, bool), other: (usize, Option<usize>, bool)| {
+        side.2
+            && side.0.saturating_mul(PROBE_TO_SIDE_RATIO) <= other.0
+            && other.1.unwrap_or(other.0) >= limit
     };
     let left_collectable = matches!(
         join.join_type,
@@ -277,6 +295,33 @@ fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
         });
     }
     None
+}
+
+/// Whether `side`'s rows may fit under `limit`: a side holding a join may (a join's output
+/// estimate is a guess, which is why the side is run to find out); any other side when
+/// its estimate (row counts from file metadata, filter selectivities from column
+/// statistics) or its bound does.
+fn fits(side: &Arc<dyn ExecutionPlan>, limit: usize) -> bool {
+    if contains_join(side).unwrap_or(true) {
+        return true;
+    }
+    estimated_bytes(side)
+        .or_else(|| bound_bytes(side))
+        .is_some_and(|bytes| bytes <= limit)
+}
+
+/// DataFusion's estimate of the bytes `plan` produces, when it has one.
+fn estimated_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    let stats = StatisticsContext::new()
+        .compute(plan.as_ref(), &StatisticsArgs::new())
+        .ok()?;
+    match (stats.total_byte_size, stats.num_rows) {
+        (Precision::Exact(bytes) | Precision::Inexact(bytes), _) => Some(bytes),
+        (_, Precision::Exact(rows) | Precision::Inexact(rows)) => {
+            rows.checked_mul(row_width(&plan.schema()))
+        }
+        _ => None,
+    }
 }
 
 /// `plan` without the hash repartition that partitions it for a join.
