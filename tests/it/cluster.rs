@@ -576,3 +576,38 @@ async fn a_dead_local_cluster_executor_is_replaced_and_used() {
     // It runs on the executor left.
     assert_eq!(sorted_rows(&common::run_sql(&session, sql).await), expected);
 }
+
+/// A query that reads no data (`SELECT 1`) is answered by the driver without a stage on
+/// the executors; one that reads a file still runs its stage there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_constant_query_runs_on_the_driver() {
+    let session = session(Mode::InProcess, 2).await;
+    let rows = session
+        .sql("SELECT 1 AS one, 'a' || 'b' AS ab")
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs");
+    assert_eq!(row_count(&rows), 1);
+    let metrics = session.last_job_metrics().expect("metrics");
+    assert_eq!(metrics.stages_run, 0, "{metrics:?}");
+    assert_eq!(metrics.tasks_run, 0, "{metrics:?}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    write_orders(dir.path(), 2, 10);
+    session
+        .register_parquet("orders", dir.path())
+        .await
+        .expect("register");
+    let rows = session
+        .sql("SELECT * FROM orders WHERE amount >= 0")
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs");
+    assert!(row_count(&rows) > 0);
+    let metrics = session.last_job_metrics().expect("metrics");
+    assert!(metrics.stages_run >= 1, "{metrics:?}");
+}

@@ -89,11 +89,14 @@ fn rows(batches: &[RecordBatch]) -> String {
 async fn a_broadcast_joins_bounds_prune_a_scan_below_a_shuffle() {
     let dir = tempfile::tempdir().expect("tmp");
     write_tables(dir.path());
-    // `stock` is above the broadcast threshold, so `sales x stock` shuffles both sides;
+    // `stock` is above the broadcast threshold, so `sales x stock` shuffles both sides (it
+    // is not run first to be broadcast: its join is the one this test needs partitioned);
     // `days` is below it, so its join is a broadcast join in the stage after the shuffle.
     let session = common::start(
         Mode::Processes,
-        common::builder(2).broadcast_join_threshold(16 << 10),
+        common::builder(2)
+            .broadcast_join_threshold(16 << 10)
+            .runtime_broadcast(false),
     )
     .await;
     let reference = datafusion::prelude::SessionContext::new();

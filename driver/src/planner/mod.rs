@@ -125,15 +125,19 @@ fn local_ids() -> impl FnMut() -> DatasetId {
 
 /// Cuts a query's physical plan into the datasets a job computes and the final fragment the
 /// driver runs. The driver runs the final fragment itself only when it merges blocks into
-/// one stream (a final aggregation, a global limit or sort); any per-partition work left at
-/// the top runs as one more stage on the executors.
+/// one stream (a final aggregation, a global limit or sort), or when the query reads no
+/// data at all (`SELECT 1`, whose answer needs no executor, as a constant row in Spark is
+/// computed on its driver); any per-partition work left at the top runs as one more stage
+/// on the executors.
 pub fn job_stages(
     plan: Arc<dyn ExecutionPlan>,
     next: &mut dyn FnMut() -> DatasetId,
 ) -> Result<(Arc<dyn ExecutionPlan>, Vec<Dataset>)> {
     let mut stages = Vec::new();
     let mut root = cut_stages(plan, next, &mut stages)?;
-    if root.output_partitioning().partition_count() > 1 || !reads_only_blocks(&root) {
+    if root.output_partitioning().partition_count() > 1
+        || !(reads_only_blocks(&root) || reads_nothing(&root))
+    {
         root = stage_of(root, next, &mut stages, Persistence::Job)?;
     }
     if root.output_partitioning().partition_count() > 1 {
@@ -144,6 +148,25 @@ pub fn job_stages(
         stage.set_filter_inputs(inputs);
     }
     Ok((root, stages))
+}
+
+/// Whether every leaf of `plan` makes its rows from nothing (a placeholder row, an empty
+/// relation): a constant query, with nothing to distribute.
+fn reads_nothing(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
+    let mut nothing = true;
+    // The closure never fails, so neither does the walk.
+    let _ = plan.apply(|node| {
+        if node.children().is_empty() && !node.is::<PlaceholderRowExec>() && !node.is::<EmptyExec>()
+        {
+            nothing = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    nothing
 }
 
 /// Ember's stages in the order they run, then the driver's final fragment.
