@@ -3,8 +3,11 @@
 //! be planned (`show`, `tail`, `describe`, a pivot without values) run their input first.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray,
@@ -89,7 +92,7 @@ impl<'a> Planner<'a> {
 
     /// The relation `rel` as a DataFusion DataFrame.
     pub fn relation<'b>(&'b mut self, rel: &'b Relation) -> BoxFuture<'b, ConnectResult<DFrame>> {
-        Box::pin(async move {
+        Box::pin(GrowStack(Box::pin(async move {
             // A DataFrame the client cached reads its cached blocks.
             if let Some(cached) = self.cached(rel) {
                 self.record(rel, &cached);
@@ -99,7 +102,7 @@ impl<'a> Planner<'a> {
             let df = self.translate(rel, start).await?;
             self.record(rel, &df);
             Ok(df)
-        })
+        })))
     }
 
     /// The cached DataFrame for `rel`, if the client cached it.
@@ -2366,6 +2369,26 @@ pub fn is_query(plan: &LogicalPlan) -> bool {
             | LogicalPlan::Analyze(_)
             | LogicalPlan::DescribeTable(_)
     )
+}
+
+/// Stack kept free below a relation's translation: one level of the recursion (a
+/// relation's translation polling its input's) uses well under this, even unoptimized.
+const RELATION_RED_ZONE: usize = 512 * 1024;
+/// Size of each stack segment added when the red zone is reached.
+const RELATION_STACK_SEGMENT: usize = 8 * 1024 * 1024;
+
+/// Polls a relation's translation on a fresh stack segment when the current one runs low,
+/// so a plan nested as deep as a client builds it (hundreds of chained `withColumn`s)
+/// cannot overflow a runtime worker's fixed stack.
+struct GrowStack<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for GrowStack<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let inner = self.0.as_mut();
+        stacker::maybe_grow(RELATION_RED_ZONE, RELATION_STACK_SEGMENT, || inner.poll(cx))
+    }
 }
 
 #[cfg(test)]

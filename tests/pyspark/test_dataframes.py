@@ -420,3 +420,12 @@ def test_analysis_schema_explain_and_version(spark, capsys):
     assert df.isStreaming is False
     struct = spark.createDataFrame([], "a INT, b ARRAY<STRING>").schema
     assert struct.fields[1].dataType.simpleString() == "array<string>"
+
+
+def test_a_deeply_chained_plan_is_translated(spark):
+    df = spark.range(3)
+    # 45 levels: the protobuf decoder refuses messages nested deeper than 100.
+    for i in range(45):
+        df = df.withColumn(f"c{i % 5}", F.col("id") + i)
+    assert df.columns == ["id", "c0", "c1", "c2", "c3", "c4"]
+    assert [r.c4 for r in df.orderBy("id").collect()] == [44, 45, 46]
