@@ -3,11 +3,14 @@
 //! be planned (`show`, `tail`, `describe`, a pivot without values) run their input first.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Column, DFSchema, JoinType, ParamValues, ScalarValue};
@@ -28,7 +31,7 @@ use super::proto::expression::ExprType;
 use super::proto::relation::RelType;
 use super::proto::{self, Relation};
 use super::session::ConnectSession;
-use super::show::show_string;
+use super::show::{html_string, show_string};
 use super::types::{parse_schema, simple_string, storage_to_vectors, vector_storage_type};
 
 /// Translates the relations of one request.
@@ -89,7 +92,7 @@ impl<'a> Planner<'a> {
 
     /// The relation `rel` as a DataFusion DataFrame.
     pub fn relation<'b>(&'b mut self, rel: &'b Relation) -> BoxFuture<'b, ConnectResult<DFrame>> {
-        Box::pin(async move {
+        Box::pin(GrowStack(Box::pin(async move {
             // A DataFrame the client cached reads its cached blocks.
             if let Some(cached) = self.cached(rel) {
                 self.record(rel, &cached);
@@ -99,7 +102,7 @@ impl<'a> Planner<'a> {
             let df = self.translate(rel, start).await?;
             self.record(rel, &df);
             Ok(df)
-        })
+        })))
     }
 
     /// The cached DataFrame for `rel`, if the client cached it.
@@ -420,7 +423,8 @@ impl<'a> Planner<'a> {
                     )),
                 }
             }
-            RelType::Unpivot(_) => Err(unimplemented_relation("Unpivot")),
+            RelType::Unpivot(u) => Box::pin(self.unpivot(u)).await,
+            RelType::HtmlString(h) => Box::pin(self.html(h)).await,
             RelType::ToSchema(_) => Err(unimplemented_relation("ToSchema (DataFrame.to)")),
             RelType::MapPartitions(_) => Err(unimplemented_relation(
                 "MapPartitions (mapInPandas/mapInArrow)",
@@ -435,7 +439,6 @@ impl<'a> Planner<'a> {
             RelType::ApplyInPandasWithState(_) => {
                 Err(unimplemented_relation("ApplyInPandasWithState"))
             }
-            RelType::HtmlString(_) => Err(unimplemented_relation("HtmlString")),
             RelType::CachedLocalRelation(_) => {
                 Err(unimplemented_relation("CachedLocalRelation (artifacts)"))
             }
@@ -460,7 +463,7 @@ impl<'a> Planner<'a> {
             RelType::RelationChanges(_) => Err(unimplemented_relation("RelationChanges")),
             RelType::NearestByJoin(_) => Err(unimplemented_relation("NearestByJoin")),
             RelType::Replace(r) => self.replace(r).await,
-            RelType::Crosstab(_) => Err(unimplemented_relation("StatCrosstab")),
+            RelType::Crosstab(c) => Box::pin(self.crosstab(c)).await,
             RelType::Cov(c) => {
                 self.two_column_statistic(&c.input, &c.col1, &c.col2, "cov")
                     .await
@@ -475,9 +478,9 @@ impl<'a> Planner<'a> {
                 self.two_column_statistic(&c.input, &c.col1, &c.col2, "corr")
                     .await
             }
-            RelType::ApproxQuantile(_) => Err(unimplemented_relation("StatApproxQuantile")),
-            RelType::FreqItems(_) => Err(unimplemented_relation("StatFreqItems")),
-            RelType::SampleBy(_) => Err(unimplemented_relation("StatSampleBy")),
+            RelType::ApproxQuantile(q) => Box::pin(self.approx_quantile(q)).await,
+            RelType::FreqItems(f) => Box::pin(self.freq_items(f)).await,
+            RelType::SampleBy(s) => Box::pin(self.sample_by(s)).await,
             RelType::MlRelation(m) => super::ml::relation(self, m).await,
             RelType::Extension(_) => Err(unimplemented_relation("extension")),
             RelType::Unknown(_) => Err(unimplemented_relation("Unknown")),
@@ -1457,6 +1460,358 @@ impl<'a> Planner<'a> {
         Ok(input.aggregate(vec![], vec![statistic.alias(name)])?)
     }
 
+    /// The first rows as a notebook's HTML table (`df._repr_html_()`).
+    async fn html(&mut self, h: &proto::HtmlString) -> ConnectResult<DFrame> {
+        let input = self.input(&h.input).await?;
+        let names: Vec<String> = input
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let rows = h.num_rows.max(0) as usize;
+        let batches = self.collect(input.limit(0, Some(rows + 1))?).await?;
+        let text = html_string(&batches, &names, rows, h.truncate.max(0) as usize)?;
+        self.one_string("html_string", text)
+    }
+
+    /// `df.unpivot(ids, values, variable, value)`: for each value column, the id columns,
+    /// the value column's name and its value (cast to the value columns' common type), all
+    /// such rows together.
+    async fn unpivot(&mut self, u: &proto::Unpivot) -> ConnectResult<DFrame> {
+        let input = self.input(&u.input).await?;
+        let state = self.ctx().state();
+        let r = self.resolver(input.schema(), &state);
+        let ids = u
+            .ids
+            .iter()
+            .map(|e| r.expr(e))
+            .collect::<ConnectResult<Vec<Named>>>()?;
+        let values = match &u.values {
+            Some(v) => v
+                .values
+                .iter()
+                .map(|e| r.expr(e))
+                .collect::<ConnectResult<Vec<Named>>>()?,
+            None => input
+                .schema()
+                .columns()
+                .into_iter()
+                .filter(|c| !ids.iter().any(|id| id.expr == Expr::Column(c.clone())))
+                .map(|c| Named {
+                    name: c.name.clone(),
+                    expr: Expr::Column(c),
+                })
+                .collect(),
+        };
+        if values.is_empty() {
+            return Err(ConnectError::analysis(
+                "UNPIVOT_REQUIRES_VALUE_COLUMNS",
+                "At least one value column needs to be specified for UNPIVOT, all columns \
+                 specified as ids.",
+            ));
+        }
+        let types = values
+            .iter()
+            .map(|v| datafusion::logical_expr::ExprSchemable::get_type(&v.expr, input.schema()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let common = datafusion::logical_expr::type_coercion::binary::type_union_resolution(&types)
+            .ok_or_else(|| {
+                ConnectError::analysis(
+                    "UNPIVOT_VALUE_DATA_TYPE_MISMATCH",
+                    format!(
+                        "Unpivot value columns must share a least common type, some types do \
+                         not: [{}].",
+                        values
+                            .iter()
+                            .zip(&types)
+                            .map(|(v, t)| format!("`{}` {}", v.name, simple_string(t)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+        let mut parts = values.into_iter().map(|v| {
+            let mut exprs: Vec<Expr> = ids
+                .iter()
+                .map(|id| id.expr.clone().alias(id.name.clone()))
+                .collect();
+            exprs.push(lit(v.name.clone()).alias(u.variable_column_name.clone()));
+            exprs.push(cast(v.expr, common.clone()).alias(u.value_column_name.clone()));
+            input.clone().select(exprs)
+        });
+        let mut out = parts.next().expect("at least one value column")?;
+        for part in parts {
+            out = out.union(part?)?;
+        }
+        Ok(out)
+    }
+
+    /// `df.crosstab(col1, col2)`: one row per value of `col1`, a column `col1_col2` naming
+    /// it, then a column per value of `col2` (sorted) counting the rows with both. Values
+    /// are named by their text (`null` for nulls); counted on the cluster.
+    async fn crosstab(&mut self, c: &proto::StatCrosstab) -> ConnectResult<DFrame> {
+        /// Spark's limit on the distinct values of the second column.
+        const MAX_COLUMNS: usize = 10_000;
+        let input = self.input(&c.input).await?;
+        let state = self.ctx().state();
+        let r = self.resolver(input.schema(), &state);
+        let text = |name: &str| -> ConnectResult<Expr> {
+            let e = r.column(name, None)?.expr;
+            Ok(datafusion::functions::expr_fn::coalesce(vec![
+                cast(e, DataType::Utf8),
+                lit("null"),
+            ]))
+        };
+        let keys = vec![text(&c.col1)?.alias("a"), text(&c.col2)?.alias("b")];
+        let counted = input.clone().aggregate(
+            keys,
+            vec![datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n")],
+        )?;
+        let batches = self.collect(counted).await?;
+        let mut cells: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> =
+            Default::default();
+        let mut seconds = std::collections::BTreeSet::new();
+        for b in &batches {
+            let a = arrow::compute::cast(b.column(0), &DataType::Utf8)
+                .map_err(ember_engine::EngineError::from)?;
+            let bb = arrow::compute::cast(b.column(1), &DataType::Utf8)
+                .map_err(ember_engine::EngineError::from)?;
+            let n = arrow::compute::cast(b.column(2), &DataType::Int64)
+                .map_err(ember_engine::EngineError::from)?;
+            let (a, bb) = (a.as_string::<i32>(), bb.as_string::<i32>());
+            let n = n.as_primitive::<arrow::datatypes::Int64Type>();
+            for row in 0..b.num_rows() {
+                seconds.insert(bb.value(row).to_string());
+                cells
+                    .entry(a.value(row).to_string())
+                    .or_default()
+                    .insert(bb.value(row).to_string(), n.value(row));
+            }
+        }
+        if seconds.len() > MAX_COLUMNS {
+            return Err(ConnectError::analysis(
+                "CROSSTAB_TOO_MANY_VALUES",
+                format!(
+                    "crosstab makes a column per distinct value of `{}`, which has {} (at most \
+                     {MAX_COLUMNS})",
+                    c.col2,
+                    seconds.len()
+                ),
+            ));
+        }
+        let first: ArrayRef = Arc::new(StringArray::from_iter_values(cells.keys()));
+        let mut columns: Vec<(String, ArrayRef)> = vec![(format!("{}_{}", c.col1, c.col2), first)];
+        for second in &seconds {
+            let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(
+                cells
+                    .values()
+                    .map(|row| row.get(second).copied().unwrap_or(0)),
+            ));
+            columns.push((second.clone(), counts));
+        }
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|(name, a)| Field::new(name, a.data_type().clone(), false))
+            .collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns.into_iter().map(|(_, a)| a).collect(),
+        )
+        .map_err(ember_engine::EngineError::from)?;
+        Ok(self.ctx().read_batch(batch)?)
+    }
+
+    /// `df.approxQuantile(cols, probabilities, relativeError)`: one row, one column
+    /// `approx_quantile` holding, per column, its quantiles at the probabilities (as
+    /// doubles; nulls and NaNs ignored; an empty column gives an empty list), computed on
+    /// the cluster with t-digests (DataFusion's `approx_percentile_cont`), whose error is
+    /// their own rather than `relativeError`.
+    async fn approx_quantile(&mut self, q: &proto::StatApproxQuantile) -> ConnectResult<DFrame> {
+        let input = self.input(&q.input).await?;
+        if q.relative_error < 0.0 {
+            return Err(ConnectError::analysis(
+                "NEGATIVE_VALUE",
+                format!(
+                    "relativeError must be non-negative, got {}",
+                    q.relative_error
+                ),
+            ));
+        }
+        if let Some(p) = q.probabilities.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+            return Err(ConnectError::analysis(
+                "INVALID_PARAMETER_VALUE.PROBABILITY",
+                format!("probabilities must be in [0, 1], got {p}"),
+            ));
+        }
+        let state = self.ctx().state();
+        let r = self.resolver(input.schema(), &state);
+        let mut aggs = Vec::new();
+        for c in &q.cols {
+            let e = r.column(c, None)?.expr;
+            let t = datafusion::logical_expr::ExprSchemable::get_type(&e, input.schema())?;
+            if !t.is_numeric() {
+                return Err(ConnectError::analysis(
+                    "DATATYPE_MISMATCH",
+                    format!(
+                        "approxQuantile needs numeric columns; `{c}` is {}",
+                        simple_string(&t)
+                    ),
+                ));
+            }
+            let value = cast(e, DataType::Float64);
+            let value = Expr::Case(datafusion::logical_expr::Case::new(
+                None,
+                vec![(
+                    Box::new(datafusion::functions::math::expr_fn::isnan(value.clone())),
+                    Box::new(lit(ScalarValue::Float64(None))),
+                )],
+                Some(Box::new(value)),
+            ));
+            for p in &q.probabilities {
+                let percentile =
+                    datafusion::functions_aggregate::approx_percentile_cont::approx_percentile_cont(
+                        value.clone().sort(true, false),
+                        lit(*p),
+                        None,
+                    );
+                aggs.push(percentile.alias(format!("q{}", aggs.len())));
+            }
+        }
+        let values: Vec<Option<f64>> = if aggs.is_empty() {
+            Vec::new()
+        } else {
+            let batches = self.collect(input.aggregate(vec![], aggs)?).await?;
+            let batch = batches
+                .iter()
+                .find(|b| b.num_rows() > 0)
+                .ok_or_else(|| ConnectError::internal("approxQuantile: no aggregate row"))?;
+            batch
+                .columns()
+                .iter()
+                .map(|c| {
+                    let c = arrow::compute::cast(c, &DataType::Float64)
+                        .map_err(ember_engine::EngineError::from)?;
+                    let c = c.as_primitive::<arrow::datatypes::Float64Type>();
+                    Ok(c.is_valid(0).then(|| c.value(0)))
+                })
+                .collect::<ConnectResult<_>>()?
+        };
+        let per_column = q.probabilities.len();
+        let mut outer = arrow::array::ListBuilder::new(arrow::array::ListBuilder::new(
+            arrow::array::Float64Builder::new(),
+        ));
+        for column in 0..q.cols.len() {
+            let quantiles = &values[column * per_column..(column + 1) * per_column];
+            // A column without values has no quantiles (Spark answers an empty list).
+            if quantiles.iter().all(Option::is_some) {
+                for v in quantiles.iter().flatten() {
+                    outer.values().values().append_value(*v);
+                }
+            }
+            outer.values().append(true);
+        }
+        outer.append(true);
+        let column: ArrayRef = Arc::new(outer.finish());
+        let batch = RecordBatch::try_from_iter(vec![("approx_quantile", column)])
+            .map_err(ember_engine::EngineError::from)?;
+        Ok(self.ctx().read_batch(batch)?)
+    }
+
+    /// `df.freqItems(cols, support)`: one row, a column `<col>_freqItems` per column
+    /// holding the values seen in at least `support` of the rows. Counted exactly on the
+    /// cluster (Spark's one-pass sketch may also list values below the support).
+    async fn freq_items(&mut self, f: &proto::StatFreqItems) -> ConnectResult<DFrame> {
+        let input = self.input(&f.input).await?;
+        let support = f.support.unwrap_or(0.01);
+        if !(1e-4..=1.0).contains(&support) {
+            return Err(ConnectError::analysis(
+                "INVALID_PARAMETER_VALUE",
+                format!("support must be in [1e-4, 1], got {support}"),
+            ));
+        }
+        let total = crate::DataFrame::new(self.session.ember.clone(), input.clone())
+            .count()
+            .await?;
+        let threshold = (support * total as f64).ceil().max(1.0) as i64;
+        let state = self.ctx().state();
+        let mut columns: Vec<(String, ArrayRef)> = Vec::new();
+        for c in &f.cols {
+            let e = self.resolver(input.schema(), &state).column(c, None)?.expr;
+            let counted = input.clone().aggregate(
+                vec![e.alias("v")],
+                vec![datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n")],
+            )?;
+            let frequent = counted
+                .filter(col("n").gt_eq(lit(threshold)))?
+                .select(vec![col("v")])?;
+            let batches = self.collect(frequent).await?;
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                "v",
+                datafusion::logical_expr::ExprSchemable::get_type(
+                    &self.resolver(input.schema(), &state).column(c, None)?.expr,
+                    input.schema(),
+                )?,
+                true,
+            )]));
+            let values = arrow::compute::concat_batches(&schema, &batches)
+                .map_err(ember_engine::EngineError::from)?;
+            let values = Arc::clone(values.column(0));
+            let item = Arc::new(Field::new("item", values.data_type().clone(), true));
+            let list = arrow::array::ListArray::try_new(
+                item,
+                arrow::buffer::OffsetBuffer::from_lengths([values.len()]),
+                values,
+                None,
+            )
+            .map_err(ember_engine::EngineError::from)?;
+            columns.push((format!("{c}_freqItems"), Arc::new(list)));
+        }
+        let batch = RecordBatch::try_from_iter(columns).map_err(ember_engine::EngineError::from)?;
+        Ok(self.ctx().read_batch(batch)?)
+    }
+
+    /// `df.sampleBy(col, fractions, seed)`: each row whose `col` equals a stratum is kept
+    /// with that stratum's fraction (others are dropped), decided by a hash of the row and
+    /// the seed, as `sample` does: the same sample on every run.
+    async fn sample_by(&mut self, s: &proto::StatSampleBy) -> ConnectResult<DFrame> {
+        let input = self.input(&s.input).await?;
+        let e = s
+            .col
+            .as_ref()
+            .ok_or_else(|| ConnectError::invalid("sampleBy without a column"))?;
+        let state = self.ctx().state();
+        let stratum = self.resolver(input.schema(), &state).expr(e)?.expr;
+        let seed = s.seed.unwrap_or_else(rand::random) as u64;
+        let mut parts = Vec::new();
+        for f in &s.fractions {
+            if !(0.0..=1.0).contains(&f.fraction) {
+                return Err(ConnectError::analysis(
+                    "INVALID_PARAMETER_VALUE",
+                    format!("sampleBy fractions must be in [0, 1], got {}", f.fraction),
+                ));
+            }
+            let value = f
+                .stratum
+                .as_ref()
+                .ok_or_else(|| ConnectError::invalid("sampleBy fraction without a stratum"))?;
+            let (value, _) = super::expr::literal(value)?;
+            let rows = input.clone().filter(stratum.clone().eq(lit(value)))?;
+            parts.push(
+                ember_mllib::feature::hash_sample(rows, 0.0, f.fraction, seed)
+                    .map_err(|e| ConnectError::Ember(crate::Error::Ml(e)))?,
+            );
+        }
+        let mut parts = parts.into_iter();
+        let Some(mut out) = parts.next() else {
+            return Ok(input.limit(0, Some(0))?);
+        };
+        for part in parts {
+            out = out.union(part)?;
+        }
+        Ok(out)
+    }
+
     async fn drop_na(&mut self, d: &proto::NaDrop) -> ConnectResult<DFrame> {
         let input = self.input(&d.input).await?;
         let columns = Self::pick_columns(&input, &d.cols, |_| true)?;
@@ -2014,6 +2369,26 @@ pub fn is_query(plan: &LogicalPlan) -> bool {
             | LogicalPlan::Analyze(_)
             | LogicalPlan::DescribeTable(_)
     )
+}
+
+/// Stack kept free below a relation's translation: one level of the recursion (a
+/// relation's translation polling its input's) uses well under this, even unoptimized.
+const RELATION_RED_ZONE: usize = 512 * 1024;
+/// Size of each stack segment added when the red zone is reached.
+const RELATION_STACK_SEGMENT: usize = 8 * 1024 * 1024;
+
+/// Polls a relation's translation on a fresh stack segment when the current one runs low,
+/// so a plan nested as deep as a client builds it (hundreds of chained `withColumn`s)
+/// cannot overflow a runtime worker's fixed stack.
+struct GrowStack<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for GrowStack<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let inner = self.0.as_mut();
+        stacker::maybe_grow(RELATION_RED_ZONE, RELATION_STACK_SEGMENT, || inner.poll(cx))
+    }
 }
 
 #[cfg(test)]

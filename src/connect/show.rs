@@ -1,5 +1,6 @@
 //! Text a Spark client prints as it comes: `df.show()`'s table (Spark's layout: right-aligned
-//! cells cut to `truncate` characters, `NULL` for nulls) and its vertical form.
+//! cells cut to `truncate` characters, `NULL` for nulls), its vertical form, and the HTML
+//! table a notebook shows for a DataFrame.
 
 use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -147,6 +148,56 @@ pub fn show_string(
         out.push_str(&format!("only showing top {num_rows} {noun}\n"));
     }
     Ok(out)
+}
+
+/// The rows of `batches` (up to `num_rows + 1`) as the HTML table a notebook shows for a
+/// DataFrame: a header row of the column names, cells cut to `truncate` characters and
+/// escaped, and a note when there were more rows than `num_rows`.
+pub fn html_string(
+    batches: &[RecordBatch],
+    schema_names: &[String],
+    num_rows: usize,
+    truncate: usize,
+) -> ConnectResult<String> {
+    let (mut header, mut rows) = cells(batches)?;
+    if header.is_empty() {
+        header = schema_names.to_vec();
+    }
+    let has_more = rows.len() > num_rows;
+    rows.truncate(num_rows);
+    let row = |tag: &str, cells: &[String]| {
+        let cells: String = cells
+            .iter()
+            .map(|c| format!("<{tag}>{}</{tag}>", escape_html(&cut(c, truncate))))
+            .collect();
+        format!("<tr>{cells}</tr>\n")
+    };
+    let mut out = String::from("<table border='1'>\n");
+    out.push_str(&row("th", &header));
+    for r in &rows {
+        out.push_str(&row("td", r));
+    }
+    out.push_str("</table>\n");
+    if has_more {
+        let noun = if num_rows == 1 { "row" } else { "rows" };
+        out.push_str(&format!("only showing top {num_rows} {noun}\n"));
+    }
+    Ok(out)
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -334,6 +334,66 @@ def test_replace_cov_and_corr(spark):
         df.stat.cov("i", "s")
 
 
+def test_unpivot_and_melt(spark):
+    df = spark.createDataFrame([(1, 11, 1.5), (2, 12, 2.5)], ["id", "a", "b"])
+    long = df.unpivot("id", ["a", "b"], "var", "val")
+    assert long.columns == ["id", "var", "val"]
+    assert dict(long.dtypes)["val"] == "double"
+    rows = sorted((r.id, r.var, r.val) for r in long.collect())
+    assert rows == [(1, "a", 11.0), (1, "b", 1.5), (2, "a", 12.0), (2, "b", 2.5)]
+    # Without values: every column that is not an id; melt is the same relation.
+    assert sorted(df.melt(["id"], None, "k", "v").collect()) == sorted(
+        df.unpivot(["id"], ["a", "b"], "k", "v").collect()
+    )
+    with pytest.raises(AnalysisException, match="UNPIVOT_REQUIRES_VALUE_COLUMNS"):
+        df.unpivot(["id", "a", "b"], None, "k", "v").collect()
+
+
+def test_crosstab_freq_items_quantiles_and_sample_by(spark):
+    df = spark.createDataFrame(
+        [(1, "x", 1.0), (1, "y", 2.0), (2, "x", 3.0), (2, "x", 4.0), (3, None, 5.0)],
+        ["k", "s", "d"],
+    )
+    table = df.stat.crosstab("k", "s")
+    assert table.columns == ["k_s", "null", "x", "y"]
+    assert {r["k_s"]: (r["null"], r["x"], r["y"]) for r in table.collect()} == {
+        "1": (0, 1, 1),
+        "2": (0, 2, 0),
+        "3": (1, 0, 0),
+    }
+    freq = df.freqItems(["k", "s"], support=0.4).first()
+    assert sorted(freq["k_freqItems"]) == [1, 2]
+    assert freq["s_freqItems"] == ["x"]
+    assert df.freqItems(["k"], support=0.9).first()["k_freqItems"] == []
+    assert df.approxQuantile("d", [0.0, 0.5, 1.0], 0.0) == [1.0, 3.0, 5.0]
+    both = df.approxQuantile(["d", "k"], [0.0, 1.0], 0.01)
+    assert both == [[1.0, 5.0], [1.0, 3.0]]
+    assert spark.range(0).approxQuantile("id", [0.5], 0.0) == []
+    with pytest.raises(AnalysisException, match="numeric"):
+        df.approxQuantile("s", [0.5], 0.0)
+    many = spark.range(2000).withColumn("g", F.col("id") % 3)
+    sampled = many.sampleBy("g", {0: 0.5, 1: 0.0}, seed=7)
+    counts = {r.g: r["count"] for r in sampled.groupBy("g").count().collect()}
+    assert set(counts) == {0}, counts
+    assert 250 < counts[0] < 420, counts
+    again = many.sampleBy("g", {0: 0.5, 1: 0.0}, seed=7)
+    assert sorted(r.id for r in again.collect()) == sorted(r.id for r in sampled.collect())
+
+
+def test_html_string_for_notebooks(spark):
+    df = spark.createDataFrame([(1, "<b>"), (2, "x" * 30)], ["n", "s"])
+    spark.conf.set("spark.sql.repl.eagerEval.enabled", "true")
+    spark.conf.set("spark.sql.repl.eagerEval.maxNumRows", "1")
+    spark.conf.set("spark.sql.repl.eagerEval.truncate", "20")
+    try:
+        html = df._repr_html_()
+    finally:
+        spark.conf.set("spark.sql.repl.eagerEval.enabled", "false")
+    assert html.startswith("<table border='1'>\n<tr><th>n</th><th>s</th></tr>\n"), html
+    assert "<tr><td>1</td><td>&lt;b&gt;</td></tr>" in html
+    assert "only showing top 1 row" in html
+
+
 def test_describe_and_summary(spark):
     df = spark.createDataFrame([(1, 2.0, "a"), (3, 4.0, "b")], ["i", "d", "s"])
     rows = {r.summary: r for r in df.describe().collect()}
@@ -360,3 +420,12 @@ def test_analysis_schema_explain_and_version(spark, capsys):
     assert df.isStreaming is False
     struct = spark.createDataFrame([], "a INT, b ARRAY<STRING>").schema
     assert struct.fields[1].dataType.simpleString() == "array<string>"
+
+
+def test_a_deeply_chained_plan_is_translated(spark):
+    df = spark.range(3)
+    # 45 levels: the protobuf decoder refuses messages nested deeper than 100.
+    for i in range(45):
+        df = df.withColumn(f"c{i % 5}", F.col("id") + i)
+    assert df.columns == ["id", "c0", "c1", "c2", "c3", "c4"]
+    assert [r.c4 for r in df.orderBy("id").collect()] == [44, 45, 46]

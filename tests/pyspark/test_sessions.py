@@ -168,8 +168,8 @@ def test_errors_name_what_is_wrong_and_the_session_goes_on(spark, workdir):
         spark.read.parquet(missing).collect()
     with pytest.raises(UnsupportedOperationException, match="UNIMPLEMENTED: function"):
         df.select(F.posexplode(F.array(F.lit(1)))).collect()
-    with pytest.raises(UnsupportedOperationException, match="UNIMPLEMENTED"):
-        df.unpivot("id", [], "var", "val").collect()
+    with pytest.raises(AnalysisException, match="UNPIVOT_REQUIRES_VALUE_COLUMNS"):
+        df.unpivot(df.columns, None, "var", "val").collect()
     bad = spark.createDataFrame([("12",), ("x",)], "s STRING")
     with pytest.raises(PySparkException) as e:
         bad.select(F.col("s").cast("int")).collect()
