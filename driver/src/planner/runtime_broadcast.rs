@@ -23,23 +23,36 @@
 //! limit, so a small query (or one whose big side is filtered down) does not pay a job for
 //! nothing; and when it may fit: a side holding a join always may (that estimate is the
 //! guess being checked), any other side only when its estimate does, so a whole table
-//! too big to broadcast is not read twice.
+//! too big to broadcast is not read twice. A side that keeps the groups of an aggregation
+//! passing a condition (a `HAVING`) is tried whenever it reads no more than the other.
+//!
+//! A side run first with at most [`MAX_MEMBERSHIP_KEYS`] rows also restricts the other
+//! side to its keys (`key IN (...)`, pushed as deep as it stays the same restriction)
+//! when the join keeps only the other side's matched rows; see [`restrict_other_side`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::JoinType;
+use datafusion::common::{JoinType, NullEquality, ScalarValue};
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
+use datafusion::physical_expr::expressions::{in_list, lit, Column};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::ensure_requirements::EnsureRequirements;
 use datafusion::physical_optimizer::sanity_checker::SanityCheckPlan;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan, Partitioning};
@@ -149,6 +162,8 @@ impl Driver {
                 done.too_big += 1;
                 return Ok(plan);
             };
+            let candidate =
+                restrict_other_side(join, candidate, &rows).map_err(EngineError::from)?;
             let collected = collect_side(join, candidate, rows).map_err(EngineError::from)?;
             done.broadcast += 1;
             Ok(collected)
@@ -162,7 +177,7 @@ impl Driver {
         side: Arc<dyn ExecutionPlan>,
         limit: usize,
         description: &JobDescription,
-    ) -> Result<Option<Vec<datafusion::arrow::array::RecordBatch>>> {
+    ) -> Result<Option<Vec<RecordBatch>>> {
         let job = self.plan_job(side)?;
         let description = JobDescription {
             text: format!("join side, broadcast if small: {}", description.text),
@@ -192,7 +207,7 @@ impl Driver {
 fn collect_side(
     join: &HashJoinExec,
     candidate: Candidate,
-    rows: Vec<datafusion::arrow::array::RecordBatch>,
+    rows: Vec<RecordBatch>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     let memory: Arc<dyn ExecutionPlan> =
         MemorySourceConfig::try_new_exec(&[rows], candidate.side.schema(), None)?;
@@ -294,7 +309,201 @@ fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
             other: left,
         });
     }
+    // A side that keeps the groups of an aggregation passing a condition (`HAVING`, as
+    // in `o_orderkey IN (SELECT l_orderkey ... HAVING sum(..) > 300)`) has no estimate
+    // worth the name; its rows only filter the other side, so when few they cut the
+    // other side down to its matches before any shuffle (see
+    // [`restrict_other_side`]). It is tried when it reads no more than the other side.
+    let having =
+        |side: &Arc<dyn ExecutionPlan>, side_in: usize, other: (usize, Option<usize>, bool)| {
+            keeps_some_groups(side) && side_in <= other.0 && other.1.unwrap_or(other.0) >= limit
+        };
+    if matches!(join.join_type, JoinType::Inner | JoinType::RightSemi)
+        && having(&left, left_bytes.0, right_bytes)
+    {
+        return Some(Candidate {
+            side_is_left: true,
+            side: left,
+            other: right,
+        });
+    }
+    if matches!(join.join_type, JoinType::Inner | JoinType::LeftSemi)
+        && having(&right, right_bytes.0, left_bytes)
+    {
+        return Some(Candidate {
+            side_is_left: false,
+            side: right,
+            other: left,
+        });
+    }
     None
+}
+
+/// Whether `plan` keeps the groups of an aggregation that pass a condition (a `HAVING`),
+/// seen through projections.
+fn keeps_some_groups(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+        return keeps_some_groups(projection.input());
+    }
+    plan.downcast_ref::<FilterExec>()
+        .is_some_and(|filter| filter.input().is::<AggregateExec>())
+}
+
+/// `candidate` with its other side restricted, as deep below as the restriction holds, to
+/// the rows whose join keys are among the side's keys, when the side's rows are at most
+/// [`MAX_MEMBERSHIP_KEYS`] and only matched rows of the other side can reach the join's
+/// output (an inner join, or a semi join keeping the other side's rows). Every such key
+/// is also a key of the joins below it that equate it with another column, so those
+/// joins' other inputs are restricted too: TPC-H q18's 57 order keys cut both `orders`
+/// and `lineitem` down before they are shuffled.
+fn restrict_other_side(
+    join: &HashJoinExec,
+    mut candidate: Candidate,
+    rows: &[RecordBatch],
+) -> DfResult<Candidate> {
+    let keeps_matches_only = match join.join_type {
+        JoinType::Inner => true,
+        JoinType::RightSemi => candidate.side_is_left,
+        JoinType::LeftSemi => !candidate.side_is_left,
+        _ => false,
+    };
+    let count: usize = rows.iter().map(RecordBatch::num_rows).sum();
+    if !keeps_matches_only
+        || join.null_equality() != NullEquality::NullEqualsNothing
+        || count > MAX_MEMBERSHIP_KEYS
+    {
+        return Ok(candidate);
+    }
+    for (left, right) in join.on() {
+        let (side_key, other_key) = if candidate.side_is_left {
+            (left, right)
+        } else {
+            (right, left)
+        };
+        let (Some(side_key), Some(other_key)) = (as_column(side_key), as_column(other_key)) else {
+            continue;
+        };
+        let side_type = candidate.side.schema().field(side_key).data_type().clone();
+        if candidate.other.schema().field(other_key).data_type() != &side_type {
+            continue;
+        }
+        let mut keys = HashSet::new();
+        for batch in rows {
+            let column = batch.column(side_key);
+            for row in 0..column.len() {
+                if column.is_valid(row) {
+                    keys.insert(ScalarValue::try_from_array(column, row)?);
+                }
+            }
+        }
+        let mut keys: Vec<ScalarValue> = keys.into_iter().collect();
+        keys.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        candidate.other = restrict(Arc::clone(&candidate.other), other_key, &keys)?;
+    }
+    Ok(candidate)
+}
+
+/// At most this many rows of a side run first become a membership restriction of the
+/// other side.
+pub const MAX_MEMBERSHIP_KEYS: usize = 4096;
+
+/// The index of the column `expr` is, if it is one.
+fn as_column(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
+    expr.downcast_ref::<Column>().map(Column::index)
+}
+
+/// `plan` keeping only the rows whose output column `column` is among `keys`, the
+/// restriction pushed as far down as it stays the same restriction: through projections
+/// of the column, filters, exchanges, the grouping columns of aggregations, and inner or
+/// semi hash joins (into the input the column comes from and, when the column is one of
+/// the join's keys, into the other input on its partner key). Where it can go no deeper
+/// it is a filter.
+fn restrict(
+    plan: Arc<dyn ExecutionPlan>,
+    column: usize,
+    keys: &[ScalarValue],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let one_input = |input: &Arc<dyn ExecutionPlan>, column: usize| {
+        let input = restrict(Arc::clone(input), column, keys)?;
+        replace_children_if_necessary(Arc::clone(&plan), vec![input])
+    };
+    if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+        if let Some(inner) = projection
+            .expr()
+            .get(column)
+            .and_then(|e| as_column(&e.expr))
+        {
+            return one_input(projection.input(), inner);
+        }
+    } else if let Some(filter) = plan.downcast_ref::<FilterExec>() {
+        let inner = filter.projection().as_ref().map_or(column, |p| p[column]);
+        return one_input(filter.input(), inner);
+    } else if plan.is::<RepartitionExec>() || plan.is::<CoalescePartitionsExec>() {
+        return one_input(&plan.children()[0].clone(), column);
+    } else if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
+        let group = aggregate.group_expr();
+        if group.is_single() {
+            if let Some(inner) = group.expr().get(column).and_then(|(e, _)| as_column(e)) {
+                return one_input(aggregate.input(), inner);
+            }
+        }
+    } else if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        if join.null_equality() == NullEquality::NullEqualsNothing {
+            if let Some(children) = restrict_join(join, column, keys)? {
+                return replace_children_if_necessary(Arc::clone(&plan), children);
+            }
+        }
+    }
+    // No keys at all: the other side has nothing that can match.
+    let predicate = if keys.is_empty() {
+        lit(false)
+    } else {
+        in_list(
+            Arc::new(Column::new(plan.schema().field(column).name(), column)),
+            keys.iter().map(|k| lit(k.clone())).collect(),
+            &false,
+            &plan.schema(),
+        )?
+    };
+    Ok(Arc::new(FilterExec::try_new(predicate, plan)?))
+}
+
+/// The inputs of inner or semi `join` restricted to `keys` on its output column `column`
+/// (see [`restrict`]); `None` for other joins.
+fn restrict_join(
+    join: &HashJoinExec,
+    column: usize,
+    keys: &[ScalarValue],
+) -> DfResult<Option<Vec<Arc<dyn ExecutionPlan>>>> {
+    let column = join.projection.as_ref().map_or(column, |p| p[column]);
+    let left_width = join.left().schema().fields().len();
+    let (from_left, column) = match join.join_type {
+        JoinType::Inner if column < left_width => (true, column),
+        JoinType::Inner => (false, column - left_width),
+        JoinType::LeftSemi => (true, column),
+        JoinType::RightSemi => (false, column),
+        _ => return Ok(None),
+    };
+    let partner = join.on().iter().find_map(|(l, r)| {
+        let (own, partner) = if from_left { (l, r) } else { (r, l) };
+        (as_column(own) == Some(column))
+            .then(|| as_column(partner))
+            .flatten()
+    });
+    let mut left = Arc::clone(join.left());
+    let mut right = Arc::clone(join.right());
+    let (own, other) = if from_left {
+        (&mut left, &mut right)
+    } else {
+        (&mut right, &mut left)
+    };
+    *own = restrict(Arc::clone(own), column, keys)?;
+    if let Some(partner) = partner {
+        if other.schema().field(partner).data_type() == own.schema().field(column).data_type() {
+            *other = restrict(Arc::clone(other), partner, keys)?;
+        }
+    }
+    Ok(Some(vec![left, right]))
 }
 
 /// Whether `side`'s rows may fit under `limit`: a side holding a join may (a join's output
