@@ -238,6 +238,26 @@ struct Candidate {
     other: Arc<dyn ExecutionPlan>,
 }
 
+impl Candidate {
+    /// The join's left input run first, its right the other side.
+    fn left(left: Arc<dyn ExecutionPlan>, right: Arc<dyn ExecutionPlan>) -> Self {
+        Candidate {
+            side_is_left: true,
+            side: left,
+            other: right,
+        }
+    }
+
+    /// The join's right input run first, its left the other side.
+    fn right(left: Arc<dyn ExecutionPlan>, right: Arc<dyn ExecutionPlan>) -> Self {
+        Candidate {
+            side_is_left: false,
+            side: right,
+            other: left,
+        }
+    }
+}
+
 /// Whether any join of `plan` is worth running a side of first.
 fn has_candidate(plan: &Arc<dyn ExecutionPlan>, limit: usize) -> bool {
     let mut found = false;
@@ -296,18 +316,10 @@ fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
         JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti
     );
     if left_collectable && small(left_bytes, right_bytes) {
-        return Some(Candidate {
-            side_is_left: true,
-            side: left,
-            other: right,
-        });
+        return Some(Candidate::left(left, right));
     }
     if right_collectable && small(right_bytes, left_bytes) {
-        return Some(Candidate {
-            side_is_left: false,
-            side: right,
-            other: left,
-        });
+        return Some(Candidate::right(left, right));
     }
     // A side that keeps the groups of an aggregation passing a condition (`HAVING`, as
     // in `o_orderkey IN (SELECT l_orderkey ... HAVING sum(..) > 300)`) has no estimate
@@ -321,20 +333,12 @@ fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
     if matches!(join.join_type, JoinType::Inner | JoinType::RightSemi)
         && having(&left, left_bytes.0, right_bytes)
     {
-        return Some(Candidate {
-            side_is_left: true,
-            side: left,
-            other: right,
-        });
+        return Some(Candidate::left(left, right));
     }
     if matches!(join.join_type, JoinType::Inner | JoinType::LeftSemi)
         && having(&right, right_bytes.0, left_bytes)
     {
-        return Some(Candidate {
-            side_is_left: false,
-            side: right,
-            other: left,
-        });
+        return Some(Candidate::right(left, right));
     }
     None
 }
@@ -439,7 +443,7 @@ fn restrict(
         let inner = filter.projection().as_ref().map_or(column, |p| p[column]);
         return one_input(filter.input(), inner);
     } else if plan.is::<RepartitionExec>() || plan.is::<CoalescePartitionsExec>() {
-        return one_input(&plan.children()[0].clone(), column);
+        return one_input(plan.children()[0], column);
     } else if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
         let group = aggregate.group_expr();
         if group.is_single() {
