@@ -389,9 +389,7 @@ impl Resolver<'_> {
             ExprType::LambdaFunction(_) | ExprType::UnresolvedNamedLambdaVariable(_) => Err(
                 ConnectError::unimplemented("higher-order functions (lambda expressions)"),
             ),
-            ExprType::UnresolvedExtractValue(_) => {
-                Err(ConnectError::unimplemented("getItem/getField on a column"))
-            }
+            ExprType::UnresolvedExtractValue(x) => self.extract_value(x),
             ExprType::UpdateFields(_) => Err(ConnectError::unimplemented("withField/dropFields")),
             ExprType::CommonInlineUserDefinedFunction(_) => {
                 Err(ConnectError::unimplemented("Python user-defined functions"))
@@ -428,6 +426,68 @@ impl Resolver<'_> {
             NullOrdering::SortNullsUnspecified => asc,
         };
         Ok(SortExpr::new(self.expr(child)?.expr, asc, nulls_first))
+    }
+
+    /// `child[extraction]` as Spark resolves it by the child's type: a struct's field by
+    /// name (`s.a`), an array's element by 0-based index (null out of range), a map's
+    /// value by key (null when absent).
+    fn extract_value(&self, x: &pe::UnresolvedExtractValue) -> ConnectResult<Named> {
+        let (Some(child), Some(extraction)) = (x.child.as_deref(), x.extraction.as_deref()) else {
+            return Err(ConnectError::invalid(
+                "getItem/getField without a column or key",
+            ));
+        };
+        let child = self.expr(child)?;
+        let key = self.expr(extraction)?;
+        match self.data_type(&child.expr)? {
+            DataType::Struct(fields) => {
+                let Expr::Literal(ScalarValue::Utf8(Some(field)), _) = &key.expr else {
+                    return Err(ConnectError::analysis(
+                        "INVALID_EXTRACT_FIELD_TYPE",
+                        format!("Field name should be a non-null string literal, but it's {}", key.name),
+                    ));
+                };
+                let Some(found) = fields
+                    .iter()
+                    .find(|f| f.name() == field)
+                    .or_else(|| fields.iter().find(|f| f.name().eq_ignore_ascii_case(field)))
+                else {
+                    let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+                    return Err(ConnectError::analysis(
+                        "FIELD_NOT_FOUND",
+                        format!("No such struct field `{field}` in {}.", names.join(", ")),
+                    ));
+                };
+                let name = format!("{}.{}", child.name, found.name());
+                Ok(Named::new(
+                    datafusion::functions::core::expr_fn::get_field(child.expr, found.name().as_str()),
+                    name,
+                ))
+            }
+            DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..) => {
+                let index = cast(key.expr, DataType::Int64);
+                // Spark counts from 0 and has no negative indexes; DataFusion counts from 1
+                // and from the end below 0.
+                let element = datafusion::functions_nested::expr_fn::array_element(
+                    child.expr,
+                    index.clone() + lit(1i64),
+                );
+                let e = datafusion::logical_expr::when(index.gt_eq(lit(0i64)), element).end()?;
+                Ok(Named::new(e, format!("{}[{}]", child.name, key.name)))
+            }
+            DataType::Map(..) => {
+                let values = datafusion::functions_nested::expr_fn::map_extract(child.expr, key.expr);
+                let e = datafusion::functions_nested::expr_fn::array_element(values, lit(1i64));
+                Ok(Named::new(e, format!("{}[{}]", child.name, key.name)))
+            }
+            other => Err(ConnectError::analysis(
+                "INVALID_EXTRACT_BASE_FIELD_TYPE",
+                format!(
+                    "Can't extract a value from {}. Need a complex type [STRUCT, ARRAY, MAP] but got {other}.",
+                    child.name
+                ),
+            )),
+        }
     }
 
     /// A column named by `ident`, from the relation `plan_id` if given.

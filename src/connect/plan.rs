@@ -2038,9 +2038,18 @@ impl<'a> Planner<'a> {
                     ("isCluster", Arc::new(BooleanArray::from(vec![false; n]))),
                 ])
             }
-            CatType::DropTempView(v) | CatType::DropGlobalTempView(v) => {
+            CatType::DropTempView(v) => {
                 self.uncache_table(&v.view_name).await?;
                 let dropped = self.ctx().deregister_table(v.view_name.as_str())?.is_some();
+                bool_frame(self, "dropped", dropped)
+            }
+            CatType::DropGlobalTempView(v) => {
+                let name = datafusion::common::TableReference::partial(
+                    super::service::GLOBAL_TEMP,
+                    v.view_name.as_str(),
+                );
+                self.uncache_table(&name.to_string()).await?;
+                let dropped = self.ctx().deregister_table(name)?.is_some();
                 bool_frame(self, "dropped", dropped)
             }
             CatType::IsCached(t) => {
@@ -2171,9 +2180,6 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// INTERSECT ALL / EXCEPT ALL with bag semantics (a row kept as many times as it is in
-/// excess): each copy of a row is numbered on both sides, and the numbered rows go
-/// through the distinct operation.
 /// The argument of `explode(x)` / `explode_outer(x)` (possibly aliased) at the top of a
 /// select expression, whether it is the outer form, and the alias.
 fn explode_of(e: &proto::Expression) -> Option<(&proto::Expression, bool, Option<String>)> {
@@ -2220,6 +2226,9 @@ fn vector_columns(
     Ok((schema, vec![batch]))
 }
 
+/// INTERSECT ALL / EXCEPT ALL with bag semantics (a row kept as many times as it is in
+/// excess): each copy of a row is numbered on both sides, and the numbered rows go
+/// through the distinct operation.
 fn bag_operation(
     left: DFrame,
     right: DFrame,

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame as DFrame;
 use futures::StreamExt;
 use prost::Message;
@@ -26,6 +28,8 @@ const ROWS_PER_RESPONSE: usize = 8192;
 pub struct ConnectService {
     ember: Session,
     sessions: dashmap::DashMap<String, Arc<ConnectSession>>,
+    /// The `global_temp` schema every session shares (`createGlobalTempView`).
+    global_temp: Arc<dyn SchemaProvider>,
 }
 
 impl std::fmt::Debug for ConnectService {
@@ -50,9 +54,12 @@ fn handle_error(class: &'static str, message: String) -> Status {
 impl ConnectService {
     /// A service whose sessions run on `ember`'s cluster (and see its tables).
     pub fn new(ember: Session) -> Self {
+        let global_temp: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
+        register_global_temp(&ember, &global_temp);
         Self {
             ember,
             sessions: dashmap::DashMap::new(),
+            global_temp,
         }
     }
 
@@ -89,6 +96,7 @@ impl ConnectService {
             None => {
                 let created = Arc::new(ConnectSession::new(id.to_string(), &self.ember));
                 share_tables(&self.ember, &created.ember).await;
+                register_global_temp(&created.ember, &self.global_temp);
                 Arc::clone(&self.sessions.entry(id.to_string()).or_insert(created))
             }
         };
@@ -143,6 +151,26 @@ session_requests!(
     proto::ConfigRequest,
     proto::InterruptRequest
 );
+
+/// The schema global temporary views live in, shared by every session of a server, as
+/// Spark names it (`SELECT * FROM global_temp.v`).
+pub const GLOBAL_TEMP: &str = "global_temp";
+
+/// Makes `schema` the `global_temp` schema of `session`'s default catalog.
+fn register_global_temp(session: &Session, schema: &Arc<dyn SchemaProvider>) {
+    let ctx = session.context();
+    let catalog = ctx
+        .copied_config()
+        .options()
+        .catalog
+        .default_catalog
+        .clone();
+    if let Some(catalog) = ctx.catalog(&catalog) {
+        if let Err(e) = catalog.register_schema(GLOBAL_TEMP, Arc::clone(schema)) {
+            tracing::warn!(error = %e, "could not register the global_temp schema");
+        }
+    }
+}
 
 /// Registers the tables of the server's own session (`ember server --table`) in a new
 /// client session, so every client sees them.
@@ -383,29 +411,35 @@ impl Responder {
         .await
     }
 
+    /// `createTempView` and friends: a view of this session, or with `is_global` one in
+    /// the `global_temp` schema every session of the server sees.
     async fn create_view(&self, v: proto::CreateDataFrameViewCommand) -> ConnectResult<()> {
-        if v.is_global {
-            return Err(ConnectError::unimplemented("global temporary views"));
-        }
         let input = v
             .input
             .ok_or_else(|| ConnectError::invalid("a view without a relation"))?;
         let df = Planner::new(&self.session).relation(&input).await?;
         let ctx = self.session.ember.context();
-        if ctx.table_exist(v.name.as_str()).unwrap_or(false) {
+        let (name, shown) = if v.is_global {
+            (
+                TableReference::partial(GLOBAL_TEMP, v.name.as_str()),
+                format!("{GLOBAL_TEMP}.{}", v.name),
+            )
+        } else {
+            (TableReference::bare(v.name.as_str()), v.name.clone())
+        };
+        if ctx.table_exist(name.clone()).unwrap_or(false) {
             if !v.replace {
                 return Err(ConnectError::analysis(
                     "TEMP_TABLE_OR_VIEW_ALREADY_EXISTS",
                     format!(
-                        "Cannot create the temporary view `{}` because it already exists.",
-                        v.name
+                        "Cannot create the temporary view `{shown}` because it already exists."
                     ),
                 ));
             }
-            Planner::new(&self.session).uncache_table(&v.name).await?;
-            ctx.deregister_table(v.name.as_str())?;
+            Planner::new(&self.session).uncache_table(&shown).await?;
+            ctx.deregister_table(name.clone())?;
         }
-        ctx.register_table(v.name.as_str(), df.into_view())?;
+        ctx.register_table(name, df.into_view())?;
         Ok(())
     }
 

@@ -317,6 +317,46 @@ def test_explode_arrays(spark):
     assert doubled.agg(F.count("v"), F.sum("v")).first() == (2000, 3 * 999 * 1000 // 2)
 
 
+def test_get_item_and_get_field(spark):
+    df = spark.createDataFrame(
+        [
+            (1, [10, 20], {"a": 1}, (5, "x")),
+            (2, [], {"b": 2}, (6, "y")),
+            (3, None, None, None),
+        ],
+        "id int, xs array<int>, m map<string,int>, s struct<n:int,t:string>",
+    )
+    rows = (
+        df.select(
+            "id",
+            df.xs[0],
+            df.xs.getItem(1),
+            df.xs[5],
+            df.xs[-1],
+            df.m["a"],
+            df.m.getItem("b"),
+            df.s.n,
+            df.s.getField("t"),
+        )
+        .orderBy("id")
+        .collect()
+    )
+    assert [tuple(r)[1:] for r in rows] == [
+        (10, 20, None, None, 1, None, 5, "x"),
+        (None, None, None, None, None, 2, 6, "y"),
+        (None, None, None, None, None, None, None, None),
+    ]
+    assert sorted(r[0] for r in df.select(df["s"]["n"]).collect() if r[0] is not None) == [5, 6]
+    assert df.select(df.xs[0], df.m["a"], df.s.n).columns == ["xs[0]", "m[a]", "s.n"]
+    # Extracted values in filters and expressions, with the index from another column.
+    assert df.filter(df.s.n > 5).select("id").collect() == [Row(id=2)]
+    assert df.select((df.xs[df.id - 1] * 2).alias("v")).orderBy(F.desc("v")).first().v == 20
+    with pytest.raises(AnalysisException, match="zzz"):
+        df.select(df.s.zzz).collect()
+    with pytest.raises(AnalysisException, match="complex type"):
+        df.select(df.id[0]).collect()
+
+
 def test_replace_cov_and_corr(spark):
     df = spark.createDataFrame(
         [(1, 2.0, "a"), (2, 4.5, "b"), (3, 5.0, None), (4, 9.0, "a")], ["i", "d", "s"]

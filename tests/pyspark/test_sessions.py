@@ -51,6 +51,26 @@ def test_sessions_are_isolated(spark):
         other.stop()
 
 
+def test_global_temp_views_are_shared_by_sessions(spark):
+    other = new_session()
+    try:
+        spark.range(4).createGlobalTempView("shared_nums")
+        # Another session sees it in `global_temp`, not among its own views.
+        assert other.sql("SELECT sum(id) AS s FROM global_temp.shared_nums").first().s == 6
+        assert other.table("global_temp.shared_nums").count() == 4
+        assert not other.catalog.tableExists("shared_nums")
+        with pytest.raises(AnalysisException, match="already exists"):
+            other.range(1).createGlobalTempView("shared_nums")
+        other.range(10).createOrReplaceGlobalTempView("shared_nums")
+        assert spark.table("global_temp.shared_nums").count() == 10
+        assert spark.catalog.dropGlobalTempView("shared_nums") is True
+        assert spark.catalog.dropGlobalTempView("shared_nums") is False
+        with pytest.raises(AnalysisException, match="shared_nums"):
+            other.sql("SELECT * FROM global_temp.shared_nums").collect()
+    finally:
+        other.stop()
+
+
 def test_configuration(spark):
     assert spark.conf.get("spark.sql.session.timeZone")
     spark.conf.set("spark.ember.test", "1")
