@@ -1071,6 +1071,7 @@ impl Session {
         let (batches, mut metrics) = driver.collect(job.root, job.stages, description).await?;
         metrics.planning = planning;
         metrics.sides_broadcast = broadcast.broadcast;
+        metrics.sides_restricting = broadcast.restricting;
         metrics.executors_replaced = self.executors_replaced() - replaced;
         self.record_metrics(metrics);
         Ok(batches)
@@ -1094,6 +1095,7 @@ impl Session {
             if let Ok(mut metrics) = metrics.await {
                 metrics.planning = planning;
                 metrics.sides_broadcast = broadcast.broadcast;
+                metrics.sides_restricting = broadcast.restricting;
                 session.record_metrics(metrics);
             }
         });

@@ -66,6 +66,9 @@ pub struct JobMetrics {
     /// Partitioned joins whose smaller side was run first (a job of its own) and, its rows
     /// being small, broadcast to the other side's tasks (`planner::runtime_broadcast`).
     pub sides_broadcast: usize,
+    /// Partitioned semi or anti joins whose kept side was run first (a job of its own) and,
+    /// being small, restricted the other side to its keys (`planner::runtime_broadcast`).
+    pub sides_restricting: usize,
     /// Time the driver spent running the job's final fragment.
     pub driver_time: Duration,
     /// Per stage run: (dataset, tasks, wall time), in the order they finished.

@@ -433,7 +433,7 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
             "stages={} tasks={} task_failures={} source_partitions={} blocks_local={} \
              blocks_remote={} MB_fetched={:.2} MB_mapped={:.2} MB_shuffled={:.2} MB_spilled={:.2} \
              cached_blocks_used={} recomputed={} executors_lost={} executors_replaced={} \
-             join_filters_filled={} sides_broadcast={} replanned=[{}]",
+             join_filters_filled={} sides_broadcast={} sides_restricting={} replanned=[{}]",
             m.stages_run,
             m.tasks_run,
             m.task_failures,
@@ -450,6 +450,7 @@ fn breakdown(m: &JobMetrics) -> Vec<String> {
             m.executors_replaced,
             m.join_filters_filled,
             m.sides_broadcast,
+            m.sides_restricting,
             m.replanned.join(", ")
         ),
         format!(

@@ -26,9 +26,17 @@
 //! too big to broadcast is not read twice. A side that keeps the groups of an aggregation
 //! passing a condition (a `HAVING`) is tried whenever it reads no more than the other.
 //!
-//! A side run first with at most [`MAX_MEMBERSHIP_KEYS`] rows also restricts the other
-//! side to its keys (`key IN (...)`, pushed as deep as it stays the same restriction)
-//! when the join keeps only the other side's matched rows; see [`restrict_other_side`].
+//! A side run first with few enough rows (see [`restricts`]) also restricts the other side
+//! to its keys (`key IN (...)`, pushed as deep as it stays the same restriction) when the
+//! join emits none of the other side's unmatched rows; see [`restrict_other_side`].
+//!
+//! A side a semi or anti join keeps (`EXISTS`, `IN`, `NOT EXISTS`) cannot be collected,
+//! since every task would emit its rows; but when it is small next to the other side
+//! (the same test as above) it is run first all the same, to restrict the other side,
+//! which is then only a filter of it: TPC-H q20's Canadian suppliers cut the `partsupp` of
+//! `forest` parts, and the `lineitem` of a year aggregated against it, down to their
+//! supplier keys. When the side fits, its rows replace it in the join (it is not computed
+//! twice), which keeps its mode.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -36,7 +44,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{JoinType, NullEquality, ScalarValue};
+use datafusion::common::{JoinType, NullEquality, ScalarValue, Statistics};
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
@@ -77,6 +85,9 @@ pub const MAX_SIDES_PER_QUERY: usize = 4;
 pub struct RuntimeBroadcast {
     /// Sides run first whose rows fit: their joins now collect them.
     pub broadcast: usize,
+    /// Sides kept by a semi or anti join, run first and fitting: their rows restrict the
+    /// other side where it is read, and the join reads them from memory.
+    pub restricting: usize,
     /// Sides run first that outgrew the limit (cancelled; their joins run as planned).
     pub too_big: usize,
     /// Whether the rewritten plan broke a requirement its operators have of their inputs'
@@ -117,7 +128,7 @@ impl Driver {
         let rewritten = self
             .rewrite(Arc::clone(&plan), limit, description, &mut done)
             .await?;
-        if done.broadcast == 0 {
+        if done.broadcast + done.restricting == 0 {
             return Ok((plan, done));
         }
         match keep_requirements(rewritten, options) {
@@ -146,7 +157,7 @@ impl Driver {
                 rewritten.push(self.rewrite(child, limit, description, done).await?);
             }
             let plan = replace_children_if_necessary(plan, rewritten).map_err(EngineError::from)?;
-            if done.broadcast + done.too_big >= MAX_SIDES_PER_QUERY {
+            if done.broadcast + done.restricting + done.too_big >= MAX_SIDES_PER_QUERY {
                 return Ok(plan);
             }
             let Some(join) = plan.downcast_ref::<HashJoinExec>() else {
@@ -155,18 +166,30 @@ impl Driver {
             let Some(candidate) = candidate(join, limit) else {
                 return Ok(plan);
             };
+            tracing::debug!(
+                collect = candidate.collect,
+                side_input = ?input_bytes(&candidate.side),
+                side_estimate = ?estimated_bytes(&candidate.side),
+                other_input = ?input_bytes(&candidate.other),
+                "running a join side first"
+            );
             let Some(rows) = self
                 .run_side(Arc::clone(&candidate.side), limit, description)
                 .await?
             else {
+                tracing::debug!("the join side outgrew the limit; the join runs as planned");
                 done.too_big += 1;
                 return Ok(plan);
             };
             let candidate =
                 restrict_other_side(join, candidate, &rows).map_err(EngineError::from)?;
-            let collected = collect_side(join, candidate, rows).map_err(EngineError::from)?;
-            done.broadcast += 1;
-            Ok(collected)
+            if candidate.collect {
+                done.broadcast += 1;
+                Ok(collect_side(join, candidate, rows).map_err(EngineError::from)?)
+            } else {
+                done.restricting += 1;
+                Ok(keep_side(join, candidate, rows).map_err(EngineError::from)?)
+            }
         })
     }
 
@@ -228,6 +251,43 @@ fn collect_side(
         .swap_inputs(PartitionMode::CollectLeft)
 }
 
+/// `join` reading `rows`, the rows of `candidate`'s side, from memory where the side was,
+/// and `candidate`'s other side (restricted) where it was, in its own mode (a collect-left
+/// semi or anti join is partitioned when the plan is cut into stages).
+fn keep_side(
+    join: &HashJoinExec,
+    candidate: Candidate,
+    rows: Vec<RecordBatch>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let memory: Arc<dyn ExecutionPlan> =
+        MemorySourceConfig::try_new_exec(&[rows], candidate.side.schema(), None)?;
+    let (left, right) = if candidate.side_is_left {
+        (memory, candidate.other)
+    } else {
+        (candidate.other, memory)
+    };
+    join.builder()
+        .with_new_children(vec![
+            above_as_before(join.left(), left)?,
+            above_as_before(join.right(), right)?,
+        ])?
+        .recompute_properties()
+        .build_exec()
+}
+
+/// `input` under the hash repartition `original` is, if it is one (see [`below_shuffle`]).
+fn above_as_before(
+    original: &Arc<dyn ExecutionPlan>,
+    input: Arc<dyn ExecutionPlan>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    match original.downcast_ref::<RepartitionExec>() {
+        Some(repartition) if matches!(repartition.partitioning(), Partitioning::Hash(..)) => {
+            replace_children_if_necessary(Arc::clone(original), vec![input])
+        }
+        _ => Ok(input),
+    }
+}
+
 /// A join side to run first.
 struct Candidate {
     /// Whether the side is the join's left input.
@@ -236,6 +296,9 @@ struct Candidate {
     side: Arc<dyn ExecutionPlan>,
     /// The other side, below its shuffle.
     other: Arc<dyn ExecutionPlan>,
+    /// Whether the join collects the side once run (a broadcast); otherwise the join keeps
+    /// the side's rows and the side only restricts the other side.
+    collect: bool,
 }
 
 impl Candidate {
@@ -245,6 +308,7 @@ impl Candidate {
             side_is_left: true,
             side: left,
             other: right,
+            collect: true,
         }
     }
 
@@ -254,6 +318,15 @@ impl Candidate {
             side_is_left: false,
             side: right,
             other: left,
+            collect: true,
+        }
+    }
+
+    /// The candidate kept by the join instead of collected.
+    fn kept(self) -> Self {
+        Candidate {
+            collect: false,
+            ..self
         }
     }
 }
@@ -280,7 +353,21 @@ fn has_candidate(plan: &Arc<dyn ExecutionPlan>, limit: usize) -> bool {
 /// or matched pairs, are emitted), and whose other side's input is at least
 /// [`PROBE_TO_SIDE_RATIO`] times the side's and at least `limit` bytes.
 fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
-    if join.mode != PartitionMode::Partitioned || join.null_aware {
+    if join.null_aware {
+        return None;
+    }
+    // A collect-left semi or anti join is partitioned when the plan is cut into stages
+    // (`lineage::one_partition_per_task`): each task would emit the left rows. Its left
+    // side is a kept side like a partitioned join's.
+    let kept_left_once_cut = join.mode == PartitionMode::CollectLeft
+        && matches!(join.join_type, JoinType::LeftSemi | JoinType::LeftAnti)
+        && join
+            .right()
+            .properties()
+            .output_partitioning()
+            .partition_count()
+            > 1;
+    if join.mode != PartitionMode::Partitioned && !kept_left_once_cut {
         return None;
     }
     let left = below_shuffle(join.left());
@@ -315,10 +402,11 @@ fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
         join.join_type,
         JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti
     );
-    if left_collectable && small(left_bytes, right_bytes) {
+    let partitioned = join.mode == PartitionMode::Partitioned;
+    if partitioned && left_collectable && small(left_bytes, right_bytes) {
         return Some(Candidate::left(left, right));
     }
-    if right_collectable && small(right_bytes, left_bytes) {
+    if partitioned && right_collectable && small(right_bytes, left_bytes) {
         return Some(Candidate::right(left, right));
     }
     // A side that keeps the groups of an aggregation passing a condition (`HAVING`, as
@@ -330,15 +418,31 @@ fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
         |side: &Arc<dyn ExecutionPlan>, side_in: usize, other: (usize, Option<usize>, bool)| {
             keeps_some_groups(side) && side_in <= other.0 && other.1.unwrap_or(other.0) >= limit
         };
-    if matches!(join.join_type, JoinType::Inner | JoinType::RightSemi)
+    if partitioned
+        && matches!(join.join_type, JoinType::Inner | JoinType::RightSemi)
         && having(&left, left_bytes.0, right_bytes)
     {
         return Some(Candidate::left(left, right));
     }
-    if matches!(join.join_type, JoinType::Inner | JoinType::LeftSemi)
+    if partitioned
+        && matches!(join.join_type, JoinType::Inner | JoinType::LeftSemi)
         && having(&right, right_bytes.0, left_bytes)
     {
         return Some(Candidate::right(left, right));
+    }
+    // A side a semi or anti join keeps, the other side being only a filter of it: run
+    // first, few rows restrict the other side before its shuffle (see
+    // [`restrict_other_side`]).
+    if matches!(join.join_type, JoinType::LeftSemi | JoinType::LeftAnti)
+        && small(left_bytes, right_bytes)
+    {
+        return Some(Candidate::left(left, right).kept());
+    }
+    if partitioned
+        && matches!(join.join_type, JoinType::RightSemi | JoinType::RightAnti)
+        && small(right_bytes, left_bytes)
+    {
+        return Some(Candidate::right(left, right).kept());
     }
     None
 }
@@ -354,27 +458,44 @@ fn keeps_some_groups(plan: &Arc<dyn ExecutionPlan>) -> bool {
 }
 
 /// `candidate` with its other side restricted, as deep below as the restriction holds, to
-/// the rows whose join keys are among the side's keys, when the side's rows are at most
-/// [`MAX_MEMBERSHIP_KEYS`] and only matched rows of the other side can reach the join's
-/// output (an inner join, or a semi join keeping the other side's rows). Every such key
-/// is also a key of the joins below it that equate it with another column, so those
-/// joins' other inputs are restricted too: TPC-H q18's 57 order keys cut both `orders`
-/// and `lineitem` down before they are shuffled.
+/// the rows whose join keys are among the side's keys, when the join emits none of the
+/// other side's unmatched rows (an inner join, a semi join keeping the other side's rows,
+/// or a join keeping the side's rows whatever they match) and the side's rows are few
+/// enough to be worth it ([`restricts`]). Every such key is also a key of the joins below
+/// it that equate it with another column, so those joins' other inputs are restricted
+/// too: TPC-H q18's 57 order keys cut both `orders` and `lineitem` down before they are
+/// shuffled.
 fn restrict_other_side(
     join: &HashJoinExec,
     mut candidate: Candidate,
     rows: &[RecordBatch],
 ) -> DfResult<Candidate> {
-    let keeps_matches_only = match join.join_type {
-        JoinType::Inner => true,
-        JoinType::RightSemi => candidate.side_is_left,
-        JoinType::LeftSemi => !candidate.side_is_left,
-        _ => false,
+    let other_unmatched_dropped = if candidate.side_is_left {
+        matches!(
+            join.join_type,
+            JoinType::Inner
+                | JoinType::Left
+                | JoinType::LeftSemi
+                | JoinType::LeftAnti
+                | JoinType::LeftMark
+                | JoinType::RightSemi
+        )
+    } else {
+        matches!(
+            join.join_type,
+            JoinType::Inner
+                | JoinType::Right
+                | JoinType::RightSemi
+                | JoinType::RightAnti
+                | JoinType::RightMark
+                | JoinType::LeftSemi
+        )
     };
     let count: usize = rows.iter().map(RecordBatch::num_rows).sum();
-    if !keeps_matches_only
+    if !other_unmatched_dropped
+        || join.null_aware
         || join.null_equality() != NullEquality::NullEqualsNothing
-        || count > MAX_MEMBERSHIP_KEYS
+        || !restricts(count, &candidate.other)
     {
         return Ok(candidate);
     }
@@ -407,9 +528,27 @@ fn restrict_other_side(
     Ok(candidate)
 }
 
-/// At most this many rows of a side run first become a membership restriction of the
-/// other side.
-pub const MAX_MEMBERSHIP_KEYS: usize = 4096;
+/// Up to this many rows of a side run first always restrict the other side.
+pub const FEW_MEMBERSHIP_KEYS: usize = 4096;
+
+/// At most this many rows of a side run first restrict the other side (an `IN` list of
+/// literals is a hash set, but it travels in every task's plan).
+pub const MAX_MEMBERSHIP_KEYS: usize = 1 << 17;
+
+/// How many times the rows of a side run first the other side's estimated rows must be for
+/// more than [`FEW_MEMBERSHIP_KEYS`] of them to restrict it.
+pub const MEMBERSHIP_SELECTIVITY: usize = 8;
+
+/// Whether `count` rows of a side run first restrict `other`: always when they are few
+/// ([`FEW_MEMBERSHIP_KEYS`]), and up to [`MAX_MEMBERSHIP_KEYS`] when `other` is estimated
+/// to hold [`MEMBERSHIP_SELECTIVITY`] times as many rows, so that the restriction drops
+/// most of them.
+fn restricts(count: usize, other: &Arc<dyn ExecutionPlan>) -> bool {
+    count <= FEW_MEMBERSHIP_KEYS
+        || (count <= MAX_MEMBERSHIP_KEYS
+            && estimated_rows(other)
+                .is_some_and(|rows| count.saturating_mul(MEMBERSHIP_SELECTIVITY) <= rows))
+}
 
 /// The index of the column `expr` is, if it is one.
 fn as_column(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
@@ -525,9 +664,7 @@ fn fits(side: &Arc<dyn ExecutionPlan>, limit: usize) -> bool {
 
 /// DataFusion's estimate of the bytes `plan` produces, when it has one.
 fn estimated_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
-    let stats = StatisticsContext::new()
-        .compute(plan.as_ref(), &StatisticsArgs::new())
-        .ok()?;
+    let stats = statistics(plan)?;
     match (stats.total_byte_size, stats.num_rows) {
         (Precision::Exact(bytes) | Precision::Inexact(bytes), _) => Some(bytes),
         (_, Precision::Exact(rows) | Precision::Inexact(rows)) => {
@@ -535,6 +672,21 @@ fn estimated_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
         }
         _ => None,
     }
+}
+
+/// DataFusion's estimate of the rows `plan` produces, when it has one.
+fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    match statistics(plan)?.num_rows {
+        Precision::Exact(rows) | Precision::Inexact(rows) => Some(rows),
+        Precision::Absent => None,
+    }
+}
+
+/// DataFusion's estimated statistics of `plan`'s output.
+fn statistics(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<Statistics>> {
+    StatisticsContext::new()
+        .compute(plan.as_ref(), &StatisticsArgs::new())
+        .ok()
 }
 
 /// `plan` without the hash repartition that partitions it for a join.
@@ -587,4 +739,35 @@ fn keep_requirements(
         return Some(plan);
     }
     sane(EnsureRequirements::new().optimize(plan, options).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    /// A plan of `rows` rows of one key column, whose row count DataFusion knows.
+    fn rows_of(rows: i64) -> Arc<dyn ExecutionPlan> {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from_iter_values(0..rows))],
+        )
+        .expect("batch");
+        MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).expect("memory plan")
+    }
+
+    #[test]
+    fn few_keys_always_restrict_and_more_only_a_side_many_times_their_number() {
+        let small = rows_of(100);
+        assert!(restricts(FEW_MEMBERSHIP_KEYS, &small));
+        assert!(!restricts(FEW_MEMBERSHIP_KEYS + 1, &small));
+        let big = rows_of(200_000);
+        assert!(restricts(200_000 / MEMBERSHIP_SELECTIVITY, &big));
+        assert!(!restricts(200_000 / MEMBERSHIP_SELECTIVITY + 1, &big));
+        let huge = rows_of((MAX_MEMBERSHIP_KEYS * MEMBERSHIP_SELECTIVITY * 2) as i64);
+        assert!(restricts(MAX_MEMBERSHIP_KEYS, &huge));
+        assert!(!restricts(MAX_MEMBERSHIP_KEYS + 1, &huge));
+    }
 }
