@@ -322,6 +322,13 @@ fn chrono_format(spark: &str) -> String {
     out
 }
 
+/// Field `name` of struct `e`: null where the struct is (a null struct's children hold
+/// whatever its writer left there).
+fn struct_field(e: Expr, name: &str) -> ConnectResult<Expr> {
+    let field = datafusion::functions::core::expr_fn::get_field(e.clone(), name);
+    Ok(datafusion::logical_expr::when(e.is_not_null(), field).end()?)
+}
+
 impl Resolver<'_> {
     /// Resolves `e` against the input.
     pub fn expr(&self, e: &Expression) -> ConnectResult<Named> {
@@ -459,10 +466,7 @@ impl Resolver<'_> {
                     ));
                 };
                 let name = format!("{}.{}", child.name, found.name());
-                Ok(Named::new(
-                    datafusion::functions::core::expr_fn::get_field(child.expr, found.name().as_str()),
-                    name,
-                ))
+                Ok(Named::new(struct_field(child.expr, found.name())?, name))
             }
             DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..) => {
                 let index = cast(key.expr, DataType::Int64);
@@ -518,7 +522,7 @@ impl Resolver<'_> {
             if let Some(base) = self.find_column(&parts[..1])? {
                 let mut e = Expr::Column(base);
                 for p in &parts[1..] {
-                    e = datafusion::functions::core::expr_fn::get_field(e, p.as_str());
+                    e = struct_field(e, p)?;
                 }
                 return Ok(Named::new(e, last));
             }
