@@ -183,12 +183,15 @@ impl Driver {
             };
             let candidate =
                 restrict_other_side(join, candidate, &rows).map_err(EngineError::from)?;
+            let memory: Arc<dyn ExecutionPlan> =
+                MemorySourceConfig::try_new_exec(&[rows], candidate.side.schema(), None)
+                    .map_err(EngineError::from)?;
             if candidate.collect {
                 done.broadcast += 1;
-                Ok(collect_side(join, candidate, rows).map_err(EngineError::from)?)
+                Ok(collect_side(join, candidate, memory).map_err(EngineError::from)?)
             } else {
                 done.restricting += 1;
-                Ok(keep_side(join, candidate, rows).map_err(EngineError::from)?)
+                Ok(keep_side(join, candidate, memory).map_err(EngineError::from)?)
             }
         })
     }
@@ -225,15 +228,13 @@ impl Driver {
     }
 }
 
-/// `join` collecting `rows`, the rows of `candidate`'s side, as its build side, probed by
-/// the other side unshuffled.
+/// `join` collecting `memory`, the rows of `candidate`'s side, as its build side, probed
+/// by the other side unshuffled.
 fn collect_side(
     join: &HashJoinExec,
     candidate: Candidate,
-    rows: Vec<RecordBatch>,
+    memory: Arc<dyn ExecutionPlan>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let memory: Arc<dyn ExecutionPlan> =
-        MemorySourceConfig::try_new_exec(&[rows], candidate.side.schema(), None)?;
     if candidate.side_is_left {
         return join
             .builder()
@@ -251,16 +252,14 @@ fn collect_side(
         .swap_inputs(PartitionMode::CollectLeft)
 }
 
-/// `join` reading `rows`, the rows of `candidate`'s side, from memory where the side was,
-/// and `candidate`'s other side (restricted) where it was, in its own mode (a collect-left
+/// `join` reading `memory`, the rows of `candidate`'s side, where the side was, and
+/// `candidate`'s other side (restricted) where it was, in its own mode (a collect-left
 /// semi or anti join is partitioned when the plan is cut into stages).
 fn keep_side(
     join: &HashJoinExec,
     candidate: Candidate,
-    rows: Vec<RecordBatch>,
+    memory: Arc<dyn ExecutionPlan>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let memory: Arc<dyn ExecutionPlan> =
-        MemorySourceConfig::try_new_exec(&[rows], candidate.side.schema(), None)?;
     let (left, right) = if candidate.side_is_left {
         (memory, candidate.other)
     } else {
