@@ -556,26 +556,23 @@ impl<'a> Planner<'a> {
                     }));
                 }
                 _ => match explode_of(e) {
-                    Some((arg, outer, name)) => {
+                    Some(generator) => {
                         if exploded.is_some() {
                             return Err(ConnectError::analysis(
                                 "UNSUPPORTED_GENERATOR.MULTI_GENERATOR",
                                 "only one generator (explode) is allowed per select clause",
                             ));
                         }
-                        let arg = r.expr(arg)?;
-                        exploded = Some((named.len(), outer));
-                        named.push(Named {
-                            name: name.unwrap_or_else(|| "col".into()),
-                            expr: arg.expr,
-                        });
+                        let arg = r.expr(generator.arg)?;
+                        exploded = Some((named.len(), generator));
+                        named.push(arg);
                     }
                     None => named.push(r.expr(e)?),
                 },
             }
         }
-        if let Some((at, outer)) = exploded {
-            return self.explode(input, named, at, outer);
+        if let Some((at, generator)) = exploded {
+            return self.explode(input, named, at, &generator);
         }
         if named.iter().any(|n| has_aggregate(&n.expr)) {
             let exprs: Vec<Expr> = named.into_iter().map(Named::aliased).collect();
@@ -585,64 +582,106 @@ impl<'a> Planner<'a> {
         Ok(input.select(named.into_iter().map(Named::aliased).collect::<Vec<_>>())?)
     }
 
-    /// A select with `explode(array)` at `at`: one output row per element (`explode_outer`
-    /// also keeps rows whose array is null, with a null element).
+    /// A select with a generator at `at` (`named[at]` is its argument): one output row
+    /// per element of an array (`col`, after `pos` for `posexplode`) or entry of a map
+    /// (`key`, `value`); the outer forms also keep a row whose array or map is null or
+    /// empty, with nulls.
     fn explode(
         &self,
         input: DFrame,
         named: Vec<Named>,
         at: usize,
-        outer: bool,
+        generator: &Generator<'_>,
     ) -> ConnectResult<DFrame> {
-        let array = "__ember_explode";
-        let element_name = named[at].name.clone();
+        use datafusion::functions_nested::expr_fn::{cardinality, map_keys, map_values, range};
         let t = datafusion::logical_expr::ExprSchemable::get_type(&named[at].expr, input.schema())?;
-        if !matches!(
-            t,
-            DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..)
-        ) {
-            return Err(ConnectError::analysis(
-                "DATATYPE_MISMATCH.UNEXPECTED_INPUT_TYPE",
-                format!(
-                    "explode takes an array; `{element_name}` is {} (maps are not supported by Ember)",
-                    simple_string(&t)
-                ),
-            ));
-        }
-        let names: Vec<String> = named.iter().map(|n| n.name.clone()).collect();
-        let inner = |i: usize| {
-            if i == at {
-                array.to_string()
-            } else {
-                format!("__ember_c{i}")
+        let arg = named[at].expr.clone();
+        // The lists unnested side by side (all of one length per row), with their names.
+        let (lists, mut names): (Vec<Expr>, Vec<&str>) = match &t {
+            DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..) => {
+                (vec![arg], vec!["col"])
+            }
+            DataType::Map(..) => (
+                vec![map_keys(arg.clone()), map_values(arg)],
+                vec!["key", "value"],
+            ),
+            _ => {
+                return Err(ConnectError::analysis(
+                    "DATATYPE_MISMATCH.UNEXPECTED_INPUT_TYPE",
+                    format!(
+                        "{} takes an array or a map; `{}` is {}",
+                        generator.function,
+                        named[at].name,
+                        simple_string(&t)
+                    ),
+                ))
             }
         };
-        let mut exprs = Vec::with_capacity(named.len());
-        for (i, n) in named.into_iter().enumerate() {
-            exprs.push(if i != at {
-                n.expr.alias(inner(i))
-            } else if outer {
-                // Spark's explode_outer gives an empty array a null row as well.
-                let empty = datafusion::functions_nested::expr_fn::cardinality(n.expr.clone())
-                    .eq(lit(0u64));
-                let null = lit(ScalarValue::try_from(&t)?);
-                datafusion::logical_expr::when(empty, null)
-                    .otherwise(n.expr)?
-                    .alias(array)
-            } else {
-                n.expr.alias(array)
-            });
+        let schema = input.schema().clone();
+        let mut lists = lists
+            .into_iter()
+            .map(|list| {
+                if !generator.outer {
+                    return Ok(list);
+                }
+                // An empty array or map gives a row of nulls too, as a null one does.
+                let empty = cardinality(list.clone()).eq(lit(0u64));
+                let list_type = datafusion::logical_expr::ExprSchemable::get_type(&list, &schema)?;
+                Ok(
+                    datafusion::logical_expr::when(empty, lit(ScalarValue::try_from(&list_type)?))
+                        .otherwise(list)?,
+                )
+            })
+            .collect::<ConnectResult<Vec<Expr>>>()?;
+        if generator.position {
+            let length = cast(cardinality(lists[0].clone()), DataType::Int64);
+            lists.insert(0, range(lit(0i64), length, lit(1i64)));
+            names.insert(0, "pos");
         }
-        let options = datafusion::common::UnnestOptions::new().with_preserve_nulls(outer);
-        let unnested = input
+        let names: Vec<String> = match generator.aliases.len() {
+            0 => names.into_iter().map(String::from).collect(),
+            n if n == names.len() => generator.aliases.clone(),
+            n => {
+                return Err(ConnectError::analysis(
+                    "UDTF_ALIAS_NUMBER_MISMATCH",
+                    format!(
+                        "{} gives {} columns ({}), but {n} aliases were given",
+                        generator.function,
+                        names.len(),
+                        names.join(", ")
+                    ),
+                ))
+            }
+        };
+        let inner = |i: usize| format!("__ember_c{i}");
+        let list_name = |j: usize| format!("__ember_explode{j}");
+        let mut exprs = Vec::with_capacity(named.len() + lists.len());
+        let mut out = Vec::with_capacity(named.len() + lists.len());
+        for (i, n) in named.into_iter().enumerate() {
+            if i != at {
+                exprs.push(n.expr.alias(inner(i)));
+                out.push(Expr::Column(Column::new_unqualified(inner(i))).alias(n.name));
+                continue;
+            }
+            for (j, (list, name)) in lists.iter().zip(&names).enumerate() {
+                exprs.push(list.clone().alias(list_name(j)));
+                let column = Expr::Column(Column::new_unqualified(list_name(j)));
+                // Spark's position is an int.
+                let column = if generator.position && j == 0 {
+                    cast(column, DataType::Int32)
+                } else {
+                    column
+                };
+                out.push(column.alias(name));
+            }
+        }
+        let unnested: Vec<String> = (0..lists.len()).map(list_name).collect();
+        let unnested: Vec<&str> = unnested.iter().map(String::as_str).collect();
+        let options = datafusion::common::UnnestOptions::new().with_preserve_nulls(generator.outer);
+        Ok(input
             .select(exprs)?
-            .unnest_columns_with_options(&[array], options)?;
-        let out: Vec<Expr> = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| Expr::Column(Column::new_unqualified(inner(i))).alias(name))
-            .collect();
-        Ok(unnested.select(out)?)
+            .unnest_columns_with_options(&unnested, options)?
+            .select(out)?)
     }
 
     async fn read(&mut self, read: &proto::Read) -> ConnectResult<DFrame> {
@@ -2180,20 +2219,47 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// The argument of `explode(x)` / `explode_outer(x)` (possibly aliased) at the top of a
-/// select expression, whether it is the outer form, and the alias.
-fn explode_of(e: &proto::Expression) -> Option<(&proto::Expression, bool, Option<String>)> {
+/// A generator at the top of a select expression (`explode`, `posexplode` and their outer
+/// forms, possibly aliased).
+struct Generator<'a> {
+    /// Its argument.
+    arg: &'a proto::Expression,
+    /// Its name, for errors.
+    function: String,
+    /// Whether a null or empty argument gives a row of nulls.
+    outer: bool,
+    /// Whether a `pos` column comes first.
+    position: bool,
+    /// The names given to its columns (none: Spark's defaults).
+    aliases: Vec<String>,
+}
+
+/// The generator `e` is, if it is one.
+fn explode_of(e: &proto::Expression) -> Option<Generator<'_>> {
     match &e.expr_type {
         Some(ExprType::UnresolvedFunction(f)) if f.arguments.len() == 1 => {
-            match f.function_name.to_ascii_lowercase().as_str() {
-                "explode" => Some((&f.arguments[0], false, None)),
-                "explode_outer" => Some((&f.arguments[0], true, None)),
-                _ => None,
-            }
+            let function = f.function_name.to_ascii_lowercase();
+            let (outer, position) = match function.as_str() {
+                "explode" => (false, false),
+                "explode_outer" => (true, false),
+                "posexplode" => (false, true),
+                "posexplode_outer" => (true, true),
+                _ => return None,
+            };
+            Some(Generator {
+                arg: &f.arguments[0],
+                function,
+                outer,
+                position,
+                aliases: Vec::new(),
+            })
         }
-        Some(ExprType::Alias(a)) if a.name.len() == 1 => {
+        Some(ExprType::Alias(a)) if !a.name.is_empty() => {
             let inner = a.expr.as_deref()?;
-            explode_of(inner).map(|(arg, outer, _)| (arg, outer, Some(a.name[0].clone())))
+            explode_of(inner).map(|g| Generator {
+                aliases: a.name.clone(),
+                ..g
+            })
         }
         _ => None,
     }

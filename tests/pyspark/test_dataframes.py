@@ -317,6 +317,33 @@ def test_explode_arrays(spark):
     assert doubled.agg(F.count("v"), F.sum("v")).first() == (2000, 3 * 999 * 1000 // 2)
 
 
+def test_posexplode_and_explode_of_maps(spark):
+    df = spark.createDataFrame(
+        [(1, [10, 20], {"a": 1, "b": 2}), (2, [], {}), (3, None, None)],
+        "id int, xs array<int>, m map<string,int>",
+    )
+    pos = df.select("id", F.posexplode("xs")).orderBy("id", "pos")
+    assert pos.columns == ["id", "pos", "col"]
+    assert [tuple(r) for r in pos.collect()] == [(1, 0, 10), (1, 1, 20)]
+    assert dict(pos.dtypes)["pos"] == "int"
+    outer = df.select("id", F.posexplode_outer("xs")).orderBy("id", "pos").collect()
+    assert [tuple(r) for r in outer] == [(1, 0, 10), (1, 1, 20), (2, None, None), (3, None, None)]
+    named = df.select(F.posexplode("xs").alias("i", "x"), "id")
+    assert named.columns == ["i", "x", "id"]
+    entries = df.select("id", F.explode("m")).orderBy("id", "key")
+    assert entries.columns == ["id", "key", "value"]
+    assert [tuple(r) for r in entries.collect()] == [(1, "a", 1), (1, "b", 2)]
+    outer_entries = df.select("id", F.explode_outer("m").alias("k", "v")).orderBy("id", "k")
+    assert [tuple(r) for r in outer_entries.collect()] == [
+        (1, "a", 1),
+        (1, "b", 2),
+        (2, None, None),
+        (3, None, None),
+    ]
+    with pytest.raises(AnalysisException, match="aliases"):
+        df.select(F.explode("m").alias("only_one")).collect()
+
+
 def test_get_item_and_get_field(spark):
     df = spark.createDataFrame(
         [

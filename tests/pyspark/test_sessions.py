@@ -187,7 +187,7 @@ def test_errors_name_what_is_wrong_and_the_session_goes_on(spark, workdir):
     with pytest.raises(AnalysisException, match="nope.parquet"):
         spark.read.parquet(missing).collect()
     with pytest.raises(UnsupportedOperationException, match="UNIMPLEMENTED: function"):
-        df.select(F.posexplode(F.array(F.lit(1)))).collect()
+        df.select(F.inline(F.array(F.struct(F.lit(1))))).collect()
     with pytest.raises(AnalysisException, match="UNPIVOT_REQUIRES_VALUE_COLUMNS"):
         df.unpivot(df.columns, None, "var", "val").collect()
     bad = spark.createDataFrame([("12",), ("x",)], "s STRING")
