@@ -350,7 +350,9 @@ fn has_candidate(plan: &Arc<dyn ExecutionPlan>, limit: usize) -> bool {
 /// The side of `join` to run first, if any: a partitioned join whose side, once
 /// collected, answers the same as build side of every task (only the other side's rows,
 /// or matched pairs, are emitted), and whose other side's input is at least
-/// [`PROBE_TO_SIDE_RATIO`] times the side's and at least `limit` bytes.
+/// [`PROBE_TO_SIDE_RATIO`] times the side's and at least `limit` bytes; a `HAVING` side;
+/// or, to restrict the other side only, a side a semi or anti join keeps, under the same
+/// size test.
 fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
     if join.null_aware {
         return None;
