@@ -617,7 +617,7 @@ impl<'a> Planner<'a> {
                 ))
             }
         };
-        let schema = input.schema().clone();
+        let schema = input.schema();
         let mut lists = lists
             .into_iter()
             .map(|list| {
@@ -626,7 +626,7 @@ impl<'a> Planner<'a> {
                 }
                 // An empty array or map gives a row of nulls too, as a null one does.
                 let empty = cardinality(list.clone()).eq(lit(0u64));
-                let list_type = datafusion::logical_expr::ExprSchemable::get_type(&list, &schema)?;
+                let list_type = datafusion::logical_expr::ExprSchemable::get_type(&list, schema)?;
                 Ok(
                     datafusion::logical_expr::when(empty, lit(ScalarValue::try_from(&list_type)?))
                         .otherwise(list)?,
@@ -1353,7 +1353,7 @@ impl<'a> Planner<'a> {
         if values.len() > 1 && values.len() != f.cols.len() {
             return Err(ConnectError::invalid("fillna: one value per column"));
         }
-        let schema = input.schema().clone();
+        let schema = input.schema();
         let accepts = |value: &ScalarValue, t: &DataType| -> bool {
             match value {
                 ScalarValue::Utf8(_) => {
@@ -1426,7 +1426,7 @@ impl<'a> Planner<'a> {
             }
         };
         let targets = Self::pick_columns(&input, &r.cols, |_| true)?;
-        let schema = input.schema().clone();
+        let schema = input.schema();
         let exprs = schema
             .columns()
             .into_iter()
