@@ -701,9 +701,8 @@ impl Session {
     /// A job description in this handle's pool.
     pub(crate) fn job_description(&self, text: String) -> JobDescription {
         JobDescription {
-            text,
             pool: self.pool.to_string(),
-            plan: String::new(),
+            ..JobDescription::new(text)
         }
     }
 

@@ -1,9 +1,11 @@
 //! DAG scheduler: a job's own walk over its lineage. It materializes the datasets the job
 //! reads, stage by stage (one task per missing partition, handed to the scheduler loop),
-//! then runs the job's final fragment on the driver.
+//! then runs the job's final fragment on the driver. Independent inputs (the two sides of
+//! a join) are materialized at once, so their stages share the executors' slots; an input
+//! two branches need is computed once.
 //!
 //! ```text
-//!   dependencies materialized? --no--> materialize them first (recursively)
+//!   dependencies materialized? --no--> materialize them first (recursively, together)
 //!        | yes
 //!   submit the stage to the scheduler loop, await its report
 //!        |-- complete ----------------> record the blocks' locations
@@ -102,9 +104,20 @@ pub(crate) struct Job {
     pub(crate) id: JobId,
     driver: Arc<Driver>,
     ended: bool,
-    pub(crate) metrics: JobMetrics,
     /// Datasets made for this job alone: dropped from the lineage graph when it ends.
     pub(crate) temporary: Vec<DatasetId>,
+    /// What the job's concurrent branches record.
+    book: std::sync::Mutex<Book>,
+    /// One lock per dataset being materialized: a branch that needs a dataset another
+    /// branch is computing waits for it instead of running its stage again.
+    materializing: std::sync::Mutex<HashMap<DatasetId, Arc<tokio::sync::Mutex<()>>>>,
+    started: Instant,
+}
+
+/// The part of a job's bookkeeping its branches update as their stages end.
+#[derive(Debug, Default)]
+pub(crate) struct Book {
+    pub(crate) metrics: JobMetrics,
     /// Job-scoped datasets whose blocks this job made: removed when it ends.
     materialized: Vec<DatasetId>,
     /// Cached datasets whose resident blocks were already counted as cache hits.
@@ -117,14 +130,29 @@ pub(crate) struct Job {
     consumed: Vec<DatasetId>,
     /// Join filters the driver has filled in (or given up on), by expression id.
     filters_tried: Vec<u64>,
-    started: Instant,
 }
 
 impl Job {
+    /// The job's bookkeeping, locked (never held across an await).
+    pub(crate) fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The job's counters so far.
+    pub(crate) fn metrics(&self) -> JobMetrics {
+        self.book().metrics.clone()
+    }
+
+    /// The lock a branch holds while it materializes `id`.
+    fn dataset_lock(&self, id: DatasetId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.materializing.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(locks.entry(id).or_default())
+    }
+
     /// The job-scoped datasets to drop when the job ends: those whose blocks it made, and
     /// those made for it alone.
     fn scoped_datasets(&self) -> Vec<DatasetId> {
-        let mut datasets = self.materialized.clone();
+        let mut datasets = self.book().materialized.clone();
         for d in &self.temporary {
             if !datasets.contains(d) {
                 datasets.push(*d);
@@ -232,11 +260,12 @@ pub const FILTER_BUILD_SIDE_LIMIT: usize = 64 << 20;
 
 /// Adds what the driver read itself since `started` (its final fragment, a join filter's
 /// build side) to the job's metrics.
-fn count_driver_reads(job: &mut Job, reader: &DriverBlockReader, started: Instant) {
-    job.metrics.driver_time += started.elapsed();
-    job.metrics.blocks_read_remote += reader.blocks.load(Ordering::Relaxed);
-    job.metrics.bytes_fetched += reader.fetched.bytes.load(Ordering::Relaxed);
-    job.metrics.bytes_mapped += reader.fetched.mapped.load(Ordering::Relaxed);
+fn count_driver_reads(job: &Job, reader: &DriverBlockReader, started: Instant) {
+    let metrics = &mut job.book().metrics;
+    metrics.driver_time += started.elapsed();
+    metrics.blocks_read_remote += reader.blocks.load(Ordering::Relaxed);
+    metrics.bytes_fetched += reader.fetched.bytes.load(Ordering::Relaxed);
+    metrics.bytes_mapped += reader.fetched.mapped.load(Ordering::Relaxed);
 }
 
 /// Name of the file partition `p` of a written dataset goes to.
@@ -262,16 +291,15 @@ impl Driver {
             id,
             driver: Arc::clone(self),
             ended: false,
-            metrics: JobMetrics {
-                job: Some(id),
-                ..JobMetrics::default()
-            },
             temporary: ids,
-            materialized: Vec::new(),
-            cache_counted: Vec::new(),
-            readers: HashMap::new(),
-            consumed: Vec::new(),
-            filters_tried: Vec::new(),
+            book: std::sync::Mutex::new(Book {
+                metrics: JobMetrics {
+                    job: Some(id),
+                    ..JobMetrics::default()
+                },
+                ..Book::default()
+            }),
+            materializing: std::sync::Mutex::new(HashMap::new()),
             started: Instant::now(),
         }
     }
@@ -280,7 +308,7 @@ impl Driver {
     /// scheduler how it went.
     pub(crate) async fn end_job<T>(&self, job: &mut Job, result: &Result<T>) {
         job.ended = true;
-        job.metrics.duration = job.started.elapsed();
+        job.book().metrics.duration = job.started.elapsed();
         let (status, error) = match result {
             Ok(_) => (JobStatus::Succeeded, None),
             Err(DriverError::Cancelled { reason, .. }) => {
@@ -288,6 +316,11 @@ impl Driver {
             }
             Err(e) => (JobStatus::Failed, Some(e.to_string())),
         };
+        if let Some(reason) = &error {
+            // A branch that failed leaves its sibling branches' stages running: stop them
+            // before their blocks are removed.
+            let _ = self.scheduler.cancel(Some(job.id), reason.clone()).await;
+        }
         self.release_job(
             job.id,
             &job.scoped_datasets(),
@@ -333,14 +366,14 @@ impl Driver {
     ) -> Result<(Vec<RecordBatch>, JobMetrics)> {
         let description = description.planned(|| describe_stages(&root, &temporary));
         let mut job = self.new_job(temporary, &description).await;
-        let result = self.collect_in(&mut job, root).await;
+        let result = self.collect_in(&job, root).await;
         self.end_job(&mut job, &result).await;
-        result.map(|batches| (batches, job.metrics.clone()))
+        result.map(|batches| (batches, job.metrics()))
     }
 
     pub(crate) async fn collect_in(
         self: &Arc<Self>,
-        job: &mut Job,
+        job: &Job,
         root: Arc<dyn ExecutionPlan>,
     ) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::new();
@@ -355,7 +388,7 @@ impl Driver {
     /// batch (`false`: it stopped wanting them).
     async fn run_final(
         self: &Arc<Self>,
-        job: &mut Job,
+        job: &Job,
         root: Arc<dyn ExecutionPlan>,
         sink: &mut impl BatchSink,
     ) -> Result<bool> {
@@ -364,9 +397,7 @@ impl Driver {
         let root = with_build_side_bounds(root).map_err(EngineError::from)?;
         let mut retries = Retries::new(self.config.max_stage_attempts, deps.len());
         loop {
-            for dep in &deps {
-                self.materialize(job, *dep).await?;
-            }
+            self.materialize_all(job, &deps).await?;
             let reader = Arc::new(DriverBlockReader::new(Arc::clone(self)));
             let ctx = self.task_context(Arc::clone(&reader) as _);
             let started = Instant::now();
@@ -424,7 +455,7 @@ impl Driver {
                 reason: "the caller stopped reading the result".into(),
             };
             let result = tokio::select! {
-                result = driver.run_final(&mut job, root, &mut sink) => match result {
+                result = driver.run_final(&job, root, &mut sink) => match result {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(stopped()),
                     Err(e) => Err(e),
@@ -441,7 +472,7 @@ impl Driver {
             if let Err(e) = result {
                 let _ = tx.send(Err(e)).await;
             }
-            let _ = done.send(job.metrics.clone());
+            let _ = done.send(job.metrics());
         });
         (
             JobStream {
@@ -469,7 +500,7 @@ impl Driver {
         let mut job = self.new_job(all, &description).await;
         let result = self
             .run_until_done(
-                &mut job,
+                &job,
                 id,
                 (0..partitions as u32).collect(),
                 StageOutput::Parquet(dir.to_path_buf()),
@@ -480,7 +511,7 @@ impl Driver {
         let files = (0..partitions as u32)
             .map(|p| dir.join(part_file_name(p)))
             .collect();
-        Ok((files, job.metrics.clone()))
+        Ok((files, job.metrics()))
     }
 
     fn task_context(&self, reader: Arc<dyn BlockReader>) -> Arc<TaskContext> {
@@ -492,33 +523,59 @@ impl Driver {
     }
 
     /// Makes sure every partition of `id` is held by some executor.
-    pub(crate) async fn materialize(self: &Arc<Self>, job: &mut Job, id: DatasetId) -> Result<()> {
+    pub(crate) async fn materialize(self: &Arc<Self>, job: &Job, id: DatasetId) -> Result<()> {
+        let lock = job.dataset_lock(id);
+        let _computing = lock.lock().await;
         let dataset = self.dataset(id)?;
         let missing = self.locations.missing(id, dataset.partitions());
-        if dataset.persistence() == Persistence::Cached && !job.cache_counted.contains(&id) {
-            job.cache_counted.push(id);
-            job.metrics.cached_blocks_used += dataset.partitions() - missing.len();
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if dataset.persistence() == Persistence::Job && !job.materialized.contains(&id) {
-            job.materialized.push(id);
+        {
+            let mut book = job.book();
+            if dataset.persistence() == Persistence::Cached && !book.cache_counted.contains(&id) {
+                book.cache_counted.push(id);
+                book.metrics.cached_blocks_used += dataset.partitions() - missing.len();
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if dataset.persistence() == Persistence::Job && !book.materialized.contains(&id) {
+                book.materialized.push(id);
+            }
         }
         Box::pin(self.run_until_done(job, id, missing, StageOutput::Store)).await
+    }
+
+    /// Materializes `deps` together: their stages are submitted as soon as their own
+    /// inputs are there, and share the executors' slots (one stage's last tasks run beside
+    /// the next one's first). The first error ends the rest.
+    async fn materialize_all(self: &Arc<Self>, job: &Job, deps: &[DatasetId]) -> Result<()> {
+        match deps {
+            [] => Ok(()),
+            [one] => Box::pin(self.materialize(job, *one)).await,
+            _ if !self.config.branches_together => {
+                for dep in deps {
+                    Box::pin(self.materialize(job, *dep)).await?;
+                }
+                Ok(())
+            }
+            _ => futures::future::try_join_all(
+                deps.iter().map(|d| Box::pin(self.materialize(job, *d))),
+            )
+            .await
+            .map(drop),
+        }
     }
 
     /// Counts the readers of every job-scoped dataset the job's fragment `root` reads,
     /// directly or through the stages below it (looking through cached datasets, whose
     /// missing blocks read their inputs inside the reading task).
-    fn count_readers(&self, job: &mut Job, root: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    fn count_readers(&self, job: &Job, root: &Arc<dyn ExecutionPlan>) -> Result<()> {
         let mut pending = vec![Arc::clone(root)];
         let mut seen = Vec::new();
         while let Some(plan) = pending.pop() {
             let mut deps = Vec::new();
             self.expand(&plan, &mut deps)?;
             for d in deps {
-                *job.readers.entry(d).or_default() += 1;
+                *job.book().readers.entry(d).or_default() += 1;
                 if !seen.contains(&d) {
                     seen.push(d);
                     pending.push(Arc::clone(self.dataset(d)?.plan()));
@@ -533,23 +590,27 @@ impl Driver {
     /// spill files leave the executors), so a long query does not hold every intermediate
     /// result until its end. Should one be needed again (its reader's output lost), it is
     /// recomputed from lineage like any lost block.
-    async fn release_read_inputs(&self, job: &mut Job, id: DatasetId, deps: &[DatasetId]) {
-        if job.consumed.contains(&id) {
-            return;
-        }
-        job.consumed.push(id);
-        let mut done = Vec::new();
-        for d in deps {
-            if let Some(left) = job.readers.get_mut(d) {
-                *left = left.saturating_sub(1);
-                if *left == 0 && job.materialized.contains(d) {
-                    done.push(*d);
+    async fn release_read_inputs(&self, job: &Job, id: DatasetId, deps: &[DatasetId]) {
+        let done = {
+            let mut book = job.book();
+            if book.consumed.contains(&id) {
+                return;
+            }
+            book.consumed.push(id);
+            let mut done = Vec::new();
+            for d in deps {
+                if let Some(left) = book.readers.get_mut(d) {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 && book.materialized.contains(d) {
+                        done.push(*d);
+                    }
                 }
             }
-        }
+            book.metrics.datasets_released_early += done.len();
+            done
+        };
         if !done.is_empty() {
             tracing::debug!(job = %job.id, datasets = ?done, "inputs read by every reader released");
-            job.metrics.datasets_released_early += done.len();
             self.drop_blocks(&done).await;
         }
     }
@@ -557,7 +618,7 @@ impl Driver {
     /// Runs stages of `id` until `partitions` are all done, recomputing lost inputs.
     async fn run_until_done(
         self: &Arc<Self>,
-        job: &mut Job,
+        job: &Job,
         id: DatasetId,
         mut partitions: Vec<u32>,
         output: StageOutput,
@@ -567,9 +628,7 @@ impl Driver {
         loop {
             let mut deps = Vec::new();
             let plan = self.expand(dataset.plan(), &mut deps)?;
-            for dep in &deps {
-                Box::pin(self.materialize(job, *dep)).await?;
-            }
+            self.materialize_all(job, &deps).await?;
             for input in dataset.filter_inputs() {
                 Box::pin(self.fill_filter(job, input)).await?;
             }
@@ -605,20 +664,21 @@ impl Driver {
     /// than [`FILTER_BUILD_SIDE_LIMIT`], or one the driver cannot read (a file only the
     /// executors' hosts hold), leaves the filter open: it only prunes, the join itself
     /// still matches every row.
-    async fn fill_filter(self: &Arc<Self>, job: &mut Job, input: &FilterInput) -> Result<()> {
+    async fn fill_filter(self: &Arc<Self>, job: &Job, input: &FilterInput) -> Result<()> {
         let Some(id) = input.filter.expression_id() else {
             return Ok(());
         };
-        if job.filters_tried.contains(&id) {
-            return Ok(());
+        {
+            let mut book = job.book();
+            if book.filters_tried.contains(&id) {
+                return Ok(());
+            }
+            book.filters_tried.push(id);
         }
-        job.filters_tried.push(id);
         // As for a stage: cached inputs get their lineage, job-scoped ones are made first.
         let mut deps = Vec::new();
         let plan = self.expand(&input.build_side, &mut deps)?;
-        for dep in deps {
-            Box::pin(self.materialize(job, dep)).await?;
-        }
+        Box::pin(self.materialize_all(job, &deps)).await?;
         let reader = Arc::new(DriverBlockReader::new(Arc::clone(self)));
         let ctx = self.task_context(Arc::clone(&reader) as _);
         let started = Instant::now();
@@ -639,7 +699,7 @@ impl Driver {
         .await;
         count_driver_reads(job, &reader, started);
         match filled {
-            Ok(true) => job.metrics.join_filters_filled += 1,
+            Ok(true) => job.book().metrics.join_filters_filled += 1,
             Ok(false) => {}
             Err(e) => tracing::debug!(job = %job.id, error = %e, "join filter left open"),
         }
@@ -679,12 +739,7 @@ impl Driver {
     /// A block could not be fetched from `executor`: if the executor is unreachable it is
     /// lost with all its blocks, otherwise only the block is forgotten (it was evicted).
     /// Returns whether an executor was lost.
-    async fn handle_fetch_failure(
-        &self,
-        job: &mut Job,
-        block: BlockId,
-        executor: &ExecutorId,
-    ) -> bool {
+    async fn handle_fetch_failure(&self, job: &Job, block: BlockId, executor: &ExecutorId) -> bool {
         // A shuffle block is lost with its whole map output.
         let block = block.map_output();
         let reachable = match self.registry.get(executor) {
@@ -710,7 +765,7 @@ impl Driver {
                 .executor_lost(executor.clone(), "a block fetch from it failed".into())
                 .await
             {
-                job.metrics.executors_lost += 1;
+                job.book().metrics.executors_lost += 1;
             }
             true
         }
@@ -720,7 +775,7 @@ impl Driver {
     /// speculated by the scheduler loop.
     async fn run_stage(
         self: &Arc<Self>,
-        job: &mut Job,
+        job: &Job,
         dataset: &Arc<Dataset>,
         plan: Arc<dyn ExecutionPlan>,
         partitions: &[u32],
@@ -728,7 +783,7 @@ impl Driver {
     ) -> Result<(), StageFailure> {
         let stage = self.next_stage_id();
         let stage_started = Instant::now();
-        job.metrics.stages_run += 1;
+        job.book().metrics.stages_run += 1;
         let inputs = self.input_locations(&plan)?;
         let name = stage_name(plan.as_ref());
         let encoded = encode_plan(plan).map_err(DriverError::from)?;
@@ -781,19 +836,22 @@ impl Driver {
                 output: output_kind,
             })
             .await?;
-        job.metrics.launch_bytes += launch_bytes * report.attempts as u64;
-        job.metrics.tasks_run += report.attempts;
-        job.metrics.task_failures += report.failures;
-        job.metrics.executors_lost += report.executors_lost;
-        if dataset.reads_source() {
-            job.metrics.source_partitions_read += report.attempts;
+        {
+            let metrics = &mut job.book().metrics;
+            metrics.launch_bytes += launch_bytes * report.attempts as u64;
+            metrics.tasks_run += report.attempts;
+            metrics.task_failures += report.failures;
+            metrics.executors_lost += report.executors_lost;
+            if dataset.reads_source() {
+                metrics.source_partitions_read += report.attempts;
+            }
         }
         for done in report.done {
             self.record_success(job, dataset, done.partition, output, done.success);
         }
         match report.end {
             StageEnd::Complete => {
-                job.metrics.stages.push(crate::metrics::StageTiming {
+                job.book().metrics.stages.push(crate::metrics::StageTiming {
                     dataset: dataset.id(),
                     shuffle: dataset.reduce_partitions().is_some(),
                     tasks: report.attempts,
@@ -857,43 +915,43 @@ impl Driver {
     /// recorded where its blocks live).
     fn record_success(
         &self,
-        job: &mut Job,
+        job: &Job,
         dataset: &Dataset,
         partition: u32,
         output: &StageOutput,
         success: ember_engine::proto::TaskSuccess,
     ) {
+        let metrics = &mut job.book().metrics;
         if matches!(output, StageOutput::Store) {
             let block = BlockId::new(dataset.id(), partition);
             if self.computed.insert(block, ()).is_some() {
-                job.metrics.partitions_recomputed += 1;
+                metrics.partitions_recomputed += 1;
             }
         }
         if matches!(output, StageOutput::Parquet(_)) {
-            job.metrics.rows_written += success.rows;
+            metrics.rows_written += success.rows;
         }
         for filled in &success.filled {
             let block = BlockId::from(filled);
             if self.computed.insert(block, ()).is_some() {
-                job.metrics.partitions_recomputed += 1;
+                metrics.partitions_recomputed += 1;
             }
         }
         if let Some(m) = success.metrics {
-            job.metrics.blocks_read_local += m.blocks_read_local as usize;
-            job.metrics.blocks_read_remote += m.blocks_read_remote as usize;
-            job.metrics.bytes_fetched += m.bytes_fetched;
-            job.metrics.bytes_mapped += m.bytes_mapped;
-            job.metrics.cached_blocks_used += m.cached_blocks_read as usize;
-            job.metrics.source_partitions_read += m.source_partitions_read as usize;
-            job.metrics.task_time += std::time::Duration::from_micros(m.run_micros);
-            job.metrics.fetch_time += std::time::Duration::from_micros(m.fetch_micros);
-            job.metrics.plan_decode_time += std::time::Duration::from_micros(m.plan_decode_micros);
-            job.metrics.shuffle_write_time +=
-                std::time::Duration::from_micros(m.shuffle_write_micros);
-            job.metrics.shuffle_bytes_written += m.shuffle_bytes_written;
-            job.metrics.spilled_bytes += m.spilled_bytes;
-            if !m.device.is_empty() && !job.metrics.devices.contains(&m.device) {
-                job.metrics.devices.push(m.device);
+            metrics.blocks_read_local += m.blocks_read_local as usize;
+            metrics.blocks_read_remote += m.blocks_read_remote as usize;
+            metrics.bytes_fetched += m.bytes_fetched;
+            metrics.bytes_mapped += m.bytes_mapped;
+            metrics.cached_blocks_used += m.cached_blocks_read as usize;
+            metrics.source_partitions_read += m.source_partitions_read as usize;
+            metrics.task_time += std::time::Duration::from_micros(m.run_micros);
+            metrics.fetch_time += std::time::Duration::from_micros(m.fetch_micros);
+            metrics.plan_decode_time += std::time::Duration::from_micros(m.plan_decode_micros);
+            metrics.shuffle_write_time += std::time::Duration::from_micros(m.shuffle_write_micros);
+            metrics.shuffle_bytes_written += m.shuffle_bytes_written;
+            metrics.spilled_bytes += m.spilled_bytes;
+            if !m.device.is_empty() && !metrics.devices.contains(&m.device) {
+                metrics.devices.push(m.device);
             }
         }
     }

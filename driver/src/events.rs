@@ -140,6 +140,9 @@ pub enum SchedulerEvent {
         /// when the job was not planned from a query).
         #[serde(default, skip_serializing_if = "String::is_empty")]
         plan: String,
+        /// Who started it: a Spark Connect operation's tag and its client's tags.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tags: Vec<String>,
         /// When.
         time_ms: u64,
     },

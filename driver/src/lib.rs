@@ -79,15 +79,31 @@ pub struct JobDescription {
     /// Ember's stages and DataFusion's physical plan as `EXPLAIN` prints them, for the UI
     /// and the event log (empty when not known).
     pub plan: String,
+    /// Tags naming who started the job (an operation of a Spark Connect session, the
+    /// client's own tags), so that its progress can be followed and reported to them.
+    pub tags: Vec<String>,
 }
 
 impl JobDescription {
-    /// A job described by `text`, in the default pool.
+    /// A job described by `text`, in the default pool, with the tags of the task that
+    /// makes it (see [`with_job_tags`]).
     pub fn new(text: impl Into<String>) -> Self {
         Self {
             text: text.into(),
             pool: DEFAULT_POOL.to_string(),
             plan: String::new(),
+            tags: current_job_tags(),
+        }
+    }
+
+    /// A description of a job run on behalf of this one (a join side run first, say):
+    /// `text`, in the same pool, with the same tags.
+    pub fn derived(&self, text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            pool: self.pool.clone(),
+            plan: String::new(),
+            tags: self.tags.clone(),
         }
     }
 
@@ -103,6 +119,27 @@ impl JobDescription {
 
 /// The pool jobs run in unless told otherwise.
 pub const DEFAULT_POOL: &str = "default";
+
+tokio::task_local! {
+    static JOB_TAGS: Vec<String>;
+}
+
+/// Runs `fut` so that every job described while it runs ([`JobDescription::new`]) carries
+/// `tags` too, besides those of an enclosing call. Tags follow the task, not spawned ones.
+pub async fn with_job_tags<F: std::future::Future>(tags: Vec<String>, fut: F) -> F::Output {
+    let mut all = current_job_tags();
+    for tag in tags {
+        if !all.contains(&tag) {
+            all.push(tag);
+        }
+    }
+    JOB_TAGS.scope(all, fut).await
+}
+
+/// The tags [`with_job_tags`] gives jobs described in the current task (none outside it).
+pub fn current_job_tags() -> Vec<String> {
+    JOB_TAGS.try_with(Clone::clone).unwrap_or_default()
+}
 
 /// Tunables of the driver.
 #[derive(Debug, Clone)]
@@ -133,6 +170,10 @@ pub struct DriverConfig {
     /// The address executors and clients are told to dial (`HOST[:PORT]`); by default the
     /// bound address, or this host's address on its default route when bound to a wildcard.
     pub advertise: Option<String>,
+    /// Whether a stage's independent inputs (the two sides of a join) are materialized at
+    /// once, their stages sharing the slots (`false`: one after the other, to measure what
+    /// running them together saves).
+    pub branches_together: bool,
 }
 
 impl Default for DriverConfig {
@@ -150,6 +191,7 @@ impl Default for DriverConfig {
             event_log: None,
             security: Security::none(),
             advertise: None,
+            branches_together: true,
         }
     }
 }

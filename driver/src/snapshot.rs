@@ -81,6 +81,9 @@ pub struct JobSnapshot {
     /// Ember's stages and DataFusion's physical plan (empty when not planned from a query).
     #[serde(default)]
     pub plan: String,
+    /// Who started it (see [`crate::JobDescription::tags`]).
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Its state.
     pub status: JobStatus,
     /// Why it failed or was cancelled.
@@ -511,6 +514,7 @@ impl SnapshotBuilder {
                 description,
                 pool,
                 plan,
+                tags,
                 time_ms,
             } => {
                 self.jobs.insert(
@@ -520,6 +524,7 @@ impl SnapshotBuilder {
                         description: description.clone(),
                         pool: pool.clone(),
                         plan: plan.clone(),
+                        tags: tags.clone(),
                         status: JobStatus::Running,
                         error: None,
                         submitted_ms: *time_ms,
@@ -803,6 +808,7 @@ mod tests {
                 description: format!("job {j}"),
                 pool: "default".into(),
                 plan: String::new(),
+                tags: Vec::new(),
                 time_ms: j,
             });
             b.apply(&SchedulerEvent::StageSubmitted {
@@ -828,6 +834,7 @@ mod tests {
             description: "still running".into(),
             pool: "default".into(),
             plan: String::new(),
+            tags: Vec::new(),
             time_ms: 0,
         });
         let s = b.snapshot();

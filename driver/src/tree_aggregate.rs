@@ -49,7 +49,7 @@ impl Driver {
         let mut job = self.new_job(all, description).await;
         let result = self.tree_in(&mut job, leaf_id, merge, fan_in.max(2)).await;
         self.end_job(&mut job, &result).await;
-        result.map(|batches| (batches, job.metrics.clone()))
+        result.map(|batches| (batches, job.metrics()))
     }
 
     async fn tree_in(
@@ -63,7 +63,7 @@ impl Driver {
         let schema = self.dataset(leaf)?.plan().schema();
         let mut current = leaf;
         let mut partials = self.dataset(leaf)?.partitions();
-        job.metrics.tree_levels.push(partials);
+        job.book().metrics.tree_levels.push(partials);
         // Level 1: per executor, when some executor holds several partials.
         let mut by_executor: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for p in 0..partials as u32 {
@@ -91,7 +91,7 @@ impl Driver {
             vec![(0..partials as u32).collect()],
         )))?;
         let batches = self.collect_in(job, root).await?;
-        job.metrics.tree_levels.push(1);
+        job.book().metrics.tree_levels.push(1);
         Ok(batches)
     }
 
@@ -113,7 +113,7 @@ impl Driver {
         self.register_dataset(dataset);
         job.temporary.push(id);
         self.materialize(job, id).await?;
-        job.metrics.tree_levels.push(partials);
+        job.book().metrics.tree_levels.push(partials);
         Ok((id, partials))
     }
 }

@@ -6,7 +6,8 @@
 //!   Reattach/Release).
 //! - `plan` and `expr`: relations and expressions as DataFusion plans.
 //! - `types`: Spark types and Arrow types; `show`: `df.show()`'s text.
-//! - `operation`: reattachable response streams; `session`: per-client state.
+//! - `operation`: reattachable response streams; `progress`: the stages an operation runs,
+//!   reported while it runs; `session`: per-client state.
 //! - `ml`: `pyspark.ml` (fit, transform, evaluate, model attributes, save and load).
 //! - `error`: errors as the exceptions a Spark client raises.
 
@@ -17,6 +18,7 @@ mod expr;
 mod ml;
 mod operation;
 mod plan;
+mod progress;
 mod service;
 mod session;
 mod show;

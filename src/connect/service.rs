@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::error::{ConnectError, ConnectResult};
 use super::operation::{Operation, ResponseStream};
 use super::plan::{is_query, Planner};
+use super::progress;
 use super::proto::{
     self, execute_plan_response as epr, spark_connect_service_server::SparkConnectService,
 };
@@ -192,6 +193,7 @@ async fn share_tables(from: &Session, to: &Session) {
 }
 
 /// Builds the responses of one operation.
+#[derive(Clone)]
 struct Responder {
     session: Arc<ConnectSession>,
     op: Arc<Operation>,
@@ -273,9 +275,43 @@ impl Responder {
         self.send(response).await
     }
 
+    /// Reports the stages of this operation's jobs while it runs.
+    fn progress_reporter(&self) -> progress::Reporter {
+        let interval = progress::interval(
+            self.session
+                .config
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(progress::INTERVAL_KEY)
+                .map(String::as_str),
+        );
+        let responder = self.clone();
+        progress::Reporter::start(
+            self.session.ember.driver().subscribe(),
+            progress::operation_tag(&self.op.id),
+            interval,
+            move |report| {
+                let responder = responder.clone();
+                async move {
+                    let response = responder.response(epr::ResponseType::ExecutionProgress(report));
+                    responder.send(response).await.is_ok()
+                }
+            },
+        )
+    }
+
+    /// Runs the operation's plan, its jobs tagged with the operation's tag and the
+    /// client's tags.
+    async fn run_tagged(&self, plan: proto::Plan) -> ConnectResult<()> {
+        let mut tags = vec![progress::operation_tag(&self.op.id)];
+        tags.extend(self.op.tags.iter().cloned());
+        ember_driver::with_job_tags(tags, self.run(plan)).await
+    }
+
     async fn run(&self, plan: proto::Plan) -> ConnectResult<()> {
         use proto::command::CommandType;
         use proto::plan::OpType;
+        let reporter = self.progress_reporter();
         match plan.op_type {
             Some(OpType::Root(rel)) => {
                 let df = Planner::new(&self.session).relation(&rel).await?;
@@ -319,6 +355,12 @@ impl Responder {
                     "an ExecutePlan request without a plan",
                 ))
             }
+        }
+        // The stages as they ended, so that the client's progress handlers see them done.
+        let seen = reporter.finish().await;
+        if !seen.is_empty() {
+            self.send(self.response(epr::ResponseType::ExecutionProgress(seen.report())))
+                .await?;
         }
         self.send(self.response(epr::ResponseType::ResultComplete(epr::ResultComplete {})))
             .await
@@ -713,7 +755,7 @@ impl SparkConnectService for ConnectService {
             op: Arc::clone(&op),
         };
         let task = tokio::spawn(async move {
-            let result = responder.run(plan).await.map_err(status);
+            let result = responder.run_tagged(plan).await.map_err(status);
             responder.op.finish(result);
             if !responder.op.reattachable {
                 responder.session.operations.remove(&responder.op.id);

@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// turns out small (to measure what that saves).
     #[arg(long)]
     pub no_runtime_broadcast: bool,
+    /// A stage's independent inputs are computed one after the other instead of at once
+    /// (to measure what running them together saves).
+    #[arg(long)]
+    pub one_branch_at_a_time: bool,
 }
 
 fn parse_option(text: &str) -> Result<(String, String), String> {
@@ -142,6 +146,10 @@ pub async fn bench(suite: &'static Suite, args: &BenchArgs) -> anyhow::Result<()
         .memory_per_executor(args.memory)
         .same_host_files(!args.no_host_files)
         .runtime_broadcast(!args.no_runtime_broadcast)
+        .driver_config(ember_driver::DriverConfig {
+            branches_together: !args.one_branch_at_a_time,
+            ..ember_driver::DriverConfig::default()
+        })
         .local_cluster()
         .await
         .context("starting the Ember cluster")?;

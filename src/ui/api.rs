@@ -116,7 +116,7 @@ fn job_json(j: &JobSnapshot) -> Value {
         "submissionTime": time(j.submitted_ms),
         "completionTime": opt_time(j.completed_ms),
         "stageIds": j.stages.iter().map(|s| s.stage.0).collect::<Vec<_>>(),
-        "jobTags": [],
+        "jobTags": j.tags,
         "status": job_status(j.status),
         "numTasks": sum(|s| s.num_tasks),
         "numActiveTasks": sum(|s| s.counts.running),

@@ -130,6 +130,7 @@ mod tests {
             description: "q".into(),
             pool: "default".into(),
             plan: String::new(),
+            tags: Vec::new(),
             status: JobStatus::Succeeded,
             error: None,
             submitted_ms: 0,

@@ -523,3 +523,54 @@ async fn a_streamed_result_arrives_in_batches_and_dropping_it_cancels_the_job() 
         .await
         .expect("the cancelled job's blocks are gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_stages_of_one_job_run_side_by_side() {
+    let session = common::start(Mode::InProcess, slow_executors(Duration::from_millis(150))).await;
+    register_numbers(&session, "a", 4, 300);
+    register_numbers(&session, "b", 4, 500);
+    // Two aggregates, each behind a shuffle of its own, meet in one union.
+    let sql = "SELECT v % 3 AS k, count(*) AS n FROM a GROUP BY v % 3 \
+               UNION ALL SELECT v % 5 AS k, count(*) AS n FROM b GROUP BY v % 5";
+    let batches = run(&session, sql, "union of two aggregates").await;
+    let mut rows = Vec::new();
+    for b in batches.iter().filter(|b| b.num_rows() > 0) {
+        let col = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64")
+                .clone()
+        };
+        let (k, n) = (col(0), col(1));
+        rows.extend((0..b.num_rows()).map(|r| (k.value(r), n.value(r))));
+    }
+    rows.sort_unstable();
+    // Each of a's 4 partitions holds 0..300, each of b's 0..500: every remainder 400 times.
+    let mut want: Vec<(i64, i64)> = (0..3).chain(0..5).map(|k| (k, 400)).collect();
+    want.sort_unstable();
+    assert_eq!(rows, want);
+    let snapshot = session.snapshot().await.expect("snapshot");
+    let job = snapshot
+        .jobs
+        .iter()
+        .find(|j| j.description.contains("UNION ALL") && j.status == JobStatus::Succeeded)
+        .expect("the union's job");
+    let maps: Vec<_> = job.stages.iter().filter(|s| s.shuffle).collect();
+    assert_eq!(maps.len(), 2, "two map stages: {:?}", job.stages);
+    let last_submitted = maps
+        .iter()
+        .map(|s| s.submitted_ms)
+        .max()
+        .expect("submitted");
+    let first_completed = maps
+        .iter()
+        .map(|s| s.completed_ms.expect("completed"))
+        .min()
+        .expect("completed");
+    assert!(
+        last_submitted < first_completed,
+        "both map stages were submitted before either ended: submitted by {last_submitted}, \
+         first ended at {first_completed}"
+    );
+}

@@ -287,6 +287,47 @@ def test_interrupt_by_tag(spark):
     assert spark.interruptTag("slow") == []
 
 
+def test_progress_handlers_follow_the_stages_of_a_query(spark):
+    reports = []
+    lock = threading.Lock()
+
+    def handler(stages, inflight_tasks, operation_id, done):
+        with lock:
+            reports.append((list(stages or []), inflight_tasks, operation_id, done))
+
+    spark.conf.set("spark.connect.progress.reportInterval", "100ms")
+    spark.registerProgressHandler(handler)
+    try:
+        # A short query: when it ends, its handlers see each stage done.
+        df = spark.range(0, 100_000, numPartitions=4).groupBy((F.col("id") % 7).alias("k"))
+        assert sorted(r["count"] for r in df.count().collect())[0] == 100_000 // 7
+        with lock:
+            last = reports[-1]
+        stages, _, operation_id, done = last
+        assert done and operation_id
+        assert all(s.done and s.num_completed_tasks == s.num_tasks for s in stages)
+        assert any(s.num_tasks == 4 for s in stages), stages
+
+        # A long one: reports arrive while its tasks run, before it is interrupted.
+        with lock:
+            reports.clear()
+        thread, outcome = run_in_thread(lambda: long_query(spark).count())
+        deadline = time.time() + 60
+        live = None
+        while live is None and time.time() < deadline:
+            with lock:
+                live = next((r for r in reports if not r[3] and r[1] > 0), None)
+            time.sleep(0.1)
+        assert live is not None, "a report while the query ran"
+        assert any(not s.done and s.num_tasks > 0 for s in live[0])
+        interrupt_when_running(spark.interruptAll)
+        thread.join(timeout=30)
+        assert "error" in outcome
+    finally:
+        spark.clearProgressHandlers()
+        spark.conf.unset("spark.connect.progress.reportInterval")
+
+
 def test_checkpoints_are_kept_on_the_executors(spark):
     df = spark.range(100).filter("id % 3 = 0")
     local = df.localCheckpoint()

@@ -205,11 +205,10 @@ impl Driver {
         description: &JobDescription,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let job = self.plan_job(side)?;
-        let description = JobDescription {
-            text: format!("join side, broadcast if small: {}", description.text),
-            pool: description.pool.clone(),
-            plan: String::new(),
-        };
+        let description = description.derived(format!(
+            "join side, broadcast if small: {}",
+            description.text
+        ));
         let (mut stream, _metrics) = self.execute_stream(job.root, job.stages, &description);
         let mut rows = Vec::new();
         let mut bytes = 0usize;

@@ -192,6 +192,7 @@ pub(crate) enum Event {
         description: String,
         pool: String,
         plan: String,
+        tags: Vec<String>,
     },
     JobEnded {
         job: JobId,
@@ -301,6 +302,7 @@ impl SchedulerHandle {
                 description: description.text.clone(),
                 pool: description.pool.clone(),
                 plan: description.plan.clone(),
+                tags: description.tags.clone(),
             })
             .await;
     }

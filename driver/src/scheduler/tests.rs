@@ -153,6 +153,7 @@ impl Harness {
             description: format!("job {job}"),
             pool: pool.into(),
             plan: String::new(),
+            tags: Vec::new(),
         });
     }
 

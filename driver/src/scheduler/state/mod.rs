@@ -349,7 +349,8 @@ impl Scheduler {
                 description,
                 pool,
                 plan,
-            } => self.job_started(job, description, pool, plan),
+                tags,
+            } => self.job_started(job, description, pool, plan, tags),
             Event::JobEnded { job, status, error } => {
                 self.jobs.remove(&job);
                 self.job_drained(job);
@@ -406,7 +407,14 @@ impl Scheduler {
         self.schedule(Instant::now());
     }
 
-    fn job_started(&mut self, job: JobId, description: String, pool: String, plan: String) {
+    fn job_started(
+        &mut self,
+        job: JobId,
+        description: String,
+        pool: String,
+        plan: String,
+        tags: Vec<String>,
+    ) {
         self.jobs.insert(
             job,
             JobState {
@@ -421,6 +429,7 @@ impl Scheduler {
             description,
             pool,
             plan,
+            tags,
             time_ms: now_ms(),
         });
     }
