@@ -127,7 +127,14 @@ async fn q72_spills_inside_a_small_memory_limit_and_leaves_no_spill_file() {
         // Its joins stream in one stage (build sides chosen by known bounds, so
         // `catalog_sales x inventory` is not collected whole); 16 MiB executors are small
         // enough that the blocks it stores and shuffles must spill.
-        common::builder(2).memory_per_executor(16 << 20),
+        // Its stages run one after the other: run side by side, which blocks are held at
+        // once (and so whether they spill) depends on which branch finishes first.
+        common::builder(2)
+            .memory_per_executor(16 << 20)
+            .driver_config(ember::driver::DriverConfig {
+                branches_together: false,
+                ..common::fast_driver()
+            }),
         data.path(),
     )
     .await;
