@@ -60,9 +60,19 @@ struct Inner {
     healer: Option<Arc<Healer>>,
     /// The web UI, when the builder asked for one.
     ui: std::sync::OnceLock<crate::ui::UiHandle>,
+    /// The planner's choices this session makes.
+    planning: Planning,
+}
+
+/// Choices of Ember's planner that a session makes or leaves out (to measure them).
+#[derive(Debug, Clone, Copy)]
+struct Planning {
     /// Whether small-looking join sides run first and are broadcast when they turn out
     /// small ([`ember_driver::planner::runtime_broadcast`]).
     runtime_broadcast: bool,
+    /// Whether scans of files holding disjoint key ranges are co-partitioned on their join
+    /// keys ([`ember_driver::planner::key_ranges`]).
+    key_range_scans: bool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -130,7 +140,7 @@ pub struct SessionBuilder {
     ui: Option<crate::ui::UiConfig>,
     progress: bool,
     host_files: bool,
-    runtime_broadcast: bool,
+    planning: Planning,
 }
 
 /// Default size under which a join's build side is sent whole to every task instead of
@@ -153,7 +163,10 @@ impl Default for SessionBuilder {
             ui: None,
             progress: true,
             host_files: true,
-            runtime_broadcast: true,
+            planning: Planning {
+                runtime_broadcast: true,
+                key_range_scans: true,
+            },
         }
     }
 }
@@ -295,7 +308,15 @@ impl SessionBuilder {
     /// the broadcast threshold, saving the other side's shuffle (default on; see
     /// [`ember_driver::planner::runtime_broadcast`]).
     pub fn runtime_broadcast(mut self, on: bool) -> Self {
-        self.runtime_broadcast = on;
+        self.planning.runtime_broadcast = on;
+        self
+    }
+
+    /// Whether the scans of a partitioned join whose files hold disjoint ranges of the join
+    /// key (each file's footer bounds its keys) read their files grouped by range, so that
+    /// the join needs no shuffle (default on; see [`ember_driver::planner::key_ranges`]).
+    pub fn key_range_scans(mut self, on: bool) -> Self {
+        self.planning.key_range_scans = on;
         self
     }
 
@@ -415,7 +436,7 @@ impl SessionBuilder {
             this.executors,
             cores,
             this.broadcast_threshold,
-            this.runtime_broadcast,
+            this.planning,
             None,
         )
         .await?;
@@ -497,7 +518,7 @@ impl SessionBuilder {
             self.executors,
             cores,
             self.broadcast_threshold,
-            self.runtime_broadcast,
+            self.planning,
             Some(Arc::clone(&healer)),
         )
         .await?;
@@ -549,7 +570,7 @@ impl SessionBuilder {
             up,
             cores,
             self.broadcast_threshold,
-            self.runtime_broadcast,
+            self.planning,
             None,
         )
         .await?;
@@ -594,7 +615,7 @@ impl Session {
         n: usize,
         cores: usize,
         broadcast_threshold: usize,
-        runtime_broadcast: bool,
+        planning: Planning,
         healer: Option<Arc<Healer>>,
     ) -> Result<Session> {
         // Hash repartitions become shuffles between executors. Round-robin repartitioning
@@ -645,7 +666,9 @@ impl Session {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_physical_optimizer_rules(
-                ember_driver::planner::join_sides::physical_optimizer_rules(),
+                ember_driver::planner::join_sides::physical_optimizer_rules(
+                    planning.key_range_scans,
+                ),
             )
             .with_query_planner(Arc::new(SubqueryFirstPlanner::new(Arc::clone(&*driver))))
             .build();
@@ -657,7 +680,7 @@ impl Session {
                 last_metrics: Mutex::new(None),
                 healer,
                 ui: std::sync::OnceLock::new(),
-                runtime_broadcast,
+                planning,
             }),
             pool: Arc::from(ember_driver::DEFAULT_POOL),
         })
@@ -685,7 +708,9 @@ impl Session {
             .with_runtime_env(self.ctx.runtime_env())
             .with_default_features()
             .with_physical_optimizer_rules(
-                ember_driver::planner::join_sides::physical_optimizer_rules(),
+                ember_driver::planner::join_sides::physical_optimizer_rules(
+                    self.inner.planning.key_range_scans,
+                ),
             )
             .with_query_planner(Arc::new(SubqueryFirstPlanner::new(Arc::clone(
                 &*self.inner.driver,
@@ -1111,7 +1136,7 @@ impl Session {
         Arc<dyn ExecutionPlan>,
         ember_driver::planner::runtime_broadcast::RuntimeBroadcast,
     )> {
-        if !self.inner.runtime_broadcast {
+        if !self.inner.planning.runtime_broadcast {
             return Ok((plan, Default::default()));
         }
         let options = Arc::clone(self.ctx.state().config_options());

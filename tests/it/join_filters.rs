@@ -3,52 +3,17 @@
 //! scan prunes row groups, the shuffle moves less, and answers agree with DataFusion.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::Int64Array;
-use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use arrow::util::pretty::pretty_format_batches;
-use parquet::arrow::ArrowWriter;
-use parquet::file::properties::WriterProperties;
 
 use crate::common::{self, Mode};
-
-/// Writes `columns` (all `Int64`) as `files` Parquet files under `dir`, rows split evenly,
-/// with row groups of 10,000 rows.
-fn write_table(dir: &Path, files: usize, columns: &[(&str, Vec<i64>)]) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(name, _)| Field::new(*name, DataType::Int64, false))
-            .collect::<Vec<_>>(),
-    ));
-    let rows = columns[0].1.len();
-    let per_file = rows.div_ceil(files);
-    for f in 0..files {
-        let range = f * per_file..((f + 1) * per_file).min(rows);
-        let arrays = columns
-            .iter()
-            .map(|(_, values)| Arc::new(Int64Array::from(values[range.clone()].to_vec())) as _)
-            .collect();
-        let batch = RecordBatch::try_new(Arc::clone(&schema), arrays).expect("batch");
-        let file = std::fs::File::create(dir.join(format!("part-{f}.parquet"))).expect("create");
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(10_000))
-            .build();
-        let mut writer =
-            ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).expect("writer");
-        writer.write(&batch).expect("write");
-        writer.close().expect("close");
-    }
-}
 
 /// `sales` (200,000 rows in day order), `stock` (5,000 rows) and `days` / `days_split`
 /// (200 days, 20 a year) under `dir`.
 fn write_tables(dir: &Path) {
     let sales: Vec<i64> = (0..200_000).collect();
-    write_table(
+    common::write_int64_table(
         &dir.join("sales"),
         2,
         &[
@@ -58,7 +23,7 @@ fn write_tables(dir: &Path) {
         ],
     );
     let stock: Vec<i64> = (0..5_000).collect();
-    write_table(
+    common::write_int64_table(
         &dir.join("stock"),
         1,
         &[
@@ -70,7 +35,7 @@ fn write_tables(dir: &Path) {
     // (read by a stage of its own, whose blocks the join reads).
     let days: Vec<i64> = (0..200).collect();
     for (name, files) in [("days", 1), ("days_split", 2)] {
-        write_table(
+        common::write_int64_table(
             &dir.join(name),
             files,
             &[

@@ -11,6 +11,7 @@ mod cluster;
 mod deploy;
 mod gpu;
 mod join_filters;
+mod key_ranges;
 mod memory;
 mod ml;
 mod multihost;

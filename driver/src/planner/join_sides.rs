@@ -91,9 +91,13 @@ impl PhysicalOptimizerRule for BoundedBuildSide {
     }
 }
 
-/// DataFusion's physical optimizer rules with [`BoundedBuildSide`] right after its join
-/// selection (before distribution is enforced and join filters are created).
-pub fn physical_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+/// DataFusion's physical optimizer rules with Ember's: [`BoundedBuildSide`] right after
+/// its join selection (before distribution is enforced and join filters are created) and,
+/// with `key_range_scans`, [`KeyRangeScans`](super::key_ranges::KeyRangeScans) right
+/// before distribution is enforced.
+pub fn physical_optimizer_rules(
+    key_range_scans: bool,
+) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
     let join_selection = JoinSelection::new();
     let at = rules
@@ -101,8 +105,18 @@ pub fn physical_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + 
         .position(|r| r.name() == join_selection.name())
         .map_or(0, |i| i + 1);
     rules.insert(at, Arc::new(BoundedBuildSide));
+    if key_range_scans {
+        let at = rules
+            .iter()
+            .position(|r| r.name() == ENSURE_REQUIREMENTS)
+            .unwrap_or(at + 1);
+        rules.insert(at, Arc::new(super::key_ranges::KeyRangeScans));
+    }
     rules
 }
+
+/// The name of DataFusion's rule that enforces distributions and orderings.
+const ENSURE_REQUIREMENTS: &str = "EnsureRequirements";
 
 /// Whether `join`, with its sides swapped and its new build side collected whole into
 /// every task, still answers right: only probe-side rows may be emitted after the swap (a
@@ -300,11 +314,21 @@ mod tests {
 
     #[test]
     fn the_rule_runs_right_after_join_selection() {
-        let names: Vec<String> = physical_optimizer_rules()
+        let names: Vec<String> = physical_optimizer_rules(true)
             .iter()
             .map(|r| r.name().to_string())
             .collect();
         let at = names.iter().position(|n| n == "join_selection").unwrap();
         assert_eq!(names[at + 1], "ember_bounded_build_side");
+        let at = names
+            .iter()
+            .position(|n| n == "ember_key_range_scans")
+            .unwrap();
+        assert_eq!(names[at + 1], ENSURE_REQUIREMENTS);
+        let without: Vec<String> = physical_optimizer_rules(false)
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect();
+        assert_eq!(without.len() + 1, names.len());
     }
 }

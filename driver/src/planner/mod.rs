@@ -9,6 +9,7 @@
 //! produced them (`BlockReadExec`, carried to executors by the plan codec).
 
 pub mod join_sides;
+pub mod key_ranges;
 pub mod runtime_broadcast;
 
 use std::sync::Arc;

@@ -403,10 +403,19 @@ fn candidate(join: &HashJoinExec, limit: usize) -> Option<Candidate> {
         JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti
     );
     let partitioned = join.mode == PartitionMode::Partitioned;
-    if partitioned && left_collectable && small(left_bytes, right_bytes) {
+    // Sides read co-partitioned from their files (`super::key_ranges`) have no shuffle
+    // for a broadcast to save; a side is still run first to restrict the other.
+    let co_partitioned = [join.left(), join.right()].iter().all(|side| {
+        matches!(
+            side.properties().output_partitioning(),
+            Partitioning::Range(_)
+        )
+    });
+    let broadcast_saves_a_shuffle = partitioned && !co_partitioned;
+    if broadcast_saves_a_shuffle && left_collectable && small(left_bytes, right_bytes) {
         return Some(Candidate::left(left, right));
     }
-    if partitioned && right_collectable && small(right_bytes, left_bytes) {
+    if broadcast_saves_a_shuffle && right_collectable && small(right_bytes, left_bytes) {
         return Some(Candidate::right(left, right));
     }
     // A side that keeps the groups of an aggregation passing a condition (`HAVING`, as

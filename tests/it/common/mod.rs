@@ -380,3 +380,33 @@ impl Drop for ConnectServer {
         let _ = self.child.wait();
     }
 }
+
+/// Writes `columns` (all `Int64`) as `files` Parquet files under `dir`, rows split evenly,
+/// with row groups of 10,000 rows.
+pub fn write_int64_table(dir: &Path, files: usize, columns: &[(&str, Vec<i64>)]) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, _)| Field::new(*name, DataType::Int64, false))
+            .collect::<Vec<_>>(),
+    ));
+    let rows = columns[0].1.len();
+    let per_file = rows.div_ceil(files);
+    for f in 0..files {
+        let range = f * per_file..((f + 1) * per_file).min(rows);
+        let arrays = columns
+            .iter()
+            .map(|(_, values)| Arc::new(Int64Array::from(values[range.clone()].to_vec())) as _)
+            .collect();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), arrays).expect("batch");
+        let file = std::fs::File::create(dir.join(format!("part-{f}.parquet"))).expect("create");
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(10_000))
+            .build();
+        let mut writer =
+            ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+    }
+}
