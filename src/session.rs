@@ -165,7 +165,7 @@ impl Default for SessionBuilder {
             host_files: true,
             planning: Planning {
                 runtime_broadcast: true,
-                key_range_scans: true,
+                key_range_scans: false,
             },
         }
     }
@@ -314,7 +314,8 @@ impl SessionBuilder {
 
     /// Whether the scans of a partitioned join whose files hold disjoint ranges of the join
     /// key (each file's footer bounds its keys) read their files grouped by range, so that
-    /// the join needs no shuffle (default on; see [`ember_driver::planner::key_ranges`]).
+    /// the join needs no shuffle (default off until it is measured at scale; see
+    /// [`ember_driver::planner::key_ranges`]).
     pub fn key_range_scans(mut self, on: bool) -> Self {
         self.planning.key_range_scans = on;
         self

@@ -61,7 +61,7 @@ async fn joins_of_disjoint_key_ranges_run_without_a_shuffle() {
             .broadcast_join_threshold(1 << 10)
             .runtime_broadcast(false)
     };
-    let session = common::start(Mode::Processes, builder()).await;
+    let session = common::start(Mode::Processes, builder().key_range_scans(true)).await;
     let shuffling = common::start(Mode::Processes, builder().key_range_scans(false)).await;
     let reference = datafusion::prelude::SessionContext::new();
     for table in tables {
