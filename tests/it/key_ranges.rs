@@ -50,6 +50,18 @@ async fn run(session: &Session, sql: &str) -> (String, ember::driver::JobMetrics
     )
 }
 
+/// DataFusion's answer to `sql`, formatted as [`run`] formats Ember's.
+async fn reference_rows(reference: &datafusion::prelude::SessionContext, sql: &str) -> String {
+    let batches = reference
+        .sql(sql)
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs");
+    pretty_format_batches(&batches).expect("format").to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_of_disjoint_key_ranges_run_without_a_shuffle() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -108,14 +120,7 @@ async fn joins_of_disjoint_key_ranges_run_without_a_shuffle() {
         );
         let (ours, metrics) = run(&session, &sql).await;
         let (shuffled, shuffled_metrics) = run(&shuffling, &sql).await;
-        let theirs = reference
-            .sql(&sql)
-            .await
-            .expect("plans")
-            .collect()
-            .await
-            .expect("runs");
-        let theirs = pretty_format_batches(&theirs).expect("format").to_string();
+        let theirs = reference_rows(&reference, &sql).await;
         assert_eq!(ours, theirs, "{sql}");
         assert_eq!(shuffled, theirs, "{sql}");
         // The join (and an aggregate on its key) reads both sides where they lie.
@@ -129,14 +134,7 @@ async fn joins_of_disjoint_key_ranges_run_without_a_shuffle() {
     // Files whose key ranges straddle the other side's: both sides are shuffled.
     for sql in queries("lines_3") {
         let (ours, metrics) = run(&session, &sql).await;
-        let theirs = reference
-            .sql(&sql)
-            .await
-            .expect("plans")
-            .collect()
-            .await
-            .expect("runs");
-        let theirs = pretty_format_batches(&theirs).expect("format").to_string();
+        let theirs = reference_rows(&reference, &sql).await;
         assert_eq!(ours, theirs, "{sql}");
         assert!(metrics.shuffle_bytes_written > 0, "{sql}: {metrics:?}");
     }
